@@ -173,6 +173,11 @@ SKIPPED_PARTITIONS = _d(
     "Partitions left out of the last cycle because a value could not be read.",
     (REASON,),
 )
+SKIPPED_GROUPS = _d(
+    "kafka_lag_exporter_skipped_groups",
+    "Consumer groups left out of the last cycle because their offsets could not be read.",
+    (REASON,),
+)
 CYCLE_FAILURES = _d(
     "kafka_lag_exporter_cycle_failures_total",
     "Collection cycles of the cluster that failed since the exporter started.",
@@ -222,6 +227,7 @@ LAG_FAMILIES = (
     COMPACTION_PARTITIONS,
     DATA_LOSS_PARTITIONS,
     SKIPPED_PARTITIONS,
+    SKIPPED_GROUPS,
 )
 
 # The exporter's own families, reported for every cluster even when its data is stale.

@@ -1,0 +1,264 @@
+"""The Kafka edge: blocking kafka-python calls that read one cluster into plain data.
+
+Every method here blocks and must run in a worker thread, never on the reactor.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, OffsetSpec
+from kafka.errors import BrokerResponseError
+
+from .config import ClusterConfig, Performance
+from .model import TP, ClusterData, GroupInfo, Member, RecordKey
+from .timestamps import FetchItem
+
+# Groups per DescribeGroups call: bounds one request's size on clusters with thousands of groups.
+DESCRIBE_BATCH = 500
+# cleanup.policy rarely changes; re-reading it every 5 minutes is plenty.
+TOPIC_CONFIG_TTL = 300.0
+# Bytes fetched per partition when sampling timestamps: one small batch is all we need.
+SAMPLE_FETCH_BYTES = 16 * 1024
+
+OFFSETS_UNAVAILABLE = "offsets_unavailable"
+DESCRIBE_FAILED = "describe_failed"
+
+
+def _member(raw: Mapping[str, Any]) -> Member:
+    return Member(
+        consumer_id=raw.get("member_id") or "",
+        client_id=raw.get("client_id") or "",
+        # The coordinator reports hosts as "/1.2.3.4"; the slash is noise in a label.
+        host=(raw.get("client_host") or "").lstrip("/"),
+    )
+
+
+def group_info(name: str, raw: Mapping[str, Any]) -> GroupInfo:
+    """A GroupInfo from one entry of kafka-python's describe_groups() result."""
+    assignments: Dict[TP, Member] = {}
+    members = raw.get("members") or []
+    for m in members:
+        member = _member(m)
+        assignment = m.get("member_assignment") or {}
+        if not isinstance(assignment, Mapping):  # undecodable: the group uses another protocol
+            continue
+        for entry in assignment.get("assigned_partitions") or []:
+            for partition in entry["partitions"]:
+                assignments[(entry["topic"], partition)] = member
+    return GroupInfo(
+        name=name,
+        state=raw.get("group_state") or "Unknown",
+        members=len(members),
+        assignments=assignments,
+    )
+
+
+class KafkaSource:
+    """Reads a cluster's groups, offsets, watermarks, topic configs and record timestamps."""
+
+    def __init__(self, cluster: ClusterConfig, performance: Performance) -> None:
+        self.cluster = cluster
+        self.performance = performance
+        self._args: Dict[str, Any] = dict(cluster.kafka_args)
+        self._args["bootstrap_servers"] = list(cluster.bootstrap_servers)
+        self._args.setdefault("request_timeout_ms", int(performance.kafka_timeout * 1000))
+        self._admin: Optional[KafkaAdminClient] = None
+        self._consumers: List[KafkaConsumer] = []
+        self._lock = threading.Lock()
+        self._compacted: Dict[str, Tuple[bool, float]] = {}
+
+    # -- clients ------------------------------------------------------------
+
+    def admin(self) -> KafkaAdminClient:
+        """The cluster's admin client, created on first use (its constructor blocks)."""
+        with self._lock:
+            if self._admin is None:
+                self._admin = KafkaAdminClient(**self._args)
+            return self._admin
+
+    def reset(self) -> None:
+        """Drop the clients after a failure, so the next cycle reconnects from scratch."""
+        with self._lock:
+            admin, self._admin = self._admin, None
+            consumers, self._consumers = self._consumers, []
+        for client in [admin, *consumers]:
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # closing a broken client may fail; it is gone either way
+                    pass
+
+    close = reset
+
+    # -- one cycle's read -----------------------------------------------------
+
+    def read(self, now: float) -> ClusterData:
+        """Steps 1 to 5 of a collection cycle; committed offsets are read before watermarks."""
+        admin = self.admin()
+        listed = admin.list_groups()
+        names = sorted(
+            g["group_id"] for g in listed if self.cluster.groups.allows(g["group_id"])
+        )
+        skipped: Dict[str, int] = {}
+        groups = self._describe(admin, names, skipped)
+        committed = self._committed(admin, list(groups), skipped)
+        for name in [n for n in groups if n not in committed]:
+            del groups[name]
+
+        topics = self._topic_partitions(admin)
+        partitions = [TopicPartition(t, p) for t, ps in topics.items() for p in ps]
+        leaders = {(t, p): leader for t, ps in topics.items() for p, leader in ps.items()}
+        earliest = self._offsets(admin, partitions, OffsetSpec.EARLIEST)
+        latest = self._offsets(admin, partitions, OffsetSpec.LATEST)
+        involved = {tp[0] for offsets in committed.values() for tp in offsets}
+        return ClusterData(
+            groups=groups,
+            committed=committed,
+            earliest=earliest,
+            latest=latest,
+            compacted_topics=frozenset(self._compacted_topics(admin, involved, now)),
+            leaders={tp: leader for tp, leader in leaders.items() if leader >= 0},
+            skipped_groups=skipped,
+        )
+
+    def _describe(
+        self, admin: KafkaAdminClient, names: List[str], skipped: Dict[str, int]
+    ) -> Dict[str, GroupInfo]:
+        groups: Dict[str, GroupInfo] = {}
+        for start in range(0, len(names), DESCRIBE_BATCH):
+            described = admin.describe_groups(names[start : start + DESCRIBE_BATCH])
+            for name, raw in described.items():
+                if raw.get("error"):
+                    skipped[DESCRIBE_FAILED] = skipped.get(DESCRIBE_FAILED, 0) + 1
+                    continue
+                groups[name] = group_info(name, raw)
+        return groups
+
+    def _committed(
+        self, admin: KafkaAdminClient, names: List[str], skipped: Dict[str, int]
+    ) -> Dict[str, Dict[TP, int]]:
+        if not names:
+            return {}
+        try:
+            raw = admin.list_group_offsets(names)
+        except BrokerResponseError:
+            # One group's error fails the whole batched request; ask group by group so
+            # the others are still reported and only the broken one is left out.
+            raw = {}
+            for name in names:
+                try:
+                    raw.update(admin.list_group_offsets([name]))
+                except BrokerResponseError:
+                    skipped[OFFSETS_UNAVAILABLE] = skipped.get(OFFSETS_UNAVAILABLE, 0) + 1
+        result: Dict[str, Dict[TP, int]] = {}
+        for name, offsets in raw.items():
+            result[name] = {
+                (tp.topic, tp.partition): meta.offset
+                for tp, meta in offsets.items()
+                # -1 means "no committed offset": not a position to measure lag from.
+                if meta.offset >= 0 and self.cluster.topics.allows(tp.topic)
+            }
+        return result
+
+    def _topic_partitions(self, admin: KafkaAdminClient) -> Dict[str, Dict[int, int]]:
+        """topic -> partition -> leader id (-1 when leaderless), for the kept topics."""
+        kept: Dict[str, Dict[int, int]] = {}
+        for topic in admin.describe_topics():
+            name = topic["name"]
+            if topic.get("error_code") or not self.cluster.topics.allows(name):
+                continue
+            kept[name] = {p["partition_index"]: p["leader_id"] for p in topic["partitions"]}
+        return kept
+
+    @staticmethod
+    def _offsets(
+        admin: KafkaAdminClient, partitions: List[TopicPartition], spec: OffsetSpec
+    ) -> Dict[TP, int]:
+        if not partitions:
+            return {}
+        found = admin.list_partition_offsets({tp: spec for tp in partitions})
+        return {(tp.topic, tp.partition): o.offset for tp, o in found.items() if o.offset >= 0}
+
+    def _compacted_topics(
+        self, admin: KafkaAdminClient, topics: Iterable[str], now: float
+    ) -> Set[str]:
+        topics = set(topics)
+        due = sorted(
+            t for t in topics if t not in self._compacted or now - self._compacted[t][1] >= TOPIC_CONFIG_TTL
+        )
+        if due:
+            resources = [
+                ConfigResource(ConfigResourceType.TOPIC, t, {"cleanup.policy": None}) for t in due
+            ]
+            found = admin.describe_configs(resources, config_filter="all").get("topic", {})
+            for topic in due:
+                policy = found.get(topic, {}).get("cleanup.policy", {}).get("value") or ""
+                self._compacted[topic] = ("compact" in policy, now)
+        for gone in set(self._compacted) - topics:
+            del self._compacted[gone]
+        return {t for t in topics if self._compacted[t][0]}
+
+    # -- timestamps -----------------------------------------------------------
+
+    def fetch_timestamps(self, items: List[FetchItem]) -> Dict[RecordKey, Optional[int]]:
+        """Timestamps of the first record at or after each offset, in one batched fetch.
+
+        A key whose partition ends before any record is found maps to None (a miss);
+        a key not answered within the timeout is left out (unknown).
+        """
+        consumer = self._take_consumer()
+        try:
+            return self._sample(consumer, items)
+        except Exception:
+            consumer.close()
+            consumer = None
+            raise
+        finally:
+            if consumer is not None:
+                with self._lock:
+                    self._consumers.append(consumer)
+
+    def _take_consumer(self) -> KafkaConsumer:
+        with self._lock:
+            if self._consumers:
+                return self._consumers.pop()
+        return KafkaConsumer(
+            **self._args,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=SAMPLE_FETCH_BYTES,
+            fetch_max_wait_ms=100,
+        )
+
+    def _sample(
+        self, consumer: KafkaConsumer, items: List[FetchItem]
+    ) -> Dict[RecordKey, Optional[int]]:
+        pending: Dict[TopicPartition, Tuple[RecordKey, int]] = {
+            TopicPartition(key[0], key[1]): (key, end) for key, end in items
+        }
+        consumer.assign(list(pending))
+        for tp, (key, _) in pending.items():
+            consumer.seek(tp, key[2])
+        found: Dict[RecordKey, Optional[int]] = {}
+        deadline = time.monotonic() + self.performance.kafka_timeout
+        while pending and time.monotonic() < deadline:
+            records = consumer.poll(timeout_ms=200)
+            for tp, batch in records.items():
+                if tp in pending and batch:
+                    key, _ = pending.pop(tp)
+                    stamp = batch[0].timestamp
+                    found[key] = stamp if stamp is not None and stamp >= 0 else None
+                    consumer.pause(tp)
+            for tp in [tp for tp, (_, end) in pending.items() if consumer.position(tp) >= end]:
+                # Read up to the end without a data record (transaction markers, or
+                # compaction removed the rest): there is nothing to date the lag by.
+                key, _ = pending.pop(tp)
+                found[key] = None
+                consumer.pause(tp)
+        consumer.assign([])
+        return found

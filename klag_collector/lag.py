@@ -1,0 +1,161 @@
+"""The pure lag core: cluster data + record timestamps + now -> lag figures.
+
+No I/O, no clock: `now` is passed in, so every figure is reproducible in a test.
+Unknown stays unknown (None, or left out and counted), never 0.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, Iterable, List, Mapping, Optional, Set
+
+from .model import (
+    NO_MEMBER,
+    TP,
+    ClusterData,
+    GroupLag,
+    LagView,
+    PartitionLag,
+    RecordKey,
+)
+
+# Reasons for leaving a partition's figures out, as they appear in the `reason` label.
+WATERMARK_UNAVAILABLE = "watermark_unavailable"
+TIMESTAMP_UNAVAILABLE = "timestamp_unavailable"
+
+# A timestamp look-up result: the record's timestamp in ms, or None when no record was
+# found at or after the offset.
+Timestamps = Mapping[RecordKey, Optional[int]]
+
+
+def sampled_offset(committed: int, earliest: int) -> int:
+    """The offset whose record age is the group's time lag.
+
+    Normally the committed offset (the next record the group reads); after data loss the
+    group will next read the earliest retained record, so that one's age counts.
+    """
+    return committed if committed >= earliest else earliest
+
+
+def offset_lag(committed: int, latest: int) -> int:
+    """Messages between the committed offset and the end; never negative."""
+    return max(0, latest - committed)
+
+
+def timestamp_requests(data: ClusterData) -> Set[RecordKey]:
+    """The records whose timestamps the time lag of this cycle needs."""
+    wanted: Set[RecordKey] = set()
+    for name, offsets in data.committed.items():
+        if name not in data.groups:  # compute_lag reports no row for it
+            continue
+        for (topic, partition), committed in offsets.items():
+            tp = (topic, partition)
+            latest = data.latest.get(tp)
+            earliest = data.earliest.get(tp)
+            if latest is None or earliest is None or offset_lag(committed, latest) == 0:
+                continue
+            wanted.add((topic, partition, sampled_offset(committed, earliest)))
+    return wanted
+
+
+def time_lag(lag: int, record_ms: Optional[int], now: float) -> Optional[float]:
+    """Seconds behind: 0 when caught up, None when the record's age is unknown.
+
+    A record stamped in the future (producer clock skew) counts as 0, not negative.
+    """
+    if lag == 0:
+        return 0.0
+    if record_ms is None:
+        return None
+    return max(0.0, now - record_ms / 1000.0)
+
+
+def retention_ratio(lag: int, earliest: int, latest: int) -> float:
+    """Lag as a percentage of what the partition retains; 0 when it retains nothing."""
+    retained = latest - earliest
+    if retained <= 0:
+        return 0.0
+    return lag * 100.0 / retained
+
+
+def compute_lag(
+    data: ClusterData, timestamps: Optional[Timestamps], now: float
+) -> LagView:
+    """Compute every partition's and group's lag.
+
+    `timestamps` is None when timestamp sampling is off: no time lag is computed and
+    none is counted as missing.
+    """
+    skipped: Dict[str, int] = defaultdict(int)
+    partitions: List[PartitionLag] = []
+    groups: List[GroupLag] = []
+    compaction = data_loss = 0
+
+    for name in sorted(data.groups):
+        info = data.groups[name]
+        rows: List[PartitionLag] = []
+        for (topic, partition), committed in sorted(data.committed.get(name, {}).items()):
+            tp = (topic, partition)
+            earliest = data.earliest.get(tp)
+            latest = data.latest.get(tp)
+            if earliest is None or latest is None:
+                skipped[WATERMARK_UNAVAILABLE] += 1
+                continue
+            lag = offset_lag(committed, latest)
+            seconds: Optional[float] = None
+            if timestamps is not None:
+                key = (topic, partition, sampled_offset(committed, earliest))
+                seconds = time_lag(lag, timestamps.get(key), now)
+                if seconds is None:
+                    skipped[TIMESTAMP_UNAVAILABLE] += 1
+            row = PartitionLag(
+                group=name,
+                topic=topic,
+                partition=partition,
+                member=info.assignments.get(tp, NO_MEMBER),
+                committed=committed,
+                earliest=earliest,
+                latest=latest,
+                lag=lag,
+                lag_seconds=seconds,
+                messages_lost=max(0, earliest - committed),
+                retention_margin=committed - earliest,
+                retention_ratio=retention_ratio(lag, earliest, latest),
+                data_loss=committed < earliest,
+                compacted=topic in data.compacted_topics,
+            )
+            compaction += row.compacted
+            data_loss += row.data_loss
+            rows.append(row)
+        partitions.extend(rows)
+        groups.append(_aggregate(name, info.state, info.members, rows))
+
+    return LagView(
+        partitions=tuple(partitions),
+        groups=tuple(groups),
+        earliest=dict(data.earliest),
+        latest=dict(data.latest),
+        skipped=dict(skipped),
+        skipped_groups=dict(data.skipped_groups),
+        compaction_partitions=compaction,
+        data_loss_partitions=data_loss,
+    )
+
+
+def _aggregate(name: str, state: str, members: int, rows: Iterable[PartitionLag]) -> GroupLag:
+    rows = list(rows)
+    topic_sums: Dict[str, int] = defaultdict(int)
+    for row in rows:
+        topic_sums[row.topic] += row.lag
+    known_seconds = [r.lag_seconds for r in rows if r.lag_seconds is not None]
+    return GroupLag(
+        group=name,
+        state=state,
+        members=members,
+        # A group with no known partition has no max or sum: leaving them out beats a 0
+        # that would read as "caught up".
+        max_lag=max((r.lag for r in rows), default=None),
+        sum_lag=sum(r.lag for r in rows) if rows else None,
+        max_lag_seconds=max(known_seconds, default=None),
+        topic_sum_lag=dict(topic_sums),
+    )

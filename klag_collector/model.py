@@ -1,0 +1,130 @@
+"""Plain, immutable data read from one cluster in one collection cycle.
+
+Nothing here knows about Kafka clients or Twisted: the Kafka edge fills these records,
+the lag core reads them, and tests build them by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Tuple
+
+# (topic, partition)
+TP = Tuple[str, int]
+# (topic, partition, offset): the key of a record timestamp
+RecordKey = Tuple[str, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A consumer in a group, as the group coordinator describes it."""
+
+    consumer_id: str
+    client_id: str
+    host: str
+
+
+NO_MEMBER = Member(consumer_id="", client_id="", host="")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A consumer group's state, its members and which member holds which partition."""
+
+    name: str
+    state: str
+    members: int = 0
+    assignments: Mapping[TP, Member] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterData:
+    """Everything one cycle read from a cluster, already filtered by the cluster's regexes.
+
+    `committed` maps group -> partition -> committed offset, for groups whose offsets were
+    read; a group missing from it had its offsets left unread. Watermarks are given for
+    every partition of every kept topic; a partition missing from them could not be read.
+    """
+
+    groups: Mapping[str, GroupInfo]
+    committed: Mapping[str, Mapping[TP, int]]
+    earliest: Mapping[TP, int]
+    latest: Mapping[TP, int]
+    compacted_topics: frozenset = frozenset()
+    # partition -> node id of its leader, to batch requests per broker
+    leaders: Mapping[TP, int] = field(default_factory=dict)
+    # reason -> number of groups whose offsets or description could not be read
+    skipped_groups: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """Lag figures of one group on one partition."""
+
+    group: str
+    topic: str
+    partition: int
+    member: Member
+    committed: int
+    earliest: int
+    latest: int
+    lag: int
+    lag_seconds: Optional[float]
+    messages_lost: int
+    retention_margin: int
+    retention_ratio: float
+    data_loss: bool
+    compacted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLag:
+    """Per-group aggregates over the group's known partitions."""
+
+    group: str
+    state: str
+    members: int
+    max_lag: Optional[int]
+    sum_lag: Optional[int]
+    max_lag_seconds: Optional[float]
+    topic_sum_lag: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class LagView:
+    """The computed lag of one cluster at one instant."""
+
+    partitions: Tuple[PartitionLag, ...]
+    groups: Tuple[GroupLag, ...]
+    earliest: Mapping[TP, int]
+    latest: Mapping[TP, int]
+    # reason -> number of partitions left out (or of series left out) because a value was unknown
+    skipped: Mapping[str, int]
+    # reason -> number of groups left out
+    skipped_groups: Mapping[str, int]
+    compaction_partitions: int
+    data_loss_partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Counters of a cluster's record-timestamp cache."""
+
+    entries: int = 0
+    hits: int = 0
+    misses: int = 0
+    fetch_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterHealth:
+    """How a cluster's polling is going; replaced whole at the end of every cycle."""
+
+    last_success: Optional[float] = None
+    last_duration: Optional[float] = None
+    consecutive_failures: int = 0
+    failures_total: int = 0
+    skipped_ticks: int = 0
+    last_error: str = ""
+    next_attempt_at: Optional[float] = None
+    cache: CacheStats = CacheStats()

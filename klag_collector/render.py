@@ -1,0 +1,100 @@
+"""Exposition bytes rendered once per change, in a worker thread, served as they are.
+
+Rendering 20k series costs ~100 ms in prometheus_client; serving cached bytes ~1 ms. So
+each snapshot swap triggers one render of every variant (text and OpenMetrics, plain
+and gzipped) and scrapes only pick the right bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from prometheus_client import exposition
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.registry import Collector
+from twisted.internet import defer
+from twisted.logger import Logger
+
+TEXT_TYPE = exposition.CONTENT_TYPE_LATEST
+OPENMETRICS_TYPE = openmetrics.CONTENT_TYPE_LATEST
+# Level 6 gives nearly all of level 9's saving on this repetitive text at a third of the cost.
+GZIP_LEVEL = 6
+
+log = Logger()
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One render of the registry: body bytes per (openmetrics, gzip) variant."""
+
+    bodies: Dict[Tuple[bool, bool], bytes]
+
+    def body(self, openmetrics_format: bool, gzipped: bool) -> bytes:
+        """The bytes of one variant."""
+        return self.bodies[(openmetrics_format, gzipped)]
+
+
+def render(registry: Collector) -> Rendered:
+    """Render every variant; blocking, so it runs in a worker thread."""
+    text = exposition.generate_latest(registry)
+    om = openmetrics.generate_latest(registry)
+    return Rendered(
+        {
+            (False, False): text,
+            (False, True): gzip.compress(text, GZIP_LEVEL, mtime=0),
+            (True, False): om,
+            (True, True): gzip.compress(om, GZIP_LEVEL, mtime=0),
+        }
+    )
+
+
+class MetricsRenderer:
+    """Keeps the latest Rendered; `invalidate()` asks for a new one, coalescing bursts."""
+
+    def __init__(
+        self, registry: Collector, run_in_thread: Callable[..., "defer.Deferred[Any]"]
+    ) -> None:
+        self.registry = registry
+        self._run = run_in_thread
+        self.current: Optional[Rendered] = None
+        self._busy = False
+        self._dirty = False
+        self._waiters: "list[defer.Deferred[None]]" = []
+
+    def invalidate(self) -> None:
+        """The data changed: render again (after the render under way, if any)."""
+        if self._busy:
+            self._dirty = True
+            return
+        self._busy = True
+        self._dirty = False
+        d = self._run(render, self.registry)
+        d.addCallbacks(self._done, self._failed)
+
+    def when_rendered(self) -> "defer.Deferred[None]":
+        """Fires once every change so far is in `current`."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._busy:
+            self._waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def _done(self, rendered: Rendered) -> None:
+        self.current = rendered
+        self._finish()
+
+    def _failed(self, failure: Any) -> None:
+        log.failure("rendering /metrics failed; serving the previous render", failure)
+        self._finish()
+
+    def _finish(self) -> None:
+        self._busy = False
+        if self._dirty:
+            self.invalidate()
+            return
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
