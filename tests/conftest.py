@@ -1,0 +1,138 @@
+"""Shared fixtures: one Kafka broker for the whole session, and per-test helpers.
+
+The broker comes from, in order: $KLAG_TEST_BOOTSTRAP (an existing cluster), a
+testcontainers KafkaContainer when a Docker engine answers, else a LocalBroker run
+from Maven Central jars in a temp dir. Tests that need it carry @pytest.mark.kafka,
+so `-m "not kafka"` runs the rest without any broker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+import pytest
+
+from klag_collector import localkafka
+
+from kafkahelp import wait_until
+
+
+class _External:
+    """A cluster someone else runs: it cannot be stopped for outage tests."""
+
+    can_restart = False
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        wait_until(lambda: localkafka.probe_coordinator(bootstrap)[0], timeout=60,
+                   what=f"a group coordinator at KLAG_TEST_BOOTSTRAP={bootstrap}")
+
+    def stop(self) -> None:
+        raise RuntimeError("cannot stop an external broker (check kafka.can_restart)")
+
+    start = stop
+
+    def close(self) -> None:
+        pass
+
+
+class _Container(_External):
+    # A restarted container gets new host ports while Kafka keeps advertising the old
+    # ones, so outage tests are not offered here.
+    can_restart = False
+
+    def __init__(self) -> None:
+        from testcontainers.community.kafka import KafkaContainer
+
+        image = os.environ.get("KLAG_TEST_KAFKA_IMAGE")  # a confluentinc/cp-kafka tag
+        self._container = (KafkaContainer(image) if image else KafkaContainer()).with_kraft()
+        self._container.start()
+        super().__init__(self._container.get_bootstrap_server())
+
+    def close(self) -> None:
+        self._container.stop()
+
+
+class _Local:
+    """A LocalBroker of ours, which outage tests may stop and start again."""
+
+    can_restart = True
+
+    def __init__(self, workdir) -> None:
+        self.broker = localkafka.LocalBroker(workdir)
+        self.broker.start(timeout=120)
+        self.bootstrap = self.broker.bootstrap
+
+    def stop(self) -> None:
+        self.broker.stop()
+
+    def start(self) -> None:
+        self.broker.start(timeout=120)
+
+    def close(self) -> None:
+        self.broker.stop()
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory):
+    """The session's broker: .bootstrap, .can_restart, and .stop()/.start() when it can."""
+    bootstrap = os.environ.get("KLAG_TEST_BOOTSTRAP")
+    if bootstrap:
+        handle = _External(bootstrap)
+    elif _docker_answers():
+        handle = _Container()
+    else:
+        handle = _Local(tmp_path_factory.mktemp("kafka"))
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+def pytest_collection_modifyitems(items):
+    # A test that uses the broker without the mark would escape `-m "not kafka"`.
+    for item in items:
+        if {"kafka", "admin"} & set(getattr(item, "fixturenames", ())) \
+                and item.get_closest_marker("kafka") is None:
+            item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(autouse=True)
+def _kafka_for_marked_tests(request):
+    if request.node.get_closest_marker("kafka") is not None:
+        request.getfixturevalue("kafka")
+
+
+@pytest.fixture
+def admin(kafka):
+    """A KafkaAdminClient on the session broker, closed after the test."""
+    from kafka import KafkaAdminClient
+
+    client = KafkaAdminClient(bootstrap_servers=kafka.bootstrap, request_timeout_ms=15000,
+                              client_id="klag-tests")
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def unique(request) -> str:
+    """A name prefix no other test uses, since all tests share one broker."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name).strip("-")[:60]
+    return f"klagt-{name}-{uuid.uuid4().hex[:8]}"
