@@ -269,6 +269,14 @@ class ClusterPoller(service.Service):
         self._run(self.source.reset).addErrback(lambda f: None)
         self._retry = self.clock.callLater(delay, self._retry_now)
 
+    def cancel_retry(self) -> None:
+        """Forget a pending backoff retry (a one-shot collection has no next attempt)."""
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._stale_call is not None and self._stale_call.active():
+            self._stale_call.cancel()
+
     def _retry_now(self) -> None:
         self._retry = None
         if self._running is None:

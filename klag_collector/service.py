@@ -98,6 +98,23 @@ class KlagService(service.MultiService):
 
         return run
 
+    @defer.inlineCallbacks
+    def collect_once(self):  # type: ignore[no-untyped-def]
+        """One cycle of every cluster, without starting the loops or the site."""
+        for pool in self._pools:
+            pool.start()
+        try:
+            yield defer.gatherResults([p.poll_now() for p in self.pollers])
+            for poller in self.pollers:
+                poller.cancel_retry()
+                yield self._run_default(poller.source.reset)
+            yield self.renderer.when_rendered()
+        finally:
+            yield self._stop_pools()
+
+    def _run_default(self, f: Callable[..., Any]) -> "defer.Deferred[Any]":
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f)
+
     def startService(self) -> None:
         for pool in self._pools:
             pool.start()
@@ -108,10 +125,14 @@ class KlagService(service.MultiService):
     def stopService(self):  # type: ignore[no-untyped-def]
         yield super().stopService()
         yield self.renderer.when_rendered()
+        yield self._stop_pools()
+
+    @defer.inlineCallbacks
+    def _stop_pools(self):  # type: ignore[no-untyped-def]
         for pool in self._pools:
             # ThreadPool.stop joins its threads, and a thread stuck in a Kafka call may
             # never return: join off the reactor thread, and only for so long.
-            joined = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), pool.stop)
+            joined = self._run_default(pool.stop)
             try:
                 yield joined.addTimeout(STOP_JOIN_TIMEOUT, self.reactor)
             except defer.TimeoutError:

@@ -1,0 +1,5 @@
+"""`python -m klag_collector` runs the same program as `klag-collector`."""
+
+from .cli import main
+
+main()

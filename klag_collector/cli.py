@@ -1,0 +1,149 @@
+"""The `klag-collector` command (also `python -m klag_collector`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional, Sequence
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError
+from .logs import JSON, LEVELS, TEXT, start_logging
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+FORMATS = ("table", "json", "prometheus")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line, as documented in the README."""
+    p = argparse.ArgumentParser(
+        prog="klag-collector",
+        description="Kafka consumer-group lag exporter for Prometheus.",
+    )
+    p.add_argument("-c", "--config", metavar="FILE", help="TOML or YAML config file")
+    p.add_argument("-l", "--log-level", choices=LEVELS, default="info")
+    p.add_argument("--log-format", choices=(TEXT, JSON), help="default: text on a terminal, else json")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="validate the config and exit")
+    mode.add_argument("--once", action="store_true", help="collect every cluster once, print, exit")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output of --once")
+    p.add_argument("--version", action="version", version=f"klag-collector {__version__}")
+    return p
+
+
+def summary(config: Config) -> str:
+    """What --check prints: what would be monitored, without secrets."""
+    e = config.exporter
+    lines = [
+        f"config {config.source} is valid",
+        f"listen on {e.http_host}:{e.http_port}, poll every {e.poll_interval:g}s, "
+        f"granularity {e.granularity.value}, stale after {e.staleness_threshold:g}s",
+        "timestamp sampling: "
+        + (
+            f"on (cache {e.timestamp_sampling.cache_ttl:g}s, "
+            f"{e.timestamp_sampling.max_concurrent_fetches} concurrent fetches)"
+            if e.timestamp_sampling.enabled
+            else "off"
+        ),
+    ]
+    for c in config.clusters:
+        labels = ", ".join(f"{k}={v}" for k, v in c.labels.items()) or "none"
+        security = c.kafka_args.get("security_protocol", "PLAINTEXT")
+        lines.append(
+            f"cluster {c.name}: {','.join(c.bootstrap_servers)} ({security}), labels: {labels}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Parse the command line and run; exits with 0, 1 (collection failed) or 2 (bad input)."""
+    args = parser().parse_args(argv)
+    if not args.config:
+        parser().error("-c/--config FILE is required")
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"klag-collector: {e}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    if args.check:
+        print(summary(config))
+        sys.exit(EXIT_OK)
+    start_logging(args.log_level, args.log_format)
+    if args.once:
+        sys.exit(run_once(config, args.format))
+    sys.exit(run_forever(config))
+
+
+def run_once(config: Config, fmt: str) -> int:
+    """Collect each cluster once and print the result in `fmt`."""
+    from prometheus_client.exposition import generate_latest
+    from twisted.internet import task
+
+    from . import output
+    from .service import make_service
+
+    result: List[int] = []
+
+    def once(reactor):  # type: ignore[no-untyped-def]
+        svc = make_service(config, reactor, serve_http=False)
+
+        def show(_: object) -> None:
+            if fmt == "json":
+                print(output.as_json(svc.pollers))
+            elif fmt == "prometheus":
+                sys.stdout.write(generate_latest(svc.registry).decode())
+            else:
+                print(output.as_table(svc.pollers))
+            ok = all(p.snapshot is not None for p in svc.pollers)
+            result.append(EXIT_OK if ok else EXIT_FAILED)
+
+        return svc.collect_once().addCallback(show)
+
+    try:
+        task.react(once)
+    except SystemExit as e:
+        if e.code:
+            return int(e.code)
+    return result[0] if result else EXIT_FAILED
+
+
+def run_forever(config: Config) -> int:
+    """Serve until SIGINT or SIGTERM, then stop gracefully."""
+    from twisted.internet import reactor
+    from twisted.logger import Logger
+
+    from .service import make_service
+
+    log = Logger(namespace="klag_collector")
+    svc = make_service(config, reactor)
+    failed: List[str] = []
+
+    def start() -> None:
+        # Fail at once when the port is taken, instead of running without HTTP.
+        svc.http._raiseSynchronously = True  # type: ignore[attr-defined]
+        try:
+            svc.startService()
+        except Exception as e:
+            failed.append(str(e))
+            log.critical("cannot start: {error}", error=e)
+            reactor.stop()  # type: ignore[attr-defined]
+            return
+        log.info(
+            "klag-collector {version} serving http://{host}:{port}/metrics for {n} cluster(s)",
+            version=__version__,
+            host=config.exporter.http_host,
+            port=config.exporter.http_port,
+            n=len(config.clusters),
+        )
+
+    def stop():  # type: ignore[no-untyped-def]
+        if svc.running:
+            log.info("stopping")
+            return svc.stopService()
+        return None
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", stop)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return EXIT_FAILED if failed else EXIT_OK

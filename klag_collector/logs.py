@@ -1,0 +1,93 @@
+"""Log output: readable lines on a terminal, JSON lines otherwise or when asked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import IO, Any, Dict, Optional
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    formatEvent,
+    globalLogBeginner,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+LEVELS = ("debug", "info", "warn", "error", "critical")
+TEXT, JSON = "text", "json"
+
+
+def _line(event: Dict[str, Any]) -> Dict[str, Any]:
+    record: Dict[str, Any] = {
+        "time": round(event.get("log_time", 0.0), 3),
+        "level": event["log_level"].name if "log_level" in event else "info",
+        "logger": event.get("log_namespace", ""),
+        "message": formatEvent(event),
+    }
+    failure: Optional[Failure] = event.get("log_failure")
+    if failure is not None:
+        record["error"] = failure.getErrorMessage()
+        record["traceback"] = failure.getTraceback()
+    return record
+
+
+@implementer(ILogObserver)
+class LineObserver:
+    """Writes each event as one line, as text or as a JSON object."""
+
+    def __init__(self, out: IO[str], fmt: str) -> None:
+        self.out = out
+        self.fmt = fmt
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        record = _line(event)
+        if self.fmt == JSON:
+            text = json.dumps(record, default=str)
+        else:
+            text = f"{record['level'].upper():5} {record['logger']}: {record['message']}"
+            if "traceback" in record:
+                text += "\n" + record["traceback"]
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+class _ToTwisted(logging.Handler):
+    """Routes kafka-python's stdlib logging into the same observers."""
+
+    levels = {
+        logging.DEBUG: LogLevel.debug,
+        logging.INFO: LogLevel.info,
+        logging.WARNING: LogLevel.warn,
+        logging.ERROR: LogLevel.error,
+        logging.CRITICAL: LogLevel.critical,
+    }
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = self.levels.get(record.levelno, LogLevel.info)
+        Logger(namespace=record.name).emit(level, "{msg}", msg=record.getMessage())
+
+
+def default_format(stream: IO[str]) -> str:
+    """Text for a person at a terminal, JSON for log collectors."""
+    return TEXT if stream.isatty() else JSON
+
+
+def start_logging(level: str = "info", fmt: Optional[str] = None, out: IO[str] = sys.stderr) -> None:
+    """Send Twisted's and kafka-python's logs to `out` at `level` and above."""
+    fmt = fmt or default_format(out)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    observer = FilteringLogObserver(LineObserver(out, fmt), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    handler = _ToTwisted()
+    kafka_logger = logging.getLogger("kafka")
+    kafka_logger.handlers[:] = [handler]
+    # kafka-python logs every reconnect attempt at INFO/WARNING; our own error line
+    # per failed cycle says it once.
+    kafka_logger.setLevel(logging.ERROR if level != "debug" else logging.DEBUG)
+    kafka_logger.propagate = False
