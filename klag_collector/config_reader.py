@@ -1,0 +1,211 @@
+"""Typed reads of a parsed config tree, each failing as one ConfigError at its key path."""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import ipaddress
+import re
+from typing import Any, Dict, Iterable, Iterator, Mapping, NoReturn, Optional, Sequence, Tuple, TypeVar
+from urllib.parse import urlsplit
+
+from klag_collector.durations import parse_duration
+from klag_collector.errors import ConfigError
+
+V = TypeVar("V")
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Underscores are not valid in DNS names but are common in container service names.
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
+
+
+class FrozenMap(Mapping[str, V]):
+    """A read-only, hashable mapping that keeps insertion (file) order, for frozen dataclasses."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Iterable[Tuple[str, V]] | Mapping[str, V] = ()) -> None:
+        self._data: Dict[str, V] = dict(data)
+
+    def __getitem__(self, key: str) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+def join(path: str, key: str) -> str:
+    """The key path of *key* inside *path*: ``a.b``, or ``a["b.c"]`` when *key* is not a name."""
+    if _IDENTIFIER.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    return f'{path}["{key}"]'
+
+
+def kind(value: Any) -> str:
+    """What a value is, in words, for "must be X, not Y" messages (never the value itself)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, (datetime.date, datetime.time)):
+        return "a date/time"
+    return type(value).__name__
+
+
+def _unknown_key(key: str, allowed: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    if close:
+        return f'unknown key; did you mean "{close[0]}"?'
+    return "unknown key; expected one of: " + ", ".join(allowed)
+
+
+def is_host(text: str) -> bool:
+    """Whether *text* is an IP literal (IPv6 without brackets) or a host name."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return _HOSTNAME.fullmatch(text) is not None
+
+
+class Reader:
+    """Reads values out of one file's tree; every failure names that file."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, reason: str) -> NoReturn:
+        raise ConfigError(self.source, path, reason)
+
+    def table(self, value: Any, path: str, allowed: Optional[Sequence[str]]) -> Mapping[str, Any]:
+        """A table whose keys are strings and, unless *allowed* is None, among *allowed*."""
+        if not isinstance(value, dict):
+            self.fail(path or "(top level)", f"must be a table, not {kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                self.fail(path or "(top level)", f"keys must be strings, not {kind(key)}")
+            if allowed is not None and key not in allowed:
+                self.fail(join(path, key), _unknown_key(key, allowed))
+        return value
+
+    def string(self, value: Any, path: str) -> str:
+        if not isinstance(value, str):
+            self.fail(path, f"must be a string, not {kind(value)}")
+        if not value.strip():
+            self.fail(path, "must not be empty")
+        return value
+
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(path, f"must be true or false, not {kind(value)}")
+        return value
+
+    def integer(self, value: Any, path: str, minimum: int, maximum: Optional[int] = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(path, f"must be an integer, not {kind(value)}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"{minimum}..{maximum}" if maximum is not None else f"at least {minimum}"
+            self.fail(path, f"must be {bound}" if maximum is None else f"must be in {bound}")
+        return value
+
+    def number(self, value: Any, path: str, minimum: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(path, f"must be a number, not {kind(value)}")
+        if not value >= minimum:  # also rejects NaN
+            self.fail(path, f"must be at least {minimum:g}")
+        return float(value)
+
+    def duration(self, value: Any, path: str, minimum: Optional[float] = None) -> float:
+        """Seconds; greater than zero unless a *minimum* (inclusive) is given."""
+        if not isinstance(value, str):
+            self.fail(path, f'must be a duration string such as "30s", not {kind(value)}')
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            self.fail(path, f"bad duration: {e}")
+        if minimum is None and seconds <= 0:
+            self.fail(path, "must be longer than zero")
+        if minimum is not None and seconds < minimum:
+            self.fail(path, f"must be at least {minimum:g}s")
+        return seconds
+
+    def choice(self, value: Any, path: str, allowed: Sequence[str]) -> str:
+        if not isinstance(value, str):
+            self.fail(path, f"must be a string, not {kind(value)}")
+        if value not in allowed:
+            self.fail(path, "must be " + " or ".join(f'"{a}"' for a in allowed))
+        return value
+
+    def patterns(self, value: Any, path: str) -> Tuple[re.Pattern[str], ...]:
+        """Regular expressions, compiled; a bad one is reported with its index."""
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            self.fail(path, f"must be a list of regular expressions, not {kind(value)}")
+        compiled = []
+        for i, pattern in enumerate(value):
+            if not isinstance(pattern, str):
+                self.fail(f"{path}[{i}]", f"must be a string, not {kind(pattern)}")
+            try:
+                compiled.append(re.compile(pattern))
+            except re.error as e:
+                where = f" at position {e.pos}" if e.pos is not None else ""
+                self.fail(f"{path}[{i}]", f"invalid regular expression: {e.msg}{where}")
+        return tuple(compiled)
+
+    def host(self, value: Any, path: str) -> str:
+        text = self.string(value, path)
+        if text.startswith("[") and text.endswith("]"):
+            self.fail(path, "write an IPv6 address without brackets")
+        if not is_host(text):
+            self.fail(path, "is not a host name or IP address")
+        return text
+
+    def server(self, value: Any, path: str) -> str:
+        """One bootstrap server: ``host``, ``host:port`` or ``[IPv6]:port``."""
+        if not isinstance(value, str):
+            self.fail(path, f"must be a string, not {kind(value)}")
+        item = value.strip()
+        if not item:
+            self.fail(path, "is empty")
+        bracketed = re.fullmatch(r"\[([^\]]+)\](?::(.*))?", item)
+        if bracketed:
+            host, port = bracketed.groups()
+        elif item.count(":") > 1:
+            self.fail(path, "an IPv6 address needs brackets: [address]:port")
+        else:
+            host, _, port = item.partition(":") if ":" in item else (item, "", None)
+        if not is_host(host):
+            self.fail(path, "is not host:port")
+        if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+            self.fail(path, "has a port outside 1..65535")
+        return item
+
+    def url(self, value: Any, path: str) -> str:
+        text = self.string(value, path)
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            self.fail(path, "must be an http:// or https:// URL")
+        return text

@@ -1,0 +1,346 @@
+"""librdkafka / Java client properties, as klag-exporter configs carry them, as kafka-python arguments.
+
+``TRANSLATED`` is the one table: property name -> kafka-python 3.x keyword and value conversion.
+Every keyword in it is accepted by both ``KafkaAdminClient`` and ``KafkaConsumer`` (a test checks
+this against their ``DEFAULT_CONFIG``), since both are built from the same arguments.
+
+A property missing from the table is an error naming it; nothing is dropped silently. The only
+exceptions are listed in ``IGNORED``, each with the reason it cannot matter to a lag reader.
+``UNSUPPORTED`` holds known properties that cannot be translated, with what to do instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from klag_collector.errors import ConfigError
+
+
+_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "AWS_MSK_IAM")
+
+
+def _choice(*allowed: str, upper: bool = True) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        value = text.strip().upper() if upper else text.strip()
+        if value not in allowed:
+            raise ValueError("must be one of " + ", ".join(allowed))
+        return value
+
+    return convert
+
+
+def _mechanism(text: str) -> str:
+    value = text.strip().upper()
+    if value == "OAUTHBEARER":
+        raise ValueError(
+            "OAUTHBEARER is not yet supported (kafka-python needs a token provider object)"
+        )
+    if value not in _MECHANISMS:
+        raise ValueError("must be one of " + ", ".join(_MECHANISMS))
+    return value
+
+
+def _ms(minimum: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return convert
+
+
+def _text(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    if text.strip().lower() == "probe":
+        raise ValueError('"probe" is librdkafka-only; give the path of a PEM file')
+    return text
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _hostname_check(text: str) -> bool:
+    # "https" is the only algorithm librdkafka and Java know; empty or "none" turns it off.
+    value = text.strip().lower()
+    if value == "https":
+        return True
+    if value in ("", "none"):
+        return False
+    raise ValueError('must be "https", "none" or empty')
+
+
+def _certificate_verification(text: str) -> None:
+    if not _bool(text):
+        raise ValueError(
+            "false is not supported: kafka-python always verifies the broker's certificate; "
+            "give the broker's CA with ssl.ca.location"
+        )
+    return None  # true is kafka-python's behaviour already: no argument needed
+
+
+@dataclass(frozen=True)
+class Translation:
+    """How one property becomes a kafka-python keyword argument (none when ``arg`` is None)."""
+
+    arg: Optional[str]
+    convert: Callable[[str], Any]
+
+
+_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+TRANSLATED: Dict[str, Translation] = {
+    "security.protocol": Translation("security_protocol", _choice(*_PROTOCOLS)),
+    "sasl.mechanism": Translation("sasl_mechanism", _mechanism),
+    "sasl.mechanisms": Translation("sasl_mechanism", _mechanism),  # librdkafka alias
+    "sasl.username": Translation("sasl_plain_username", _text),
+    "sasl.password": Translation("sasl_plain_password", _text),
+    "sasl.kerberos.service.name": Translation("sasl_kerberos_service_name", _text),
+    "sasl.kerberos.domain.name": Translation("sasl_kerberos_domain_name", _text),
+    "ssl.ca.location": Translation("ssl_cafile", _path),
+    "ssl.certificate.location": Translation("ssl_certfile", _path),
+    "ssl.key.location": Translation("ssl_keyfile", _path),
+    "ssl.key.password": Translation("ssl_password", _text),
+    "ssl.crl.location": Translation("ssl_crlfile", _path),
+    "ssl.endpoint.identification.algorithm": Translation("ssl_check_hostname", _hostname_check),
+    "enable.ssl.certificate.verification": Translation(None, _certificate_verification),
+    "client.id": Translation("client_id", _text),
+    "client.dns.lookup": Translation(
+        "client_dns_lookup",
+        _choice("use_all_dns_ips", "resolve_canonical_bootstrap_servers_only", upper=False),
+    ),
+    "request.timeout.ms": Translation("request_timeout_ms", _ms(1)),
+    "socket.timeout.ms": Translation("request_timeout_ms", _ms(1)),  # librdkafka's name
+    "metadata.max.age.ms": Translation("metadata_max_age_ms", _ms(0)),
+    "reconnect.backoff.ms": Translation("reconnect_backoff_ms", _ms(0)),
+    "reconnect.backoff.max.ms": Translation("reconnect_backoff_max_ms", _ms(0)),
+    "retry.backoff.ms": Translation("retry_backoff_ms", _ms(0)),
+    "connections.max.idle.ms": Translation("connections_max_idle_ms", _ms(0)),
+    "socket.receive.buffer.bytes": Translation("receive_buffer_bytes", _ms(1)),
+    "receive.buffer.bytes": Translation("receive_buffer_bytes", _ms(1)),  # Java's name
+    "socket.send.buffer.bytes": Translation("send_buffer_bytes", _ms(1)),
+    "send.buffer.bytes": Translation("send_buffer_bytes", _ms(1)),  # Java's name
+    "receive.message.max.bytes": Translation("receive_message_max_bytes", _ms(1)),
+    "max.in.flight.requests.per.connection": Translation(
+        "max_in_flight_requests_per_connection", _ms(1)
+    ),
+    "max.in.flight": Translation("max_in_flight_requests_per_connection", _ms(1)),
+}
+
+# Accepted and ignored, because each only matters to a client that joins a group, commits,
+# or logs through librdkafka, and this exporter does none of that.
+_GROUP_ONLY = "group membership setting; the exporter never joins a consumer group"
+IGNORED: Dict[str, str] = {
+    "group.id": "the exporter reads committed offsets of other groups and never joins one",
+    "enable.auto.commit": "the exporter never commits offsets",
+    "auto.commit.interval.ms": "the exporter never commits offsets",
+    "enable.auto.offset.store": "the exporter never commits offsets",
+    "auto.offset.reset": "the exporter seeks to explicit offsets, never to a reset position",
+    "session.timeout.ms": _GROUP_ONLY,
+    "heartbeat.interval.ms": _GROUP_ONLY,
+    "max.poll.interval.ms": _GROUP_ONLY,
+    "partition.assignment.strategy": _GROUP_ONLY,
+    "group.instance.id": _GROUP_ONLY,
+    "enable.partition.eof": "librdkafka consumer event; kafka-python has no such event",
+    "statistics.interval.ms": "librdkafka statistics callback; the exporter has its own metrics",
+    "debug": "librdkafka debug logging; use klag-collector's -l option",
+    "log_level": "librdkafka logging; use klag-collector's -l option",
+    "socket.connection.setup.timeout.ms": (
+        "kafka-python 3.0.12 clients do not accept it and use 10 s; "
+        "performance.kafka_timeout bounds every Kafka call"
+    ),
+    "socket.connection.setup.timeout.max.ms": (
+        "kafka-python 3.0.12 clients do not accept it and use 30 s; "
+        "performance.kafka_timeout bounds every Kafka call"
+    ),
+}
+
+_PEM_FILES = "convert it to PEM files and use ssl.ca.location, ssl.certificate.location and ssl.key.location"
+UNSUPPORTED: Dict[str, str] = {
+    "ssl.truststore.location": f"Java keystores (JKS/PKCS12) cannot be read; {_PEM_FILES}",
+    "ssl.truststore.password": f"Java keystores (JKS/PKCS12) cannot be read; {_PEM_FILES}",
+    "ssl.truststore.type": f"Java keystores (JKS/PKCS12) cannot be read; {_PEM_FILES}",
+    "ssl.truststore.certificates": "inline certificates are not supported; use ssl.ca.location",
+    "ssl.keystore.location": f"Java keystores (JKS/PKCS12) cannot be read; {_PEM_FILES}",
+    "ssl.keystore.password": f"Java keystores (JKS/PKCS12) cannot be read; {_PEM_FILES}",
+    "ssl.keystore.type": f"Java keystores (JKS/PKCS12) cannot be read; {_PEM_FILES}",
+    "ssl.keystore.key": "inline keys are not supported; use ssl.key.location",
+    "ssl.keystore.certificate.chain": "inline certificates are not supported; use ssl.certificate.location",
+    "ssl.ca.pem": "inline certificates are not supported; use ssl.ca.location",
+    "ssl.certificate.pem": "inline certificates are not supported; use ssl.certificate.location",
+    "ssl.key.pem": "inline keys are not supported; use ssl.key.location",
+    "ssl.keystore.location.pem": f"not supported; {_PEM_FILES}",
+    "ssl.cipher.suites": "kafka-python's admin client cannot restrict cipher suites",
+    "ssl.enabled.protocols": "kafka-python always negotiates TLS 1.2 or newer",
+    "ssl.protocol": "kafka-python always negotiates TLS 1.2 or newer",
+    "sasl.jaas.config": "not translatable; use sasl.username and sasl.password",
+    "sasl.kerberos.keytab": "kafka-python uses the Kerberos credential cache; run kinit or set KRB5_CLIENT_KTNAME",
+    "sasl.kerberos.principal": "kafka-python uses the Kerberos credential cache; run kinit or set KRB5_CLIENT_KTNAME",
+    "sasl.kerberos.kinit.cmd": "kafka-python does not run kinit; run it before starting the exporter",
+    "sasl.oauthbearer.config": "OAUTHBEARER is not yet supported",
+    "sasl.oauthbearer.method": "OAUTHBEARER is not yet supported",
+    "sasl.oauthbearer.client.id": "OAUTHBEARER is not yet supported",
+    "sasl.oauthbearer.client.secret": "OAUTHBEARER is not yet supported",
+    "sasl.oauthbearer.token.endpoint.url": "OAUTHBEARER is not yet supported",
+    "bootstrap.servers": "set the cluster's bootstrap_servers key instead",
+    "isolation.level": "kafka-python's admin client has no isolation level",
+}
+
+SECRET_PROPERTIES = frozenset(
+    {
+        "sasl.password",
+        "ssl.key.password",
+        "ssl.keystore.password",
+        "ssl.truststore.password",
+        "ssl.keystore.key",
+        "ssl.key.pem",
+        "sasl.jaas.config",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",
+    }
+)
+# The kafka-python keywords whose values are secrets; reprs must hide them.
+SECRET_ARGS = frozenset(
+    TRANSLATED[name].arg for name in SECRET_PROPERTIES if name in TRANSLATED
+)
+
+# Which package each SASL mechanism needs at run time, beyond kafka-python itself.
+_MECHANISM_PACKAGES = {"GSSAPI": "gssapi", "AWS_MSK_IAM": "botocore"}
+
+
+def property_key(key_prefix: str, name: str) -> str:
+    """The key path of one property, e.g. ``clusters[0].consumer_properties["sasl.mechanism"]``."""
+    return f'{key_prefix}["{name}"]'
+
+
+def translate(properties: Mapping[str, Any], source: str, key_prefix: str) -> Dict[str, Any]:
+    """Return kafka-python keyword arguments for *properties*, or raise ConfigError."""
+    args: Dict[str, Any] = {}
+    origin: Dict[str, str] = {}  # kafka-python keyword -> the property that set it
+    for name, raw in properties.items():
+        key = property_key(key_prefix, name)
+        if name in IGNORED:
+            continue
+        if name in UNSUPPORTED:
+            raise ConfigError(source, key, UNSUPPORTED[name])
+        rule = TRANSLATED.get(name)
+        if rule is None:
+            raise ConfigError(source, key, _unknown_reason(name))
+        try:
+            value = rule.convert(_as_text(raw))
+        except ValueError as e:
+            raise ConfigError(source, key, str(e)) from None
+        if rule.arg is None:
+            continue
+        if rule.arg in origin:
+            raise ConfigError(source, key, f'sets the same thing as "{origin[rule.arg]}"; keep one')
+        args[rule.arg] = value
+        origin[rule.arg] = name
+    _check_coherence(args, origin, source, key_prefix)
+    return args
+
+
+def _as_text(raw: Any) -> str:
+    # klag-exporter requires strings; a YAML or TOML number or boolean is an easy slip to forgive.
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, (str, int)):
+        return str(raw)
+    raise ValueError("must be a string")
+
+
+def _unknown_reason(name: str) -> str:
+    known = list(TRANSLATED) + list(IGNORED) + list(UNSUPPORTED)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f'; did you mean "{close[0]}"?' if close else ""
+    return f"unknown Kafka client property{hint}"
+
+
+def _check_coherence(
+    args: Mapping[str, Any], origin: Mapping[str, str], source: str, key_prefix: str
+) -> None:
+    """Reject combinations kafka-python would ignore or fail on only at connect time."""
+
+    def fail(arg: str, reason: str) -> None:
+        raise ConfigError(source, property_key(key_prefix, origin[arg]), reason)
+
+    protocol = args.get("security_protocol", "PLAINTEXT")
+    mechanism = args.get("sasl_mechanism")
+    uses_sasl = protocol.startswith("SASL_")
+    uses_ssl = protocol.endswith("SSL")
+    for arg in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
+                "sasl_kerberos_service_name", "sasl_kerberos_domain_name"):
+        if arg in args and not uses_sasl:
+            fail(arg, f"is set but security.protocol is {protocol}, so it would be ignored; "
+                      "use SASL_SSL or SASL_PLAINTEXT")
+    # ssl.endpoint.identification.algorithm is left out: Java configs often carry an empty one
+    # next to SASL_PLAINTEXT, and saying "check host names if TLS is used" is harmless.
+    for arg in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_crlfile"):
+        if arg in args and not uses_ssl:
+            fail(arg, f"is set but security.protocol is {protocol}, so it would be ignored; "
+                      "use SSL or SASL_SSL")
+    if uses_sasl and mechanism is None:
+        fail("security_protocol", f"is {protocol} but sasl.mechanism is not set")
+    if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        for arg, prop in (("sasl_plain_username", "sasl.username"),
+                          ("sasl_plain_password", "sasl.password")):
+            if arg not in args:
+                fail("sasl_mechanism", f"{mechanism} needs {prop}, which is not set")
+    if mechanism == "AWS_MSK_IAM" and protocol != "SASL_SSL":
+        fail("sasl_mechanism", "AWS_MSK_IAM needs security.protocol SASL_SSL")
+    package = _MECHANISM_PACKAGES.get(mechanism or "")
+    if package and importlib.util.find_spec(package) is None:
+        fail("sasl_mechanism", f'{mechanism} needs the Python package "{package}", which is not installed')
+    if "ssl_keyfile" in args and "ssl_certfile" not in args:
+        fail("ssl_keyfile", "is set without ssl.certificate.location")
+    if "ssl_password" in args and "ssl_keyfile" not in args and "ssl_certfile" not in args:
+        fail("ssl_password", "is set without ssl.key.location or ssl.certificate.location")
+
+
+def msk_iam_args(
+    table: Mapping[str, Any], kafka_args: Mapping[str, Any], source: str, key_prefix: str
+) -> Dict[str, Any]:
+    """Arguments for klag-exporter's ``[clusters.aws_msk_iam]`` table: SASL AWS_MSK_IAM over TLS.
+
+    kafka-python signs with botocore's credentials and region, so a region given in the file
+    cannot be passed on; rather than connect to the wrong region, that is an error.
+    """
+    for name in table:
+        if name == "region":
+            raise ConfigError(
+                source, f"{key_prefix}.region",
+                "cannot be passed to kafka-python; set AWS_DEFAULT_REGION in the environment instead",
+            )
+        raise ConfigError(source, f"{key_prefix}.{name}", 'unknown key; the only key here is "region"')
+    for arg in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password"):
+        if arg in kafka_args:
+            raise ConfigError(source, key_prefix, "conflicts with the SASL settings in consumer_properties")
+    if kafka_args.get("security_protocol", "SASL_SSL") != "SASL_SSL":
+        raise ConfigError(source, key_prefix, "needs security.protocol SASL_SSL")
+    if importlib.util.find_spec("botocore") is None:
+        raise ConfigError(source, key_prefix, 'needs the Python package "botocore", which is not installed')
+    return {**kafka_args, "security_protocol": "SASL_SSL", "sasl_mechanism": "AWS_MSK_IAM"}
+
+
+def hide_secrets(kafka_args: Mapping[str, Any]) -> List[Tuple[str, Any]]:
+    """The arguments as pairs, secret values replaced, for reprs and logs."""
+    return [(k, "***" if k in SECRET_ARGS else v) for k, v in kafka_args.items()]
