@@ -150,14 +150,13 @@ class ClusterPoller(service.Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        for call in (self._retry, self._stale_call):
-            if call is not None and call.active():
-                call.cancel()
         if self._running is not None:
             try:
                 yield self._idle().addTimeout(STOP_GRACE, self.clock)
             except defer.TimeoutError:
                 self.log.warn("cluster {cluster}: cycle still running at stop", cluster=self.name)
+        # After the last cycle ended, which may have scheduled a retry or a stale check.
+        self.cancel_retry()
         yield self._run(self.source.reset)
 
     # -- the loop -----------------------------------------------------------------
