@@ -22,7 +22,7 @@ def parser() -> argparse.ArgumentParser:
         description="Kafka consumer-group lag exporter for Prometheus.",
     )
     p.add_argument("-c", "--config", metavar="FILE", help="TOML or YAML config file")
-    p.add_argument("-l", "--log-level", choices=LEVELS, default="info")
+    p.add_argument("-l", "--log-level", choices=LEVELS, help="default: info; warn with --once")
     p.add_argument("--log-format", choices=(TEXT, JSON), help="default: text on a terminal, else json")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="validate the config and exit")
@@ -69,7 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.check:
         print(summary(config))
         sys.exit(EXIT_OK)
-    start_logging(args.log_level, args.log_format)
+    # --once prints its result on stdout; progress lines would only get in the way.
+    start_logging(args.log_level or ("warn" if args.once else "info"), args.log_format)
     if args.once:
         sys.exit(run_once(config, args.format))
     sys.exit(run_forever(config))

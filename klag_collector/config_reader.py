@@ -100,7 +100,12 @@ class Reader:
         raise ConfigError(self.source, path, reason)
 
     def table(self, value: Any, path: str, allowed: Optional[Sequence[str]]) -> Mapping[str, Any]:
-        """A table whose keys are strings and, unless *allowed* is None, among *allowed*."""
+        """A table whose keys are strings and, unless *allowed* is None, among *allowed*.
+
+        YAML's bare ``exporter:`` is null; it reads as an empty table, like TOML's ``[exporter]``.
+        """
+        if value is None:
+            return {}
         if not isinstance(value, dict):
             self.fail(path or "(top level)", f"must be a table, not {kind(value)}")
         for key in value:

@@ -31,19 +31,18 @@ from typing import Iterable, Mapping
 KAFKA_VERSION = "4.4.0"
 
 _MARKER = ".klag-complete"
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
+# kafka_2.13's pom brings slf4j-api but no binding (the distribution adds one), so
+# without slf4j-simple Kafka would log nothing, not even why it died.
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
   <groupId>klag-collector</groupId><artifactId>localkafka</artifactId><version>0</version>
   <dependencies>
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
       <version>{version}</version></dependency>
-{extra}
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-simple</artifactId>
+      <version>1.7.36</version></dependency>
   </dependencies>
 </project>
 """
-# kafka_2.13's pom brings slf4j-api but no binding (the distribution adds one), so
-# without this Kafka would log nothing, not even why it died.
-_LOGGING = ["org.slf4j:slf4j-simple:1.7.36"]
 _LOG_FLAGS = [
     "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
     "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
@@ -91,32 +90,27 @@ def fetch_jars(version: str | None = None) -> pathlib.Path:
         for jar in dest.glob("*.jar"):
             jar.unlink()
         with tempfile.TemporaryDirectory(prefix="klag-pom-") as tmp:
-            (pathlib.Path(tmp) / "pom.xml").write_text(_pom(version))
+            (pathlib.Path(tmp) / "pom.xml").write_text(_POM.format(version=version))
             cmd = [mvn, "-q", "-B", "-f", str(pathlib.Path(tmp) / "pom.xml"),
                    "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies",
                    f"-DoutputDirectory={dest}", "-DincludeScope=runtime"]
-            proc = subprocess.run(cmd, cwd=tmp, stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True)
-        if proc.returncode != 0 or not any(dest.glob("kafka_2.13-*.jar")):
-            tail = _tail_text(proc.stdout + proc.stderr, 15)
-            raise LocalKafkaError(
-                f"mvn could not fetch org.apache.kafka:kafka_2.13:{version} "
-                f"(exit {proc.returncode}); its last lines:\n{tail}")
+            try:
+                proc = subprocess.run(cmd, cwd=tmp, stdin=subprocess.DEVNULL,
+                                      capture_output=True, text=True, timeout=900)
+                out, rc = proc.stdout + proc.stderr, proc.returncode
+            except subprocess.TimeoutExpired as exc:
+                out, rc = f"{exc.stdout or ''}{exc.stderr or ''}\n(killed after 900s)", "timeout"
+        if rc != 0 or not any(dest.glob("kafka_2.13-*.jar")):
+            raise LocalKafkaError(f"mvn could not fetch org.apache.kafka:kafka_2.13:{version} "
+                                  f"(exit {rc}); its last lines:\n{_tail_text(out, 15)}")
         marker.write_text(_marker_text(version))
     return dest
-
-
-def _pom(version: str) -> str:
-    extra = "".join(
-        "    <dependency><groupId>{}</groupId><artifactId>{}</artifactId>"
-        "<version>{}</version></dependency>\n".format(*gav.split(":")) for gav in _LOGGING)
-    return _POM.format(version=version, extra=extra.rstrip("\n"))
 
 
 def _marker_text(version: str) -> str:
     # The pom's digest is in the marker so a changed recipe refetches instead of
     # silently running with the old jar set.
-    return f"{version} {hashlib.sha256(_pom(version).encode()).hexdigest()[:16]}\n"
+    return f"{version} {hashlib.sha256(_POM.format(version=version).encode()).hexdigest()[:16]}\n"
 
 
 def _marker_ok(marker: pathlib.Path, version: str) -> bool:
@@ -144,9 +138,9 @@ class Listener:
         """Accept a Listener, "NAME", or "NAME://127.0.0.1:PORT" (protocol = NAME)."""
         if isinstance(spec, Listener):
             return spec
-        name, _, rest = spec.partition("://")
-        port = int(rest.rpartition(":")[2]) if rest.rpartition(":")[2] else None
-        return cls(name.upper(), None, port or None)
+        name, sep, addr = spec.partition("://")
+        port = addr.rpartition(":")[2] if sep else ""
+        return cls(name, None, int(port) if port else None)
 
 
 class LocalBroker:
@@ -169,24 +163,19 @@ class LocalBroker:
         self.version = kafka_version(version or state.get("version"))
         self.extra_properties = {k: str(v) for k, v in (extra_properties or {}).items()}
         self.listeners = [Listener.parse(s) for s in (extra_listeners or ())]
-        ports = state.get("ports", {})
-        if port:
-            ports["PLAINTEXT"] = port
+        ports = {**state.get("ports", {}), **({"PLAINTEXT": port} if port else {})}
         for lst in self.listeners:
-            lst.protocol = (lst.protocol or lst.name).upper()
-            if lst.port:
-                ports[lst.name] = lst.port
+            lst.name, lst.protocol = lst.name.upper(), (lst.protocol or lst.name).upper()
+            ports[lst.name] = lst.port or ports.get(lst.name)
         wanted = ["PLAINTEXT", "CONTROLLER"] + [lst.name for lst in self.listeners]
         free = iter(_free_ports(sum(1 for n in wanted if not ports.get(n))))
-        for name in wanted:
-            ports[name] = ports.get(name) or next(free)
-        self.ports: dict[str, int] = ports
-        self.port = ports["PLAINTEXT"]
+        self.ports: dict[str, int] = {**ports, **{n: ports.get(n) or next(free) for n in wanted}}
+        self.port = self.ports["PLAINTEXT"]
         for lst in self.listeners:
-            lst.port = ports[lst.name]
+            lst.port = self.ports[lst.name]
         self.cluster_id = state.get("cluster_id") or _cluster_id()
         self._state_file.write_text(json.dumps(
-            {"version": self.version, "ports": ports, "cluster_id": self.cluster_id}))
+            {"version": self.version, "ports": self.ports, "cluster_id": self.cluster_id}))
 
     @property
     def bootstrap(self) -> str:
@@ -195,8 +184,6 @@ class LocalBroker:
     def listener_bootstrap(self, name: str) -> str:
         """The host:port of an extra listener, by its name."""
         return f"127.0.0.1:{self.ports[name.upper()]}"
-
-    # -- lifecycle -----------------------------------------------------
 
     def start(self, timeout: float = 90, *, detach: bool = False) -> "LocalBroker":
         """Start the broker (formatting its storage the first time) and wait until ready.
@@ -240,7 +227,7 @@ class LocalBroker:
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM the broker, wait for a clean shutdown, SIGKILL it after `timeout`."""
         pid = self._pid()
-        if pid is not None and self._alive(pid):
+        if self._alive(pid):
             os.kill(pid, signal.SIGTERM)
             if not self._wait_gone(pid, timeout):
                 os.kill(pid, signal.SIGKILL)
@@ -255,8 +242,7 @@ class LocalBroker:
 
     @property
     def running(self) -> bool:
-        pid = self._pid()
-        return pid is not None and self._alive(pid)
+        return self._alive(self._pid())
 
     def __enter__(self) -> "LocalBroker":
         return self.start()
@@ -264,13 +250,14 @@ class LocalBroker:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log_tail(self, lines: int = 25) -> str:
+        """The log's last lines, without Java stack frames, which would crowd out the cause."""
         try:
-            return _tail_text(self.log_file.read_text(errors="replace"), lines)
+            text = self.log_file.read_text(errors="replace")
         except OSError:
             return "(no broker log)"
-
-    # -- internals -----------------------------------------------------
+        keep = [l for l in text.splitlines() if not l.startswith(("\tat ", "\t... "))]
+        return _tail_text("\n".join(keep), lines)
 
     def _write_config(self) -> pathlib.Path:
         listeners = [("PLAINTEXT", "PLAINTEXT")] + [(l.name, l.protocol) for l in self.listeners]
@@ -314,8 +301,7 @@ class LocalBroker:
     def _wait_ready(self, deadline: float, timeout: float) -> None:
         last = "port not open yet"
         while True:
-            pid = self._pid()
-            if pid is None or not self._alive(pid):
+            if not self.running:
                 raise LocalKafkaError(f"kafka broker exited during startup; {self.log_file} ends:\n"
                                       + self.log_tail())
             if time.monotonic() > deadline:
@@ -333,7 +319,9 @@ class LocalBroker:
         except (OSError, ValueError):
             return None
 
-    def _alive(self, pid: int) -> bool:
+    def _alive(self, pid: int | None) -> bool:
+        if pid is None:
+            return False
         if self._proc is not None and self._proc.pid == pid:
             return self._proc.poll() is None
         # Not our child (e.g. the CLI's stop): make sure the PID was not reused by
@@ -347,18 +335,12 @@ class LocalBroker:
                 and str(self.workdir / "server.properties").encode() in cmdline)
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:
-        if self._proc is not None and self._proc.pid == pid:
-            try:
-                self._proc.wait(timeout)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if not self._alive(pid):
-                return True
-            time.sleep(0.1)
-        return not self._alive(pid)
+        while self._alive(pid):  # _alive reaps our own child, so no zombie lingers
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.05)
+        return True
 
 
 def probe_coordinator(bootstrap: str, **client_config) -> tuple[bool, str]:
@@ -370,7 +352,7 @@ def probe_coordinator(bootstrap: str, **client_config) -> tuple[bool, str]:
     from kafka import KafkaAdminClient
 
     admin = None
-    try:
+    try:  # a fresh client each time: a failed bootstrap leaves one in a poor state
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000,
                                  bootstrap_timeout_ms=5000, client_id="klag-localkafka-ready",
                                  **client_config)
@@ -407,12 +389,10 @@ def _cluster_id() -> str:
 
 def _free_ports(n: int) -> list[int]:
     # Hold every socket until all are bound so the n ports are distinct.
-    socks = []
+    socks = [socket.socket() for _ in range(n)]
     try:
-        for _ in range(n):
-            s = socket.socket()
+        for s in socks:
             s.bind(("127.0.0.1", 0))
-            socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
@@ -439,15 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m klag_collector.localkafka",
                                      description="Run a local single-node Kafka for tests/demos.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p_start = sub.add_parser("start", help="start a broker in DIR, detached; print its bootstrap")
-    p_start.add_argument("--dir", required=True)
-    p_start.add_argument("--port", type=int)
-    p_start.add_argument("--version")
-    p_start.add_argument("--timeout", type=float, default=90)
-    p_stop = sub.add_parser("stop", help="stop the broker running in DIR")
-    p_stop.add_argument("--dir", required=True)
-    p_fetch = sub.add_parser("fetch", help="download the Kafka jars into the cache")
-    p_fetch.add_argument("--version")
+    start = sub.add_parser("start", help="start a broker in DIR, detached; print its bootstrap")
+    stop = sub.add_parser("stop", help="stop the broker running in DIR")
+    fetch = sub.add_parser("fetch", help="download the Kafka jars into the cache")
+    for p in (start, stop):
+        p.add_argument("--dir", required=True)
+    for p in (start, fetch):
+        p.add_argument("--version", help=f"Kafka version (default {kafka_version()})")
+    start.add_argument("--port", type=int)
+    start.add_argument("--timeout", type=float, default=90)
     args = parser.parse_args(argv)
     try:
         if args.cmd == "fetch":
@@ -456,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             broker = LocalBroker(args.dir, version=args.version, port=args.port)
             broker.start(args.timeout, detach=True)
             print(broker.bootstrap)
+        elif not (pathlib.Path(args.dir) / "broker.pid").exists():
+            print(f"no broker running in {args.dir}")
         else:
             LocalBroker(args.dir).stop()
     except LocalKafkaError as exc:

@@ -17,7 +17,9 @@ from prometheus_client.registry import Collector
 from twisted.internet import defer
 from twisted.logger import Logger
 
-TEXT_TYPE = exposition.CONTENT_TYPE_LATEST
+# The classic text format; prometheus_client's newer default names version 1.0.0, which
+# Prometheus 2.x servers do not recognise.
+TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = openmetrics.CONTENT_TYPE_LATEST
 # Level 6 gives nearly all of level 9's saving on this repetitive text at a third of the cost.
 GZIP_LEVEL = 6

@@ -43,6 +43,15 @@ def http_endpoint(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
     return endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
 
 
+class QuietSite(Site):
+    """A Site without per-request access lines: scrapes every few seconds would flood the log."""
+
+    noisy = False
+
+    def log(self, request: object) -> None:
+        pass
+
+
 class KlagService(service.MultiService):
     """Holds one poller per cluster, then the HTTP site, so HTTP stops first."""
 
@@ -84,7 +93,7 @@ class KlagService(service.MultiService):
         if serve_http:
             if endpoint is None:
                 endpoint = http_endpoint(reactor, exporter.http_host, exporter.http_port)
-            self.http = StreamServerEndpointService(endpoint, Site(self.root))
+            self.http = StreamServerEndpointService(endpoint, QuietSite(self.root))
             self.http.setServiceParent(self)
 
     def _pool(self, name: str, size: int) -> ThreadPool:
