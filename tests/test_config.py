@@ -1,0 +1,501 @@
+"""Loading and validating configuration files (SPEC §2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from klag_collector.config import (
+    ClusterConfig,
+    Config,
+    ExporterConfig,
+    NameFilter,
+    OtelConfig,
+    Performance,
+    TimestampSampling,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+from klag_collector.errors import ConfigError
+from klag_collector.metrics import Granularity
+
+PASSWORD = "pa$$w\"rd\\with'quotes"
+ENV = {"KAFKA_USER": "alice", "KAFKA_PASSWORD": PASSWORD}
+
+SPEC_TOML = """\
+[exporter]
+poll_interval = "30s"          # durations: "500ms", "10s", "1m", "1h 30m"
+http_host = "0.0.0.0"          # a host name or an IP literal; "::" for IPv6
+http_port = 8000
+granularity = "topic"          # "topic" | "partition"
+staleness_threshold = "90s"    # default: 3 x poll_interval; older cluster data leaves /metrics
+
+[exporter.timestamp_sampling]
+enabled = true
+cache_ttl = "60s"              # cached record timestamps; the sweep runs every 2 x cache_ttl
+max_concurrent_fetches = 10
+
+[exporter.performance]         # optional; same keys as klag-exporter
+kafka_timeout = "30s"
+offset_fetch_timeout = "10s"
+max_concurrent_groups = 10
+
+[exporter.otel]
+enabled = false
+endpoint = "http://localhost:4317"
+protocol = "grpc"              # "grpc" | "http/protobuf"
+export_interval = "60s"
+
+[[clusters]]
+name = "test-cluster"
+bootstrap_servers = "kafka:29092"
+group_whitelist = [".*"]
+group_blacklist = []
+topic_whitelist = [".*"]
+topic_blacklist = ["^__.*"]
+
+[clusters.consumer_properties]   # librdkafka / Java client names, as in klag-exporter
+"security.protocol" = "SASL_SSL"
+"sasl.mechanism" = "SCRAM-SHA-512"
+"sasl.username" = "${KAFKA_USER}"
+"sasl.password" = "${KAFKA_PASSWORD}"
+"ssl.ca.location" = "/etc/kafka/ca.pem"
+
+[clusters.labels]
+environment = "test"
+"""
+
+SPEC_YAML = """\
+exporter:
+  poll_interval: 30s
+  http_host: "0.0.0.0"
+  http_port: 8000
+  granularity: topic
+  staleness_threshold: 90s
+  timestamp_sampling:
+    enabled: true
+    cache_ttl: 60s
+    max_concurrent_fetches: 10
+  performance:
+    kafka_timeout: 30s
+    offset_fetch_timeout: 10s
+    max_concurrent_groups: 10
+  otel:
+    enabled: false
+    endpoint: "http://localhost:4317"
+    protocol: grpc
+    export_interval: 60s
+clusters:
+  - name: test-cluster
+    bootstrap_servers: "kafka:29092"
+    group_whitelist: [".*"]
+    group_blacklist: []
+    topic_whitelist: [".*"]
+    topic_blacklist: ["^__.*"]
+    consumer_properties:
+      security.protocol: SASL_SSL
+      sasl.mechanism: SCRAM-SHA-512
+      sasl.username: "${KAFKA_USER}"
+      sasl.password: "${KAFKA_PASSWORD}"
+      ssl.ca.location: /etc/kafka/ca.pem
+    labels:
+      environment: test
+"""
+
+MINIMAL = '[[clusters]]\nname = "c"\nbootstrap_servers = "k:9092"\n'
+
+
+def toml(text: str, environ: dict | None = None) -> Config:
+    return parse_config(text, "test.toml", "toml", {} if environ is None else environ)
+
+
+def error_of(text: str, fmt: str = "toml", environ: dict | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, f"test.{fmt}", fmt, {} if environ is None else environ)
+    return info.value
+
+
+def test_spec_example_parses_to_the_documented_values() -> None:
+    """The SPEC §2 example gives exactly the values it documents, with the password translated."""
+    config = toml(SPEC_TOML, ENV)
+    assert config.exporter == ExporterConfig(
+        poll_interval=30.0,
+        http_host="0.0.0.0",
+        http_port=8000,
+        granularity=Granularity.TOPIC,
+        staleness_threshold=90.0,
+        ready_requires="any",
+        timestamp_sampling=TimestampSampling(True, 60.0, 10),
+        performance=Performance(30.0, 10.0, 10),
+        otel=OtelConfig(False, "http://localhost:4317", "grpc", 60.0),
+    )
+    (cluster,) = config.clusters
+    assert cluster.name == "test-cluster"
+    assert cluster.bootstrap_servers == ("kafka:29092",)
+    assert dict(cluster.kafka_args) == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "alice",
+        "sasl_plain_password": PASSWORD,
+        "ssl_cafile": "/etc/kafka/ca.pem",
+    }
+    assert dict(cluster.labels) == {"environment": "test"}
+
+
+def test_yaml_with_the_same_tree_gives_an_equal_config() -> None:
+    """YAML with the TOML file's tree parses to an equal Config, secrets included."""
+    from_toml = parse_config(SPEC_TOML, "same", "toml", ENV)
+    from_yaml = parse_config(SPEC_YAML, "same", "yaml", ENV)
+    assert from_yaml == from_toml
+    assert hash(from_yaml) == hash(from_toml)
+
+
+def test_load_config_picks_the_format_by_extension(tmp_path) -> None:
+    """load_config reads .toml, .yaml and .yml files and records the path as the source."""
+    for name, text in (("c.toml", SPEC_TOML), ("c.yaml", SPEC_YAML), ("c.YML", SPEC_YAML)):
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        config = load_config(str(path), ENV)
+        assert config.source == str(path)
+        assert config.clusters[0].kafka_args["sasl_plain_password"] == PASSWORD
+
+
+def test_minimal_config_takes_klag_exporter_defaults() -> None:
+    """A cluster with only name and servers gets klag-exporter's defaults everywhere else."""
+    config = toml(MINIMAL)
+    assert config.exporter == ExporterConfig()
+    assert config.exporter.staleness_threshold == 3 * config.exporter.poll_interval
+    (cluster,) = config.clusters
+    assert [p.pattern for p in cluster.groups.whitelist] == [".*"]
+    assert cluster.groups.blacklist == ()
+    assert [p.pattern for p in cluster.topics.whitelist] == [".*"]
+    assert [p.pattern for p in cluster.topics.blacklist] == ["^__.*"]
+    assert dict(cluster.kafka_args) == {} and dict(cluster.labels) == {}
+
+
+def test_staleness_threshold_defaults_to_three_poll_intervals() -> None:
+    """Without staleness_threshold, data goes stale after three poll intervals."""
+    config = toml('[exporter]\npoll_interval = "1m"\n' + MINIMAL)
+    assert config.exporter.staleness_threshold == 180.0
+
+
+def test_empty_yaml_sections_read_as_defaults() -> None:
+    """A bare YAML ``exporter:`` (null) means the defaults, as an empty [exporter] does in TOML."""
+    config = parse_config(
+        "exporter:\nclusters:\n  - name: c\n    bootstrap_servers: k\n    labels:\n", "t", "yaml", {}
+    )
+    assert config.exporter == ExporterConfig()
+
+
+def test_klag_exporter_only_keys_are_accepted() -> None:
+    """Keys klag-exporter has and this exporter ignores harmlessly still load."""
+    config = toml(
+        """
+[exporter]
+poll_interval = "10s"
+[exporter.timestamp_sampling]
+mode = "rate"
+fetch_timeout = "5s"
+skip_data_loss_partitions = true
+rate_history_samples = 5
+rate_history_max_age = "10m"
+rate_min_msgs_per_sec = 0.01
+[exporter.performance]
+max_concurrent_watermarks = 50
+client_recycle_interval = 0
+max_blocking_threads = 64
+compacted_topics_cache_ttl = "1h"
+metadata_cache_ttl = "0s"
+consumer_groups_cache_ttl = "60s"
+group_fetch_retries = 2
+[exporter.leadership]
+enabled = false
+provider = "kubernetes"
+lease_name = "klag-exporter"
+lease_namespace = "default"
+lease_duration_secs = 15
+grace_period_secs = 5
+"""
+        + MINIMAL
+    )
+    assert config.exporter.poll_interval == 10.0
+
+
+def test_msk_iam_table_translates_to_kafka_python_aws_msk_iam() -> None:
+    """klag-exporter's [clusters.aws_msk_iam] becomes SASL AWS_MSK_IAM over SASL_SSL."""
+    config = toml(MINIMAL + "[clusters.aws_msk_iam]\n")
+    assert dict(config.clusters[0].kafka_args) == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "AWS_MSK_IAM",
+    }
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("500ms", 0.5),
+        ("10s", 10.0),
+        ("1m", 60.0),
+        ("1h 30m", 5400.0),
+        ("1h30m", 5400.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        ("1w", 604800.0),
+        ("90 seconds", 90.0),
+        ("2 minutes", 120.0),
+        ("1.5s", 1.5),
+        ("250us", 0.00025),
+        ("0s", 0.0),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    """Durations in klag-exporter's (humantime) spellings convert to seconds."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "empty"),
+        ("30", "without a unit"),
+        ("-5s", "negative"),
+        ("10x", 'unknown unit "x"'),
+        ("1M", 'unknown unit "M"'),
+        ("soon", "not a duration"),
+        ("10s later", "not a duration"),
+    ],
+)
+def test_bad_durations_say_why(text: str, reason: str) -> None:
+    """A bare number, an unknown unit or junk is a ValueError saying what is wrong."""
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        parse_duration(text)
+
+
+def test_env_variable_is_substituted() -> None:
+    """${VAR} takes the variable's value."""
+    config = toml(MINIMAL.replace('"c"', '"${NAME}"'), {"NAME": "prod"})
+    assert config.clusters[0].name == "prod"
+
+
+def test_env_default_applies_when_unset_or_empty() -> None:
+    """${VAR:-default} falls back to the default when VAR is unset or empty, as in a shell."""
+    text = MINIMAL.replace('"k:9092"', '"${BOOT:-kafka:9092}"')
+    assert toml(text).clusters[0].bootstrap_servers == ("kafka:9092",)
+    assert toml(text, {"BOOT": ""}).clusters[0].bootstrap_servers == ("kafka:9092",)
+    assert toml(text, {"BOOT": "b:1"}).clusters[0].bootstrap_servers == ("b:1",)
+
+
+def test_env_default_works_outside_strings() -> None:
+    """A reference may stand for a bare value, e.g. a port number."""
+    config = toml("[exporter]\nhttp_port = ${PORT:-9100}\n" + MINIMAL)
+    assert config.exporter.http_port == 9100
+
+
+def test_unset_env_variable_is_an_error_naming_it_and_its_line() -> None:
+    """${VAR} with VAR unset and no default fails, naming VAR and the line."""
+    error = error_of(SPEC_TOML, environ={"KAFKA_USER": "alice"})
+    assert error.key == "line 36"
+    assert "KAFKA_PASSWORD is not set" in error.reason
+
+
+def test_optional_reference_and_escape() -> None:
+    """${?VAR} is empty when unset (klag-exporter's behaviour, opted into); $${ is a literal ${."""
+    config = toml(MINIMAL + '[clusters.labels]\na = "x${?NOPE}y"\nb = "$${HOME}"\n')
+    assert dict(config.clusters[0].labels) == {"a": "xy", "b": "${HOME}"}
+
+
+def test_references_in_comments_are_left_alone() -> None:
+    """A commented-out line does not demand its variables (klag-exporter's example has such lines)."""
+    config = toml('# "sasl.password" = "${UNSET_IN_COMMENT}"\n' + MINIMAL + "# ${ALSO_UNSET}\n")
+    assert config.clusters[0].name == "c"
+    yaml_text = "# ${UNSET}\nclusters:\n  - name: c  # ${UNSET}\n    bootstrap_servers: k\n"
+    assert parse_config(yaml_text, "t", "yaml", {}).clusters[0].name == "c"
+
+
+@pytest.mark.parametrize("fmt, line", [("toml", '"sasl.password" = \'${P}\''), ("yaml", "sasl.password: '${P}'")])
+def test_quoted_values_survive_single_quotes_in_yaml_only(fmt: str, line: str) -> None:
+    """A value with a quote goes into YAML '...' escaped, but cannot go into a TOML literal string."""
+    props = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": "u"}
+    if fmt == "toml":
+        text = MINIMAL + "[clusters.consumer_properties]\n" + "".join(
+            f'"{k}" = "{v}"\n' for k, v in props.items()) + line + "\n"
+        error = error_of(text, "toml", {"P": PASSWORD})
+        assert "use double quotes" in error.reason and PASSWORD not in str(error)
+    else:
+        text = "clusters:\n  - name: c\n    bootstrap_servers: k\n    consumer_properties:\n" + "".join(
+            f"      {k}: {v}\n" for k, v in props.items()) + "      " + line + "\n"
+        config = parse_config(text, "t", "yaml", {"P": PASSWORD})
+        assert config.clusters[0].kafka_args["sasl_plain_password"] == PASSWORD
+
+
+def test_filters_match_unanchored_with_blacklist_winning() -> None:
+    """A name passes when any whitelist pattern is found in it and no blacklist pattern is."""
+    config = toml(
+        '[[clusters]]\nname = "c"\nbootstrap_servers = "k"\n'
+        'group_whitelist = ["^prod-", "billing"]\ngroup_blacklist = ["-test$"]\n'
+    )
+    groups, topics = config.clusters[0].groups, config.clusters[0].topics
+    assert groups.allows("prod-orders")
+    assert groups.allows("eu-billing-consumer")  # unanchored: found anywhere
+    assert not groups.allows("prod-orders-test")
+    assert not groups.allows("staging-orders")
+    assert topics.allows("orders") and topics.allows("my__topic")
+    assert not topics.allows("__consumer_offsets")
+
+
+def test_name_filter_allows_nothing_with_an_empty_whitelist() -> None:
+    """An empty whitelist keeps no name (the cluster then reports only partition offsets)."""
+    assert not NameFilter((), ()).allows("anything")
+
+
+def test_labels_keep_file_order() -> None:
+    """Custom labels come back in the order the file lists them."""
+    config = toml(MINIMAL + '[clusters.labels]\nzone = "a"\nenv = "b"\nteam = "c"\n')
+    assert list(config.clusters[0].labels) == ["zone", "env", "team"]
+
+
+def test_bootstrap_servers_accept_a_string_or_a_list() -> None:
+    """Servers come from a comma-separated string (spaces trimmed) or a list, IPv6 in brackets."""
+    text = MINIMAL.replace('"k:9092"', '"a:9092, b:9093,[::1]:9094"')
+    assert toml(text).clusters[0].bootstrap_servers == ("a:9092", "b:9093", "[::1]:9094")
+    text = MINIMAL.replace('"k:9092"', '["a:9092", "b"]')
+    assert toml(text).clusters[0].bootstrap_servers == ("a:9092", "b")
+
+
+def test_config_is_immutable() -> None:
+    """Config objects are frozen, so pollers can share them across threads."""
+    config = toml(MINIMAL)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.exporter.poll_interval = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.clusters[0].labels["x"] = "y"  # type: ignore[index]
+
+
+def test_secrets_stay_out_of_errors_and_reprs() -> None:
+    """The SASL password appears in neither a validation error nor repr(config)."""
+    config = toml(SPEC_TOML, ENV)
+    assert PASSWORD not in repr(config) and PASSWORD not in str(config)
+    assert "sasl_plain_password" in repr(config.clusters[0])
+    broken = SPEC_TOML.replace('"SCRAM-SHA-512"', '"SCRAM-SHA-1"')
+    error = error_of(broken, environ=ENV)
+    assert error.key == 'clusters[0].consumer_properties["sasl.mechanism"]'
+    assert PASSWORD not in str(error)
+    misplaced = SPEC_TOML.replace('name = "test-cluster"', 'name = "test-cluster"\npassword = "${KAFKA_PASSWORD}"')
+    error = error_of(misplaced, environ=ENV)
+    assert error.key == "clusters[0].password" and PASSWORD not in str(error)
+
+
+def test_cluster_config_is_constructible_by_other_modules() -> None:
+    """Other modules and tests can build a ClusterConfig directly, and its repr hides secrets."""
+    cluster = ClusterConfig(
+        "c", ("k:9092",), NameFilter((), ()), NameFilter((), ()),
+        {"ssl_password": "topsecret"}, {},
+    )
+    assert "topsecret" not in repr(cluster)
+
+
+def _c(extra: str = "", name: str = "c", servers: str = '"k:9092"') -> str:
+    return f'[[clusters]]\nname = "{name}"\nbootstrap_servers = {servers}\n{extra}'
+
+
+# (id, format, text, key path, fragment of the reason)
+BAD_CONFIGS = [
+    ("toml-syntax", "toml", "[exporter\n" + MINIMAL, "line 1", "invalid TOML"),
+    ("yaml-syntax", "yaml", "clusters:\n  - name: [\n", "line 3", "invalid YAML"),
+    ("yaml-duplicate-key", "yaml", "exporter:\n  http_port: 1\n  http_port: 2\n", "line 3", 'duplicate key "http_port"'),
+    ("top-unknown-key", "toml", "[exporters]\n" + MINIMAL, "exporters", 'did you mean "exporter"?'),
+    ("exporter-unknown-key", "toml", '[exporter]\npol_interval = "1s"\n' + MINIMAL, "exporter.pol_interval", 'did you mean "poll_interval"?'),
+    ("nested-unknown-key", "toml", '[exporter.otel]\nendpiont = "x"\n' + MINIMAL, "exporter.otel.endpiont", 'did you mean "endpoint"?'),
+    ("cluster-unknown-key", "toml", _c('topic_whitelists = [".*"]\n'), "clusters[0].topic_whitelists", 'did you mean "topic_whitelist"?'),
+    ("port-wrong-type", "toml", '[exporter]\nhttp_port = "eighty"\n' + MINIMAL, "exporter.http_port", "must be an integer, not a string"),
+    ("port-bool", "yaml", "exporter:\n  http_port: yes\n", "exporter.http_port", "must be an integer, not a boolean"),
+    ("port-zero", "toml", "[exporter]\nhttp_port = 0\n" + MINIMAL, "exporter.http_port", "1..65535"),
+    ("port-too-big", "toml", "[exporter]\nhttp_port = 65536\n" + MINIMAL, "exporter.http_port", "1..65535"),
+    ("bad-host", "toml", '[exporter]\nhttp_host = "local host"\n' + MINIMAL, "exporter.http_host", "not a host name"),
+    ("bad-duration", "toml", '[exporter]\npoll_interval = "30 parsecs"\n' + MINIMAL, "exporter.poll_interval", "unknown unit"),
+    ("bare-number-duration", "toml", "[exporter]\npoll_interval = 30\n" + MINIMAL, "exporter.poll_interval", "must be a duration string"),
+    ("zero-poll", "toml", '[exporter]\npoll_interval = "0s"\n' + MINIMAL, "exporter.poll_interval", "longer than zero"),
+    ("zero-cache-ttl", "toml", '[exporter.timestamp_sampling]\ncache_ttl = "0ms"\n' + MINIMAL, "exporter.timestamp_sampling.cache_ttl", "longer than zero"),
+    ("zero-timeout", "toml", '[exporter.performance]\nkafka_timeout = "0s"\n' + MINIMAL, "exporter.performance.kafka_timeout", "longer than zero"),
+    ("zero-offset-timeout", "toml", '[exporter.performance]\noffset_fetch_timeout = "0s"\n' + MINIMAL, "exporter.performance.offset_fetch_timeout", "longer than zero"),
+    ("zero-export-interval", "toml", '[exporter.otel]\nexport_interval = "0s"\n' + MINIMAL, "exporter.otel.export_interval", "longer than zero"),
+    ("staleness-below-poll", "toml", '[exporter]\npoll_interval = "30s"\nstaleness_threshold = "20s"\n' + MINIMAL, "exporter.staleness_threshold", "longer than poll_interval"),
+    ("zero-fetches", "toml", "[exporter.timestamp_sampling]\nmax_concurrent_fetches = 0\n" + MINIMAL, "exporter.timestamp_sampling.max_concurrent_fetches", "at least 1"),
+    ("negative-groups", "toml", "[exporter.performance]\nmax_concurrent_groups = -3\n" + MINIMAL, "exporter.performance.max_concurrent_groups", "at least 1"),
+    ("granularity", "toml", '[exporter]\ngranularity = "group"\n' + MINIMAL, "exporter.granularity", '"topic" or "partition"'),
+    ("ready-requires", "toml", '[exporter]\nready_requires = "most"\n' + MINIMAL, "exporter.ready_requires", '"any" or "all"'),
+    ("otel-protocol", "toml", '[exporter.otel]\nprotocol = "http/json"\n' + MINIMAL, "exporter.otel.protocol", '"grpc" or "http/protobuf"'),
+    ("otel-endpoint", "toml", '[exporter.otel]\nendpoint = "localhost:4317"\n' + MINIMAL, "exporter.otel.endpoint", "http:// or https:// URL"),
+    ("enabled-not-bool", "toml", '[exporter.timestamp_sampling]\nenabled = "yes"\n' + MINIMAL, "exporter.timestamp_sampling.enabled", "true or false"),
+    ("leadership-enabled", "toml", "[exporter.leadership]\nenabled = true\n" + MINIMAL, "exporter.leadership.enabled", "not supported"),
+    ("klag-only-bad-value", "toml", '[exporter.timestamp_sampling]\nmode = "guess"\n' + MINIMAL, "exporter.timestamp_sampling.mode", '"rate" or "message"'),
+    ("no-clusters", "toml", '[exporter]\npoll_interval = "10s"\n', "clusters", "at least one cluster"),
+    ("empty-cluster-list", "yaml", "clusters: []\n", "clusters", "at least one cluster"),
+    ("clusters-not-list", "toml", 'clusters = "c"\n', "clusters", "must be a list of tables"),
+    ("missing-name", "toml", '[[clusters]]\nbootstrap_servers = "k"\n', "clusters[0].name", "required key is missing"),
+    ("empty-name", "toml", _c(name=""), "clusters[0].name", "must not be empty"),
+    ("name-not-string", "yaml", "clusters:\n  - name: 7\n    bootstrap_servers: k\n", "clusters[0].name", "must be a string, not an integer"),
+    ("duplicate-name", "toml", _c() + _c(), "clusters[1].name", "duplicate cluster name (also clusters[0].name)"),
+    ("missing-servers", "toml", '[[clusters]]\nname = "c"\n', "clusters[0].bootstrap_servers", "required key is missing"),
+    ("empty-servers", "toml", _c(servers='""'), "clusters[0].bootstrap_servers", "must not be empty"),
+    ("empty-server-item", "toml", _c(servers='"a:1,,b:2"'), "clusters[0].bootstrap_servers[1]", "is empty"),
+    ("server-bad-port", "toml", _c(servers='"a:1,b:0"'), "clusters[0].bootstrap_servers[1]", "port outside 1..65535"),
+    ("server-bare-ipv6", "toml", _c(servers='"::1:9092"'), "clusters[0].bootstrap_servers[0]", "needs brackets"),
+    ("bad-regex", "toml", _c('group_whitelist = ["ok", "(unclosed"]\n'), "clusters[0].group_whitelist[1]", "invalid regular expression"),
+    ("bad-regex-second-cluster", "toml", _c() + _c('topic_blacklist = ["[a-"]\n', name="d"), "clusters[1].topic_blacklist[0]", "invalid regular expression"),
+    ("regex-not-string", "toml", _c("group_blacklist = [1]\n"), "clusters[0].group_blacklist[0]", "must be a string, not an integer"),
+    ("filter-not-list", "toml", _c('topic_whitelist = ".*"\n'), "clusters[0].topic_whitelist", "must be a list"),
+    ("label-builtin", "toml", _c('[clusters.labels]\ntopic = "x"\n'), "clusters[0].labels.topic", "clashes with a label the exporter sets"),
+    ("label-cluster-name", "toml", _c('[clusters.labels]\ncluster_name = "x"\n'), "clusters[0].labels.cluster_name", "clashes"),
+    ("label-invalid-name", "toml", _c('[clusters.labels]\n"data-center" = "x"\n'), 'clusters[0].labels["data-center"]', "not a valid Prometheus label name"),
+    ("label-reserved", "toml", _c('[clusters.labels]\n__meta = "x"\n'), "clusters[0].labels.__meta", "reserved"),
+    ("label-not-string", "toml", _c("[clusters.labels]\ncost_center = 12345\n"), "clusters[0].labels.cost_center", "must be strings, not an integer"),
+    ("property-unknown", "toml", _c('[clusters.consumer_properties]\n"sasl.mechansim" = "PLAIN"\n'), 'clusters[0].consumer_properties["sasl.mechansim"]', 'did you mean "sasl.mechanism"?'),
+    ("property-jks", "toml", _c('[clusters.consumer_properties]\n"security.protocol" = "SSL"\n"ssl.truststore.location" = "/t.jks"\n'), 'clusters[0].consumer_properties["ssl.truststore.location"]', "ssl.ca.location"),
+    ("msk-iam-region", "toml", _c('[clusters.aws_msk_iam]\nregion = "eu-west-1"\n'), "clusters[0].aws_msk_iam.region", "AWS_DEFAULT_REGION"),
+    ("unset-variable", "toml", _c(name="${CLUSTER_NAME}"), "line 2", "CLUSTER_NAME is not set"),
+    ("malformed-reference", "toml", _c(name="${CLUSTER NAME}"), "line 2", "malformed ${...} reference"),
+]
+
+
+@pytest.mark.parametrize(
+    "fmt, text, key, fragment", [case[1:] for case in BAD_CONFIGS], ids=[case[0] for case in BAD_CONFIGS]
+)
+def test_bad_config_is_one_line_naming_file_key_and_problem(fmt: str, text: str, key: str, fragment: str) -> None:
+    """Each bad input fails with one line: the file, the exact key path, and what is wrong."""
+    error = error_of(text, fmt)
+    assert error.source == f"test.{fmt}"
+    assert error.key == key
+    assert fragment in error.reason
+    message = str(error)
+    assert message == f"test.{fmt}: {key}: {error.reason}"
+    assert "\n" not in message
+
+
+def test_missing_file_is_an_error(tmp_path) -> None:
+    """A path that does not exist is a ConfigError naming it."""
+    path = str(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="file not found") as info:
+        load_config(path)
+    assert str(info.value).startswith(path + ": ")
+
+
+def test_unreadable_file_is_an_error(tmp_path) -> None:
+    """A directory, or bytes that are not UTF-8, cannot be read as a config file."""
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(str(tmp_path))
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(str(binary))
+
+
+def test_unknown_extension_is_an_error(tmp_path) -> None:
+    """Only .toml, .yaml and .yml are understood; anything else says so."""
+    path = tmp_path / "config.json"
+    path.write_text("{}")
+    with pytest.raises(ConfigError, match=r"unknown file extension; use \.toml, \.yaml or \.yml"):
+        load_config(str(path))
