@@ -92,7 +92,8 @@ def test_extra_listener_is_configured(tmp_path):
     assert "SASL_PLAINTEXT:SASL_PLAINTEXT" in props
     assert "sasl.enabled.mechanisms=PLAIN" in props
     again = localkafka.LocalBroker(tmp_path, extra_listeners=["SASL_PLAINTEXT"])
-    assert (again.port, again.ports["SASL_PLAINTEXT"]) == (broker.port, port)
+    assert again.ports == broker.ports
+    assert again.listener_bootstrap("sasl_plaintext") == f"127.0.0.1:{port}"
 
 
 @pytest.mark.kafka
