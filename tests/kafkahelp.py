@@ -37,7 +37,7 @@ def create_topic(admin: KafkaAdminClient, name: str, partitions: int,
 
 
 def produce(bootstrap: str, topic: str, partition: int, timestamps_ms: list[int],
-            value: bytes = b"x") -> list[int]:
+            value: bytes = b"x", key: bytes | None = None) -> list[int]:
     """Write one record per timestamp (as the record's CreateTime) to one partition.
 
     Returns the offsets the broker assigned, in order.
@@ -45,7 +45,8 @@ def produce(bootstrap: str, topic: str, partition: int, timestamps_ms: list[int]
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0,
                              retries=5, request_timeout_ms=15000)
     try:
-        futures = [producer.send(topic, value=value, partition=partition, timestamp_ms=ts)
+        futures = [producer.send(topic, value=value, key=key, partition=partition,
+                             timestamp_ms=ts)
                    for ts in timestamps_ms]
         producer.flush(timeout=30)
         return [f.get(timeout=30).offset for f in futures]

@@ -1,0 +1,186 @@
+"""End to end on a real Apache Kafka broker: the exporter process, its /metrics and --once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from exporter import ExporterProcess, cluster_toml, config_toml, free_port, now_ms
+from kafkahelp import commit, create_topic, produce, wait_until
+
+pytestmark = pytest.mark.kafka
+
+LAG_SECONDS = "kafka_consumergroup_group_lag_seconds"
+
+
+@pytest.fixture
+def run_exporter(tmp_path, kafka, unique):
+    """Starts the exporter on this test's topics and groups; stops it after the test."""
+    started = []
+
+    def start(cluster_extra: str = "", exporter_extra: str = "") -> ExporterProcess:
+        port = free_port()
+        clusters = cluster_toml("it", kafka.bootstrap, unique, cluster_extra)
+        proc = ExporterProcess(tmp_path, config_toml(port, clusters, exporter_extra), port)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        assert proc.stop() == 0, proc.log.read_text()[-3000:]
+
+
+def test_exact_offsets_lag_and_time_lag(admin, kafka, unique, run_exporter):
+    """Hand-made records and commits give exact offsets, lags and time lags."""
+    topic, group = f"{unique}-t", f"{unique}-g"
+    create_topic(admin, topic, 2)
+    base = now_ms()
+    produce(kafka.bootstrap, topic, 0, [base - 600_000 + i * 10_000 for i in range(10)])
+    produce(kafka.bootstrap, topic, 1, [base - 120_000, base - 60_000, base - 30_000])
+    commit(admin, group, {TopicPartition(topic, 0): 4, TopicPartition(topic, 1): 3})
+    exporter = run_exporter()
+    s = exporter.wait_for(lambda s: s.get("kafka_consumergroup_group_max_lag", group=group) is not None)
+    scraped_at = time.time()
+
+    p0 = dict(group=group, topic=topic, partition="0")
+    p1 = dict(group=group, topic=topic, partition="1")
+    assert s.get("kafka_partition_latest_offset", topic=topic, partition="0") == 10
+    assert s.get("kafka_partition_earliest_offset", topic=topic, partition="0") == 0
+    assert s.get("kafka_partition_latest_offset", topic=topic, partition="1") == 3
+    assert s.get("kafka_consumergroup_group_offset", **p0) == 4
+    assert s.get("kafka_consumergroup_group_lag", **p0) == 6
+    assert s.get("kafka_consumergroup_group_lag", **p1) == 0
+    # The committed offset 4 is the record stamped base - 600 s + 40 s.
+    expected = scraped_at - (base - 560_000) / 1000
+    assert s.get(LAG_SECONDS, **p0) == pytest.approx(expected, abs=5)
+    assert s.get(LAG_SECONDS, **p1) == 0
+    assert s.get("kafka_consumergroup_group_max_lag", group=group) == 6
+    assert s.get("kafka_consumergroup_group_sum_lag", group=group) == 6
+    assert s.get("kafka_consumergroup_group_topic_sum_lag", group=group, topic=topic) == 6
+    assert s.get("kafka_consumergroup_group_max_lag_seconds", group=group) == s.get(LAG_SECONDS, **p0)
+    assert s.get("kafka_consumergroup_group_state", group=group) == 5  # Empty
+    assert s.get("kafka_consumergroup_group_members", group=group) == 0
+    assert s.get("kafka_lag_exporter_up", cluster_name="it") == 1
+
+    # --once reads the same cluster and must agree with /metrics.
+    once = subprocess.run(
+        [sys.executable, "-m", "klag_collector", "-c", str(exporter.config), "--once", "--format", "json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert once.returncode == 0, once.stderr
+    rows = json.loads(once.stdout)["clusters"]["it"]["groups"][group]["partitions"]
+    by_partition = {r["partition"]: r for r in rows}
+    assert (by_partition[0]["committed"], by_partition[0]["latest"], by_partition[0]["lag"]) == (4, 10, 6)
+    assert (by_partition[1]["committed"], by_partition[1]["lag"], by_partition[1]["lag_seconds"]) == (3, 0, 0.0)
+    assert by_partition[0]["lag_seconds"] == pytest.approx(expected, abs=5)
+    table = subprocess.run(
+        [sys.executable, "-m", "klag_collector", "-c", str(exporter.config), "--once"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert table.returncode == 0, table.stderr
+    line = next(line for line in table.stdout.splitlines() if group in line and f"{topic}  0 " in line)
+    assert line.split()[5:8] == ["4", "10", "6"]
+
+
+def test_empty_and_live_groups(admin, kafka, unique, run_exporter):
+    """An offsets-only group and a group with a live member are both reported, with members."""
+    topic = f"{unique}-t"
+    create_topic(admin, topic, 2)
+    produce(kafka.bootstrap, topic, 0, [now_ms() - 5000] * 5)
+    commit(admin, f"{unique}-empty", {TopicPartition(topic, 0): 1})
+    live = f"{unique}-live"
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=kafka.bootstrap, group_id=live, client_id="live-client",
+        auto_offset_reset="earliest", enable_auto_commit=False,
+    )
+    try:
+        wait_until(lambda: consumer.poll(200) or consumer.assignment(), timeout=30, what="assignment")
+        consumer.commit({TopicPartition(topic, 0): _oam(2), TopicPartition(topic, 1): _oam(0)})
+        exporter = run_exporter()
+        s = exporter.wait_for(
+            lambda s: s.get("kafka_consumergroup_group_members", group=live) == 1
+            and s.get("kafka_consumergroup_group_state", group=f"{unique}-empty") is not None
+        )
+        assert s.get("kafka_consumergroup_group_state", group=live) == 3  # Stable
+        assert s.get("kafka_consumergroup_group_state", group=f"{unique}-empty") == 5
+        assert s.get("kafka_consumergroup_group_members", group=f"{unique}-empty") == 0
+        [(labels, lag)] = s.find("kafka_consumergroup_group_lag", group=live, partition="0")
+        assert lag == 3
+        assert labels["client_id"] == "live-client"
+        assert labels["member_host"] == "127.0.0.1"
+        assert labels["consumer_id"].startswith("live-client-")
+        [(labels, _)] = s.find("kafka_consumergroup_group_lag", group=f"{unique}-empty")
+        assert (labels["client_id"], labels["consumer_id"], labels["member_host"]) == ("", "", "")
+    finally:
+        consumer.close()
+
+
+def _oam(offset: int):
+    from kafka.structs import OffsetAndMetadata
+
+    return OffsetAndMetadata(offset, "", -1)
+
+
+def test_retention_loss_is_reported(admin, kafka, unique, run_exporter):
+    """Records deleted under a group's committed offset show as data loss, timed from the earliest record."""
+    topic, group = f"{unique}-t", f"{unique}-g"
+    create_topic(admin, topic, 1)
+    base = now_ms()
+    produce(kafka.bootstrap, topic, 0, [base - 100_000 + i * 1000 for i in range(10)])
+    commit(admin, group, {TopicPartition(topic, 0): 2})
+    admin.delete_records({TopicPartition(topic, 0): 6})
+    exporter = run_exporter()
+    ids = dict(group=group, topic=topic, partition="0")
+    s = exporter.wait_for(lambda s: s.get("kafka_consumergroup_group_messages_lost", **ids) is not None)
+    scraped_at = time.time()
+    assert s.get("kafka_partition_earliest_offset", topic=topic, partition="0") == 6
+    assert s.get("kafka_consumergroup_group_messages_lost", **ids) == 4
+    assert s.get("kafka_consumergroup_group_retention_margin", **ids) == -4
+    assert s.get("kafka_consumergroup_group_lag_retention_ratio", **ids) == pytest.approx(8 / 4 * 100)
+    [(labels, seconds)] = s.find(LAG_SECONDS, **ids)
+    assert labels["data_loss_detected"] == "true"
+    assert labels["compaction_detected"] == "false"
+    # Time lag of the earliest retained record (offset 6), not of the lost one.
+    assert seconds == pytest.approx(scraped_at - (base - 94_000) / 1000, abs=5)
+    assert s.get("kafka_lag_exporter_data_loss_partitions", cluster_name="it") == 1
+
+
+def test_deleted_group_and_topic_disappear(admin, kafka, unique, run_exporter):
+    """A deleted group and a deleted topic leave /metrics at the next cycle."""
+    topic, gone_topic, group = f"{unique}-t", f"{unique}-x", f"{unique}-g"
+    create_topic(admin, topic, 1)
+    create_topic(admin, gone_topic, 1)
+    produce(kafka.bootstrap, topic, 0, [now_ms()] * 3)
+    commit(admin, group, {TopicPartition(topic, 0): 1})
+    exporter = run_exporter()
+    exporter.wait_for(
+        lambda s: s.get("kafka_consumergroup_group_lag", group=group, topic=topic, partition="0") == 2
+        and s.get("kafka_partition_latest_offset", topic=gone_topic, partition="0") == 0
+    )
+    admin.delete_groups([group])
+    admin.delete_topics([gone_topic])
+    s = exporter.wait_for(
+        lambda s: not s.find("kafka_consumergroup_group_state", group=group)
+        and not s.find("kafka_partition_latest_offset", topic=gone_topic),
+        what="group and topic gone",
+    )
+    assert s.get("kafka_partition_latest_offset", topic=topic, partition="0") == 3
+    assert not s.find("kafka_consumergroup_group_lag", group=group)
+
+
+def test_compacted_topic_is_flagged(admin, kafka, unique, run_exporter):
+    """A group on a cleanup.policy=compact topic carries compaction_detected="true"."""
+    topic, group = f"{unique}-c", f"{unique}-g"
+    create_topic(admin, topic, 1, {"cleanup.policy": "compact"})
+    produce(kafka.bootstrap, topic, 0, [now_ms() - 30_000] * 3, key=b"k")
+    commit(admin, group, {TopicPartition(topic, 0): 1})
+    exporter = run_exporter()
+    s = exporter.wait_for(lambda s: s.find(LAG_SECONDS, group=group))
+    [(labels, _)] = s.find(LAG_SECONDS, group=group)
+    assert labels["compaction_detected"] == "true"
+    assert s.get("kafka_lag_exporter_compaction_detected_partitions", cluster_name="it") == 1
