@@ -1,0 +1,140 @@
+"""The demo: its traffic generator (against the session broker) and its exporter config."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from kafka.protocol.consumer import OffsetSpec
+
+from klag_collector.config import parse_config
+from klag_collector.demo import banner, config_text, parser
+from klag_collector.metrics import Granularity
+from klag_collector.traffic import (CONSUMER_PHASES, HIGH_VOLUME_GROUP, HIGH_VOLUME_TOPIC,
+                                    PRODUCER_PHASES, TEST_GROUP, TEST_TOPIC, Traffic)
+
+MESSAGE = re.compile(r"message-\d+-\d{19}")
+
+
+def _sum_lag(admin, group: str) -> int | None:
+    """Sum over partitions with a commit of (latest offset - committed), or None before any commit."""
+    committed = {tp: oam.offset for tp, oam in admin.list_group_offsets({group: None})[group].items()
+                 if oam.offset >= 0}
+    if not committed:
+        return None
+    latest = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in committed})
+    return sum(latest[tp].offset - off for tp, off in committed.items())
+
+
+def _rose_then_fell(samples: list[int]) -> bool:
+    peak = 0
+    for lag in samples:
+        if peak > 0 and lag < peak:
+            return True
+        peak = max(peak, lag)
+    return False
+
+
+def test_config_text_parses_as_klag_exporter_config():
+    """The generated TOML loads with parse_config: cluster local, the port, partition granularity."""
+    config = parse_config(config_text("127.0.0.1:19092", 18000), "klag-config.toml", "toml",
+                          environ={})
+    (cluster,) = config.clusters
+    assert cluster.name == "local"
+    assert cluster.bootstrap_servers == ("127.0.0.1:19092",)
+    assert cluster.groups.allows(TEST_GROUP) and not cluster.topics.allows("__consumer_offsets")
+    e = config.exporter
+    assert (e.http_host, e.http_port) == ("127.0.0.1", 18000)
+    assert e.granularity is Granularity.PARTITION
+    assert e.poll_interval == 5.0
+    assert e.timestamp_sampling.enabled
+
+
+def test_demo_command_line_defaults_and_banner(tmp_path):
+    """The flags default to port 8000, speed 1, run forever; the banner names the metrics URL."""
+    args = parser().parse_args([])
+    assert (args.port, args.speed, args.minutes) == (8000, 1.0, 0)
+    args = parser().parse_args(["--port", "18000", "--speed", "5", "--minutes", "1",
+                                "--dir", str(tmp_path)])
+    text = banner("127.0.0.1:9092", args.port, tmp_path, args.speed, args.minutes)
+    assert "http://127.0.0.1:18000/metrics" in text and "127.0.0.1:9092" in text
+    assert "Ctrl-C" in text and "1 min" in text
+
+
+def test_schedules_match_the_seed_stack():
+    """Per cycle the producer writes the seed's counts, and the consumer pauses and catches up."""
+    sent: dict[str, int] = {}
+    for phase in PRODUCER_PHASES:
+        for topic, count in phase.sends:
+            sent[topic] = sent.get(topic, 0) + count
+    assert sent == {TEST_TOPIC: 300 + 100 + 600 + 50, HIGH_VOLUME_TOPIC: 200 + 100}
+    assert sum(p.duration for p in PRODUCER_PHASES) == 80
+    assert [p.pause for p in CONSUMER_PHASES if not p.reads] == [30]
+    caught_up = {r.group for p in CONSUMER_PHASES for r in p.reads if r.catch_up}
+    assert caught_up == {TEST_GROUP, HIGH_VOLUME_GROUP}
+
+
+def test_traffic_refuses_non_loopback_bootstrap():
+    """Demo traffic goes to a loopback broker only, unless allow_remote says otherwise."""
+    with pytest.raises(ValueError, match="not loopback"):
+        Traffic("kafka.example.com:9092")
+    with pytest.raises(ValueError, match="speed"):
+        Traffic("127.0.0.1:9092", speed=0)
+
+
+@pytest.mark.kafka
+def test_traffic_creates_topics_groups_and_lag_that_rises_and_falls(kafka, admin):
+    """At speed 10 the groups lag during the consumer pause and catch up afterwards."""
+    pause = next(p.name for p in CONSUMER_PHASES if not p.reads)
+    catch_up = next(p.name for p in CONSUMER_PHASES
+                    if any(r.catch_up and r.group == TEST_GROUP for r in p.reads))
+    samples: list[int] = []
+    traffic = Traffic(kafka.bootstrap, speed=10).start()
+    try:
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            lag = _sum_lag(admin, TEST_GROUP)
+            if lag is not None:
+                samples.append(lag)
+            done = {name for role, _, name in traffic.stats.phases_done if role == "consumer"}
+            if {pause, catch_up} <= done and _rose_then_fell(samples):
+                break
+            time.sleep(0.25)
+        done = {name for role, _, name in traffic.stats.phases_done if role == "consumer"}
+    finally:
+        traffic.stop()
+    assert not traffic.running
+    assert traffic.stats.errors == []
+    assert {pause, catch_up} <= done, f"consumer phases done: {sorted(done)}"
+    assert max(samples, default=0) > 0, f"test-consumer-group never lagged: {samples}"
+    assert _rose_then_fell(samples), f"test-consumer-group lag never came down: {samples}"
+
+    groups = {g["group_id"] for g in admin.list_groups()}
+    assert {TEST_GROUP, HIGH_VOLUME_GROUP} <= groups
+    assert _sum_lag(admin, HIGH_VOLUME_GROUP) is not None
+    partitions = {t["name"]: len(t["partitions"])
+                  for t in admin.describe_topics([TEST_TOPIC, HIGH_VOLUME_TOPIC])}
+    assert partitions == {TEST_TOPIC: 6, HIGH_VOLUME_TOPIC: 3}
+    assert traffic.stats.produced[TEST_TOPIC] > 0 and traffic.stats.consumed[TEST_TOPIC] > 0
+    _assert_seed_message_format(kafka.bootstrap)
+
+
+def _assert_seed_message_format(bootstrap: str) -> None:
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             enable_auto_commit=False, consumer_timeout_ms=5000)
+    try:
+        tps = [TopicPartition(TEST_TOPIC, p) for p in range(6)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+        records = [r for batch in consumer.poll(timeout_ms=5000, max_records=20).values()
+                   for r in batch]
+        assert records, "no record read back from test-topic"
+        for r in records:
+            assert MESSAGE.fullmatch(r.value.decode()), r.value
+    finally:
+        consumer.close(autocommit=False)
+
