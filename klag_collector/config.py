@@ -12,23 +12,23 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import yaml
-
 from klag_collector import kafka_properties
-from klag_collector.config_reader import FrozenMap, Reader, join, kind
+from klag_collector.config_reader import (
+    FrozenMap,
+    Reader,
+    Section,
+    join,
+    kind,
+    parse_toml,
+    parse_yaml,
+)
 from klag_collector.durations import parse_duration
 from klag_collector.envsubst import interpolate
 from klag_collector.errors import ConfigError
 from klag_collector.metrics import BUILTIN_LABELS, Granularity
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = [
     "ClusterConfig",
@@ -106,6 +106,15 @@ class ExporterConfig:
     otel: OtelConfig = OtelConfig()
 
 
+class _KafkaArgs(FrozenMap[Any]):
+    """Client arguments whose repr hides secret values, should they be logged on their own."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(dict(kafka_properties.hide_secrets(self)))
+
+
 @dataclass(frozen=True, repr=False)
 class ClusterConfig:
     """One ``[[clusters]]`` entry, with its client properties already translated."""
@@ -166,46 +175,8 @@ def parse_config(
     if fmt not in ("toml", "yaml"):
         raise ConfigError(source, "", 'unknown format; use "toml" or "yaml"')
     text = interpolate(text, os.environ if environ is None else environ, fmt, source)
-    tree = _parse_toml(text, source) if fmt == "toml" else _parse_yaml(text, source)
+    tree = parse_toml(text, source) if fmt == "toml" else parse_yaml(text, source)
     return _build(Reader(source), {} if tree is None else tree)
-
-
-def _parse_toml(text: str, source: str) -> Any:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        message = str(e)
-        line = re.search(r"\(at line (\d+), column \d+\)", message)
-        reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", message)
-        where = f"line {line.group(1)}" if line else ""
-        raise ConfigError(source, where, "invalid TOML: " + " ".join(reason.split())) from None
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """A YAML loader that rejects duplicate keys, which TOML forbids and PyYAML would overwrite."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f'duplicate key "{key}"', key_node.start_mark
-                )
-            seen.add(key if isinstance(key, str) else id(key_node))
-        return super().construct_mapping(node, deep=deep)
-
-
-def _parse_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        # Only problem and context: str(e) quotes the offending line, which may hold a secret.
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        parts = [getattr(e, "problem", None), getattr(e, "context", None)]
-        reason = "; ".join(p for p in parts if p) or type(e).__name__
-        raise ConfigError(source, where, "invalid YAML: " + " ".join(reason.split())) from None
 
 
 _TOP_KEYS = ("exporter", "clusters")
@@ -221,8 +192,8 @@ _CLUSTER_KEYS = (
     "topic_blacklist", "consumer_properties", "labels", "aws_msk_iam",
 )
 
-# klag-exporter keys accepted and then unused. Each is still type-checked, so a typo in its
-# value fails; none changes what this exporter reports:
+# klag-exporter keys accepted and then unused: key -> (Reader method, its extra arguments).
+# Each is still type-checked, so a typo in its value fails; none changes what is reported:
 # - timestamp_sampling: klag-exporter's "rate" mode estimates time lag from produce rates to
 #   spare a librdkafka consumer pool; this exporter always reads the record (exact), batched per
 #   leader, bounded by kafka_timeout, so mode, fetch_timeout and the rate_* knobs have no object.
@@ -230,181 +201,156 @@ _CLUSTER_KEYS = (
 #   retained record, and unknown is never reported as 0.
 # - performance: librdkafka / Tokio workarounds (client recycling, blocking threads), a
 #   deprecated per-partition watermark limit, retries, and caches that only make data older.
-_DURATION = ("duration", 0.0)
-_KLAG_ONLY: Dict[str, Dict[str, Tuple[str, Any]]] = {
+# - leadership: leader election among replicas; harmless to ignore only while it is off.
+_KLAG_ONLY: Dict[str, Dict[str, Tuple[str, Tuple[Any, ...]]]] = {
     "exporter.timestamp_sampling": {
-        "mode": ("choice", ("rate", "message")),
-        "fetch_timeout": ("duration", None),
-        "skip_data_loss_partitions": ("bool", None),
-        "rate_history_samples": ("int", 2),
-        "rate_history_max_age": ("duration", None),
-        "rate_min_msgs_per_sec": ("number", 0.0),
+        "mode": ("choice", (("rate", "message"),)),
+        "fetch_timeout": ("duration", ()),
+        "skip_data_loss_partitions": ("boolean", ()),
+        "rate_history_samples": ("integer", (2,)),
+        "rate_history_max_age": ("duration", ()),
+        "rate_min_msgs_per_sec": ("number", (0.0,)),
     },
     "exporter.performance": {
-        "max_concurrent_watermarks": ("int", 1),
-        "client_recycle_interval": ("int", 0),
-        "max_blocking_threads": ("int", 1),
-        "compacted_topics_cache_ttl": _DURATION,
-        "metadata_cache_ttl": _DURATION,
-        "consumer_groups_cache_ttl": _DURATION,
-        "group_fetch_retries": ("int", 0),
+        "max_concurrent_watermarks": ("integer", (1,)),
+        "client_recycle_interval": ("integer", (0,)),
+        "max_blocking_threads": ("integer", (1,)),
+        "compacted_topics_cache_ttl": ("duration", (0.0,)),
+        "metadata_cache_ttl": ("duration", (0.0,)),
+        "consumer_groups_cache_ttl": ("duration", (0.0,)),
+        "group_fetch_retries": ("integer", (0,)),
     },
-    # Leader election (one active replica) is harmless to ignore only while it is off.
     "exporter.leadership": {
-        "enabled": ("bool", None),
-        "provider": ("choice", ("kubernetes",)),
-        "lease_name": ("str", None),
-        "lease_namespace": ("str", None),
-        "identity": ("str", None),
-        "lease_duration_secs": ("int", 1),
-        "grace_period_secs": ("int", 1),
+        "enabled": ("boolean", ()),
+        "provider": ("choice", (("kubernetes",),)),
+        "lease_name": ("string", ()),
+        "lease_namespace": ("string", ()),
+        "identity": ("string", ()),
+        "lease_duration_secs": ("integer", (1,)),
+        "grace_period_secs": ("integer", (1,)),
     },
 }
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_DEFAULT_WHITELIST = (".*",)
-_DEFAULT_TOPIC_BLACKLIST = ("^__.*",)
+_MATCH_ALL = (re.compile(".*"),)
+# klag-exporter's code default is "__.*", which re.search also finds inside "my__topic"; its
+# README and example use "^__.*", which only hides internal topics. The anchored one is kept.
+_INTERNAL_TOPICS = (re.compile("^__.*"),)
 
 
 def _build(r: Reader, tree: Any) -> Config:
     top = r.table(tree, "", _TOP_KEYS)
-    exporter = _exporter(r, top.get("exporter", {}))
-    clusters_raw = top.get("clusters")
-    if clusters_raw is None or clusters_raw == []:
-        r.fail("clusters", "at least one cluster is required ([[clusters]] with name and bootstrap_servers)")
-    if not isinstance(clusters_raw, list):
-        r.fail("clusters", f"must be a list of tables ([[clusters]]), not {kind(clusters_raw)}")
+    exporter = _exporter(r, top.get("exporter"))
+    raw_clusters = top.get("clusters")
+    if raw_clusters is None or raw_clusters == []:
+        r.fail("clusters", "at least one cluster is required ([[clusters]] with name and servers)")
+    if not isinstance(raw_clusters, list):
+        r.fail("clusters", f"must be a list of tables ([[clusters]]), not {kind(raw_clusters)}")
     clusters: List[ClusterConfig] = []
     seen: Dict[str, int] = {}
-    for i, raw in enumerate(clusters_raw):
+    for i, raw in enumerate(raw_clusters):
         cluster = _cluster(r, raw, f"clusters[{i}]")
         if cluster.name in seen:
-            r.fail(f"clusters[{i}].name", f"duplicate cluster name (also clusters[{seen[cluster.name]}].name)")
+            first = f"clusters[{seen[cluster.name]}].name"
+            r.fail(f"clusters[{i}].name", f"duplicate cluster name (also {first})")
         seen[cluster.name] = i
         clusters.append(cluster)
     return Config(r.source, exporter, tuple(clusters))
 
 
-def _klag_only(r: Reader, section: str, table: Mapping[str, Any]) -> None:
-    for key, (type_, arg) in _KLAG_ONLY.get(section, {}).items():
-        if key not in table:
-            continue
-        path, value = join(section, key), table[key]
-        if type_ == "duration":
-            r.duration(value, path, minimum=arg)
-        elif type_ == "int":
-            r.integer(value, path, minimum=arg)
-        elif type_ == "number":
-            r.number(value, path, minimum=arg)
-        elif type_ == "bool":
-            r.boolean(value, path)
-        elif type_ == "choice":
-            r.choice(value, path, arg)
-        else:
-            r.string(value, path)
-
-
-def _section(r: Reader, raw: Any, path: str, keys: Tuple[str, ...]) -> Mapping[str, Any]:
-    table = r.table(raw, path, keys + tuple(_KLAG_ONLY.get(path, ())))
-    _klag_only(r, path, table)
-    return table
+def _section(r: Reader, raw: Any, path: str, keys: Tuple[str, ...]) -> Section:
+    """The table at *path*, its unknown keys refused and its klag-exporter-only keys checked."""
+    klag_only = _KLAG_ONLY.get(path, {})
+    section = Section(r, r.table(raw, path, keys + tuple(klag_only)), path)
+    for key, (method, args) in klag_only.items():
+        section.get(key, None, getattr(r, method), *args)
+    return section
 
 
 def _exporter(r: Reader, raw: Any) -> ExporterConfig:
-    t = _section(r, raw, "exporter", _EXPORTER_KEYS)
+    s = _section(r, raw, "exporter", _EXPORTER_KEYS)
     d = ExporterConfig()
-    poll = r.duration(t["poll_interval"], "exporter.poll_interval") if "poll_interval" in t else d.poll_interval
-    staleness = 3 * poll
-    if "staleness_threshold" in t:
-        staleness = r.duration(t["staleness_threshold"], "exporter.staleness_threshold")
-        if staleness <= poll:
-            r.fail("exporter.staleness_threshold",
-                   f"must be longer than poll_interval ({poll:g}s), or data would go stale between cycles")
-    leadership = _section(r, t.get("leadership", {}), "exporter.leadership", ())
-    if leadership.get("enabled") is True:
-        r.fail("exporter.leadership.enabled", "leader election is not supported; run a single replica")
+    poll = s.get("poll_interval", d.poll_interval, r.duration)
+    staleness = s.get("staleness_threshold", 3 * poll, r.duration)
+    if staleness <= poll:
+        r.fail(
+            "exporter.staleness_threshold",
+            f"must be longer than poll_interval ({poll:g}s), or data would go stale between cycles",
+        )
+    if _section(r, s.table.get("leadership"), "exporter.leadership", ()).table.get("enabled"):
+        r.fail("exporter.leadership.enabled", "leader election is not supported; run one replica")
     return ExporterConfig(
         poll_interval=poll,
-        http_host=r.host(t["http_host"], "exporter.http_host") if "http_host" in t else d.http_host,
-        http_port=r.integer(t["http_port"], "exporter.http_port", 1, 65535) if "http_port" in t else d.http_port,
-        granularity=Granularity(r.choice(t.get("granularity", "topic"), "exporter.granularity", ("topic", "partition"))),
+        http_host=s.get("http_host", d.http_host, r.host),
+        http_port=s.get("http_port", d.http_port, r.integer, 1, 65535),
+        granularity=Granularity(
+            s.get("granularity", d.granularity.value, r.choice, ("topic", "partition"))
+        ),
         staleness_threshold=staleness,
-        ready_requires=r.choice(t.get("ready_requires", "any"), "exporter.ready_requires", ("any", "all")),
-        timestamp_sampling=_sampling(r, t.get("timestamp_sampling", {})),
-        performance=_performance(r, t.get("performance", {})),
-        otel=_otel(r, t.get("otel", {})),
+        ready_requires=s.get("ready_requires", d.ready_requires, r.choice, ("any", "all")),
+        timestamp_sampling=_sampling(r, s.table.get("timestamp_sampling")),
+        performance=_performance(r, s.table.get("performance")),
+        otel=_otel(r, s.table.get("otel")),
     )
 
 
 def _sampling(r: Reader, raw: Any) -> TimestampSampling:
-    p = "exporter.timestamp_sampling"
-    t = _section(r, raw, p, _SAMPLING_KEYS)
+    s = _section(r, raw, "exporter.timestamp_sampling", _SAMPLING_KEYS)
     d = TimestampSampling()
     return TimestampSampling(
-        enabled=r.boolean(t["enabled"], f"{p}.enabled") if "enabled" in t else d.enabled,
-        cache_ttl=r.duration(t["cache_ttl"], f"{p}.cache_ttl") if "cache_ttl" in t else d.cache_ttl,
-        max_concurrent_fetches=(
-            r.integer(t["max_concurrent_fetches"], f"{p}.max_concurrent_fetches", 1)
-            if "max_concurrent_fetches" in t else d.max_concurrent_fetches
+        enabled=s.get("enabled", d.enabled, r.boolean),
+        cache_ttl=s.get("cache_ttl", d.cache_ttl, r.duration),
+        max_concurrent_fetches=s.get(
+            "max_concurrent_fetches", d.max_concurrent_fetches, r.integer, 1
         ),
     )
 
 
 def _performance(r: Reader, raw: Any) -> Performance:
-    p = "exporter.performance"
-    t = _section(r, raw, p, _PERFORMANCE_KEYS)
+    s = _section(r, raw, "exporter.performance", _PERFORMANCE_KEYS)
     d = Performance()
     return Performance(
-        kafka_timeout=r.duration(t["kafka_timeout"], f"{p}.kafka_timeout") if "kafka_timeout" in t else d.kafka_timeout,
-        offset_fetch_timeout=(
-            r.duration(t["offset_fetch_timeout"], f"{p}.offset_fetch_timeout")
-            if "offset_fetch_timeout" in t else d.offset_fetch_timeout
-        ),
-        max_concurrent_groups=(
-            r.integer(t["max_concurrent_groups"], f"{p}.max_concurrent_groups", 1)
-            if "max_concurrent_groups" in t else d.max_concurrent_groups
-        ),
+        kafka_timeout=s.get("kafka_timeout", d.kafka_timeout, r.duration),
+        offset_fetch_timeout=s.get("offset_fetch_timeout", d.offset_fetch_timeout, r.duration),
+        max_concurrent_groups=s.get("max_concurrent_groups", d.max_concurrent_groups, r.integer, 1),
     )
 
 
 def _otel(r: Reader, raw: Any) -> OtelConfig:
-    p = "exporter.otel"
-    t = _section(r, raw, p, _OTEL_KEYS)
+    s = _section(r, raw, "exporter.otel", _OTEL_KEYS)
     d = OtelConfig()
     return OtelConfig(
-        enabled=r.boolean(t["enabled"], f"{p}.enabled") if "enabled" in t else d.enabled,
-        endpoint=r.url(t["endpoint"], f"{p}.endpoint") if "endpoint" in t else d.endpoint,
-        protocol=r.choice(t.get("protocol", d.protocol), f"{p}.protocol", ("grpc", "http/protobuf")),
-        export_interval=(
-            r.duration(t["export_interval"], f"{p}.export_interval") if "export_interval" in t else d.export_interval
-        ),
+        enabled=s.get("enabled", d.enabled, r.boolean),
+        endpoint=s.get("endpoint", d.endpoint, r.url),
+        protocol=s.get("protocol", d.protocol, r.choice, ("grpc", "http/protobuf")),
+        export_interval=s.get("export_interval", d.export_interval, r.duration),
     )
 
 
 def _cluster(r: Reader, raw: Any, p: str) -> ClusterConfig:
-    t = r.table(raw, p, _CLUSTER_KEYS)
+    s = Section(r, r.table(raw, p, _CLUSTER_KEYS), p)
     for required in ("name", "bootstrap_servers"):
-        if required not in t:
+        if required not in s.table:
             r.fail(f"{p}.{required}", "required key is missing")
-    name = r.string(t["name"], f"{p}.name")
-    properties = r.table(t.get("consumer_properties", {}), f"{p}.consumer_properties", None)
+    name = s.get("name", None, r.string)
+    properties = r.table(s.table.get("consumer_properties"), f"{p}.consumer_properties", None)
     kafka_args = kafka_properties.translate(properties, r.source, f"{p}.consumer_properties")
-    if "aws_msk_iam" in t:
-        msk = r.table(t["aws_msk_iam"], f"{p}.aws_msk_iam", None)
+    if "aws_msk_iam" in s.table:
+        msk = r.table(s.table["aws_msk_iam"], f"{p}.aws_msk_iam", None)
         kafka_args = kafka_properties.msk_iam_args(msk, kafka_args, r.source, f"{p}.aws_msk_iam")
     return ClusterConfig(
         name=name,
-        bootstrap_servers=_servers(r, t["bootstrap_servers"], f"{p}.bootstrap_servers"),
+        bootstrap_servers=_servers(r, s.table["bootstrap_servers"], f"{p}.bootstrap_servers"),
         groups=NameFilter(
-            r.patterns(t.get("group_whitelist", _DEFAULT_WHITELIST), f"{p}.group_whitelist"),
-            r.patterns(t.get("group_blacklist", ()), f"{p}.group_blacklist"),
+            s.get("group_whitelist", _MATCH_ALL, r.patterns),
+            s.get("group_blacklist", (), r.patterns),
         ),
         topics=NameFilter(
-            r.patterns(t.get("topic_whitelist", _DEFAULT_WHITELIST), f"{p}.topic_whitelist"),
-            r.patterns(t.get("topic_blacklist", _DEFAULT_TOPIC_BLACKLIST), f"{p}.topic_blacklist"),
+            s.get("topic_whitelist", _MATCH_ALL, r.patterns),
+            s.get("topic_blacklist", _INTERNAL_TOPICS, r.patterns),
         ),
-        kafka_args=FrozenMap(kafka_args),
-        labels=_labels(r, t.get("labels", {}), f"{p}.labels"),
+        kafka_args=_KafkaArgs(kafka_args),
+        labels=_labels(r, s.table.get("labels"), f"{p}.labels"),
     )
 
 

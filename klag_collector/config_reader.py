@@ -1,4 +1,4 @@
-"""Typed reads of a parsed config tree, each failing as one ConfigError at its key path."""
+"""Config text into a tree, and typed reads of the tree: each failure is one ConfigError."""
 
 from __future__ import annotations
 
@@ -6,11 +6,31 @@ import datetime
 import difflib
 import ipaddress
 import re
-from typing import Any, Dict, Iterable, Iterator, Mapping, NoReturn, Optional, Sequence, Tuple, TypeVar
+import sys
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    Mapping,
+    NoReturn,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+)
 from urllib.parse import urlsplit
+
+import yaml
 
 from klag_collector.durations import parse_duration
 from klag_collector.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 V = TypeVar("V")
 
@@ -88,6 +108,21 @@ def is_host(text: str) -> bool:
         return True
     except ValueError:
         return _HOSTNAME.fullmatch(text) is not None
+
+
+class Section:
+    """One table of the tree, with its key path, for terse optional reads."""
+
+    def __init__(self, reader: "Reader", table: Mapping[str, Any], path: str) -> None:
+        self.reader = reader
+        self.table = table
+        self.path = path
+
+    def get(self, key: str, default: Any, read: Callable[..., Any], *args: Any) -> Any:
+        """``read(value, path, *args)`` when *key* is present, else *default* as it is."""
+        if key not in self.table:
+            return default
+        return read(self.table[key], join(self.path, key), *args)
 
 
 class Reader:
@@ -214,3 +249,43 @@ class Reader:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             self.fail(path, "must be an http:// or https:// URL")
         return text
+
+
+def parse_toml(text: str, source: str) -> Any:
+    """The tree of TOML *text*; a syntax error names its line."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        line = re.search(r"\(at line (\d+), column \d+\)", message)
+        reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", message)
+        where = f"line {line.group(1)}" if line else ""
+        raise ConfigError(source, where, "invalid TOML: " + " ".join(reason.split())) from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A YAML loader that rejects duplicate keys, which TOML forbids and PyYAML would overwrite."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f'duplicate key "{key}"', key_node.start_mark
+                )
+            seen.add(key if isinstance(key, str) else id(key_node))
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """The tree of YAML *text*; a syntax error names its line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        # Only problem and context: str(e) quotes the offending line, which may hold a secret.
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        parts = [getattr(e, "problem", None), getattr(e, "context", None)]
+        reason = "; ".join(p for p in parts if p) or type(e).__name__
+        raise ConfigError(source, where, "invalid YAML: " + " ".join(reason.split())) from None

@@ -1,4 +1,4 @@
-"""librdkafka / Java client properties, as klag-exporter configs carry them, as kafka-python arguments.
+"""librdkafka / Java client properties, as klag-exporter configs carry them, for kafka-python.
 
 ``TRANSLATED`` is the one table: property name -> kafka-python 3.x keyword and value conversion.
 Every keyword in it is accepted by both ``KafkaAdminClient`` and ``KafkaConsumer`` (a test checks
@@ -43,7 +43,7 @@ def _mechanism(text: str) -> str:
     return value
 
 
-def _ms(minimum: int) -> Callable[[str], int]:
+def _whole(minimum: int) -> Callable[[str], int]:
     def convert(text: str) -> int:
         try:
             value = int(text.strip())
@@ -100,10 +100,16 @@ def _certificate_verification(text: str) -> None:
 
 @dataclass(frozen=True)
 class Translation:
-    """How one property becomes a kafka-python keyword argument (none when ``arg`` is None)."""
+    """How one property becomes a kafka-python keyword argument (none when ``arg`` is None).
+
+    ``native`` is the one non-string TOML/YAML type also accepted for the value (klag-exporter
+    takes strings only): ``timeout.ms = 5000`` is a forgivable slip, but a YAML ``yes`` or
+    ``0123`` arriving as a password must not be silently turned into "true" or "83".
+    """
 
     arg: Optional[str]
     convert: Callable[[str], Any]
+    native: type = str
 
 
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -122,28 +128,28 @@ TRANSLATED: Dict[str, Translation] = {
     "ssl.key.password": Translation("ssl_password", _text),
     "ssl.crl.location": Translation("ssl_crlfile", _path),
     "ssl.endpoint.identification.algorithm": Translation("ssl_check_hostname", _hostname_check),
-    "enable.ssl.certificate.verification": Translation(None, _certificate_verification),
+    "enable.ssl.certificate.verification": Translation(None, _certificate_verification, bool),
     "client.id": Translation("client_id", _text),
     "client.dns.lookup": Translation(
         "client_dns_lookup",
         _choice("use_all_dns_ips", "resolve_canonical_bootstrap_servers_only", upper=False),
     ),
-    "request.timeout.ms": Translation("request_timeout_ms", _ms(1)),
-    "socket.timeout.ms": Translation("request_timeout_ms", _ms(1)),  # librdkafka's name
-    "metadata.max.age.ms": Translation("metadata_max_age_ms", _ms(0)),
-    "reconnect.backoff.ms": Translation("reconnect_backoff_ms", _ms(0)),
-    "reconnect.backoff.max.ms": Translation("reconnect_backoff_max_ms", _ms(0)),
-    "retry.backoff.ms": Translation("retry_backoff_ms", _ms(0)),
-    "connections.max.idle.ms": Translation("connections_max_idle_ms", _ms(0)),
-    "socket.receive.buffer.bytes": Translation("receive_buffer_bytes", _ms(1)),
-    "receive.buffer.bytes": Translation("receive_buffer_bytes", _ms(1)),  # Java's name
-    "socket.send.buffer.bytes": Translation("send_buffer_bytes", _ms(1)),
-    "send.buffer.bytes": Translation("send_buffer_bytes", _ms(1)),  # Java's name
-    "receive.message.max.bytes": Translation("receive_message_max_bytes", _ms(1)),
+    "request.timeout.ms": Translation("request_timeout_ms", _whole(1), int),
+    "socket.timeout.ms": Translation("request_timeout_ms", _whole(1), int),  # librdkafka's name
+    "metadata.max.age.ms": Translation("metadata_max_age_ms", _whole(0), int),
+    "reconnect.backoff.ms": Translation("reconnect_backoff_ms", _whole(0), int),
+    "reconnect.backoff.max.ms": Translation("reconnect_backoff_max_ms", _whole(0), int),
+    "retry.backoff.ms": Translation("retry_backoff_ms", _whole(0), int),
+    "connections.max.idle.ms": Translation("connections_max_idle_ms", _whole(0), int),
+    "socket.receive.buffer.bytes": Translation("receive_buffer_bytes", _whole(1), int),
+    "receive.buffer.bytes": Translation("receive_buffer_bytes", _whole(1), int),  # Java's name
+    "socket.send.buffer.bytes": Translation("send_buffer_bytes", _whole(1), int),
+    "send.buffer.bytes": Translation("send_buffer_bytes", _whole(1), int),  # Java's name
+    "receive.message.max.bytes": Translation("receive_message_max_bytes", _whole(1), int),
     "max.in.flight.requests.per.connection": Translation(
-        "max_in_flight_requests_per_connection", _ms(1)
+        "max_in_flight_requests_per_connection", _whole(1), int
     ),
-    "max.in.flight": Translation("max_in_flight_requests_per_connection", _ms(1)),
+    "max.in.flight": Translation("max_in_flight_requests_per_connection", _whole(1), int),
 }
 
 # Accepted and ignored, because each only matters to a client that joins a group, commits,
@@ -174,7 +180,13 @@ IGNORED: Dict[str, str] = {
     ),
 }
 
-_PEM_FILES = "convert it to PEM files and use ssl.ca.location, ssl.certificate.location and ssl.key.location"
+_PEM_FILES = (
+    "convert it to PEM files and use ssl.ca.location, ssl.certificate.location "
+    "and ssl.key.location"
+)
+_KERBEROS_CACHE = (
+    "kafka-python uses the Kerberos credential cache; run kinit or set KRB5_CLIENT_KTNAME"
+)
 UNSUPPORTED: Dict[str, str] = {
     "ssl.truststore.location": f"Java keystores (JKS/PKCS12) cannot be read; {_PEM_FILES}",
     "ssl.truststore.password": f"Java keystores (JKS/PKCS12) cannot be read; {_PEM_FILES}",
@@ -184,7 +196,9 @@ UNSUPPORTED: Dict[str, str] = {
     "ssl.keystore.password": f"Java keystores (JKS/PKCS12) cannot be read; {_PEM_FILES}",
     "ssl.keystore.type": f"Java keystores (JKS/PKCS12) cannot be read; {_PEM_FILES}",
     "ssl.keystore.key": "inline keys are not supported; use ssl.key.location",
-    "ssl.keystore.certificate.chain": "inline certificates are not supported; use ssl.certificate.location",
+    "ssl.keystore.certificate.chain": (
+        "inline certificates are not supported; use ssl.certificate.location"
+    ),
     "ssl.ca.pem": "inline certificates are not supported; use ssl.ca.location",
     "ssl.certificate.pem": "inline certificates are not supported; use ssl.certificate.location",
     "ssl.key.pem": "inline keys are not supported; use ssl.key.location",
@@ -193,9 +207,9 @@ UNSUPPORTED: Dict[str, str] = {
     "ssl.enabled.protocols": "kafka-python always negotiates TLS 1.2 or newer",
     "ssl.protocol": "kafka-python always negotiates TLS 1.2 or newer",
     "sasl.jaas.config": "not translatable; use sasl.username and sasl.password",
-    "sasl.kerberos.keytab": "kafka-python uses the Kerberos credential cache; run kinit or set KRB5_CLIENT_KTNAME",
-    "sasl.kerberos.principal": "kafka-python uses the Kerberos credential cache; run kinit or set KRB5_CLIENT_KTNAME",
-    "sasl.kerberos.kinit.cmd": "kafka-python does not run kinit; run it before starting the exporter",
+    "sasl.kerberos.keytab": _KERBEROS_CACHE,
+    "sasl.kerberos.principal": _KERBEROS_CACHE,
+    "sasl.kerberos.kinit.cmd": "kafka-python does not run kinit; run it before the exporter",
     "sasl.oauthbearer.config": "OAUTHBEARER is not yet supported",
     "sasl.oauthbearer.method": "OAUTHBEARER is not yet supported",
     "sasl.oauthbearer.client.id": "OAUTHBEARER is not yet supported",
@@ -246,7 +260,7 @@ def translate(properties: Mapping[str, Any], source: str, key_prefix: str) -> Di
         if rule is None:
             raise ConfigError(source, key, _unknown_reason(name))
         try:
-            value = rule.convert(_as_text(raw))
+            value = rule.convert(_as_text(raw, rule.native))
         except ValueError as e:
             raise ConfigError(source, key, str(e)) from None
         if rule.arg is None:
@@ -259,13 +273,14 @@ def translate(properties: Mapping[str, Any], source: str, key_prefix: str) -> Di
     return args
 
 
-def _as_text(raw: Any) -> str:
-    # klag-exporter requires strings; a YAML or TOML number or boolean is an easy slip to forgive.
-    if isinstance(raw, bool):
+def _as_text(raw: Any, native: type) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bool) and native is bool:
         return "true" if raw else "false"
-    if isinstance(raw, (str, int)):
+    if isinstance(raw, int) and not isinstance(raw, bool) and native is int:
         return str(raw)
-    raise ValueError("must be a string")
+    raise ValueError("must be a string (put the value in quotes)")
 
 
 def _unknown_reason(name: str) -> str:
@@ -309,7 +324,7 @@ def _check_coherence(
         fail("sasl_mechanism", "AWS_MSK_IAM needs security.protocol SASL_SSL")
     package = _MECHANISM_PACKAGES.get(mechanism or "")
     if package and importlib.util.find_spec(package) is None:
-        fail("sasl_mechanism", f'{mechanism} needs the Python package "{package}", which is not installed')
+        fail("sasl_mechanism", f'{mechanism} needs the Python package "{package}" (not installed)')
     if "ssl_keyfile" in args and "ssl_certfile" not in args:
         fail("ssl_keyfile", "is set without ssl.certificate.location")
     if "ssl_password" in args and "ssl_keyfile" not in args and "ssl_certfile" not in args:
@@ -328,16 +343,20 @@ def msk_iam_args(
         if name == "region":
             raise ConfigError(
                 source, f"{key_prefix}.region",
-                "cannot be passed to kafka-python; set AWS_DEFAULT_REGION in the environment instead",
+                "cannot be passed to kafka-python; set AWS_DEFAULT_REGION in the environment",
             )
-        raise ConfigError(source, f"{key_prefix}.{name}", 'unknown key; the only key here is "region"')
+        raise ConfigError(
+            source, f"{key_prefix}.{name}", 'unknown key; the only key here is "region"'
+        )
     for arg in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password"):
         if arg in kafka_args:
-            raise ConfigError(source, key_prefix, "conflicts with the SASL settings in consumer_properties")
+            raise ConfigError(
+                source, key_prefix, "conflicts with the SASL settings in consumer_properties"
+            )
     if kafka_args.get("security_protocol", "SASL_SSL") != "SASL_SSL":
         raise ConfigError(source, key_prefix, "needs security.protocol SASL_SSL")
     if importlib.util.find_spec("botocore") is None:
-        raise ConfigError(source, key_prefix, 'needs the Python package "botocore", which is not installed')
+        raise ConfigError(source, key_prefix, 'needs the Python package "botocore" (not installed)')
     return {**kafka_args, "security_protocol": "SASL_SSL", "sasl_mechanism": "AWS_MSK_IAM"}
 
 

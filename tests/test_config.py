@@ -185,7 +185,10 @@ def test_staleness_threshold_defaults_to_three_poll_intervals() -> None:
 def test_empty_yaml_sections_read_as_defaults() -> None:
     """A bare YAML ``exporter:`` (null) means the defaults, as an empty [exporter] does in TOML."""
     config = parse_config(
-        "exporter:\nclusters:\n  - name: c\n    bootstrap_servers: k\n    labels:\n", "t", "yaml", {}
+        "exporter:\nclusters:\n  - name: c\n    bootstrap_servers: k\n    labels:\n",
+        "t",
+        "yaml",
+        {},
     )
     assert config.exporter == ExporterConfig()
 
@@ -308,16 +311,18 @@ def test_optional_reference_and_escape() -> None:
 
 
 def test_references_in_comments_are_left_alone() -> None:
-    """A commented-out line does not demand its variables (klag-exporter's example has such lines)."""
+    """A commented-out line does not demand its variables (klag-exporter's example has some)."""
     config = toml('# "sasl.password" = "${UNSET_IN_COMMENT}"\n' + MINIMAL + "# ${ALSO_UNSET}\n")
     assert config.clusters[0].name == "c"
     yaml_text = "# ${UNSET}\nclusters:\n  - name: c  # ${UNSET}\n    bootstrap_servers: k\n"
     assert parse_config(yaml_text, "t", "yaml", {}).clusters[0].name == "c"
 
 
-@pytest.mark.parametrize("fmt, line", [("toml", '"sasl.password" = \'${P}\''), ("yaml", "sasl.password: '${P}'")])
+@pytest.mark.parametrize(
+    "fmt, line", [("toml", '"sasl.password" = \'${P}\''), ("yaml", "sasl.password: '${P}'")]
+)
 def test_quoted_values_survive_single_quotes_in_yaml_only(fmt: str, line: str) -> None:
-    """A value with a quote goes into YAML '...' escaped, but cannot go into a TOML literal string."""
+    """A value with a quote goes into YAML '...' escaped, but cannot go into a TOML '...'."""
     props = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": "u"}
     if fmt == "toml":
         text = MINIMAL + "[clusters.consumer_properties]\n" + "".join(
@@ -325,8 +330,9 @@ def test_quoted_values_survive_single_quotes_in_yaml_only(fmt: str, line: str) -
         error = error_of(text, "toml", {"P": PASSWORD})
         assert "use double quotes" in error.reason and PASSWORD not in str(error)
     else:
-        text = "clusters:\n  - name: c\n    bootstrap_servers: k\n    consumer_properties:\n" + "".join(
-            f"      {k}: {v}\n" for k, v in props.items()) + "      " + line + "\n"
+        head = "clusters:\n  - name: c\n    bootstrap_servers: k\n    consumer_properties:\n"
+        body = "".join(f"      {k}: {v}\n" for k, v in props.items())
+        text = head + body + "      " + line + "\n"
         config = parse_config(text, "t", "yaml", {"P": PASSWORD})
         assert config.clusters[0].kafka_args["sasl_plain_password"] == PASSWORD
 
@@ -346,8 +352,11 @@ def test_filters_match_unanchored_with_blacklist_winning() -> None:
     assert not topics.allows("__consumer_offsets")
 
 
-def test_name_filter_allows_nothing_with_an_empty_whitelist() -> None:
-    """An empty whitelist keeps no name (the cluster then reports only partition offsets)."""
+def test_an_explicit_empty_whitelist_keeps_nothing() -> None:
+    """group_whitelist = [] keeps no group (the cluster then reports only partition offsets)."""
+    config = toml(_c("group_whitelist = []\ntopic_blacklist = []\n"))
+    assert not config.clusters[0].groups.allows("anything")
+    assert config.clusters[0].topics.allows("__consumer_offsets")
     assert not NameFilter((), ()).allows("anything")
 
 
@@ -379,11 +388,16 @@ def test_secrets_stay_out_of_errors_and_reprs() -> None:
     config = toml(SPEC_TOML, ENV)
     assert PASSWORD not in repr(config) and PASSWORD not in str(config)
     assert "sasl_plain_password" in repr(config.clusters[0])
+    assert PASSWORD not in repr(config.clusters[0].kafka_args)
+    assert PASSWORD not in str(config.clusters[0].kafka_args)
+    assert dict(config.clusters[0].kafka_args)["sasl_plain_password"] == PASSWORD
     broken = SPEC_TOML.replace('"SCRAM-SHA-512"', '"SCRAM-SHA-1"')
     error = error_of(broken, environ=ENV)
     assert error.key == 'clusters[0].consumer_properties["sasl.mechanism"]'
     assert PASSWORD not in str(error)
-    misplaced = SPEC_TOML.replace('name = "test-cluster"', 'name = "test-cluster"\npassword = "${KAFKA_PASSWORD}"')
+    misplaced = SPEC_TOML.replace(
+        'name = "test-cluster"', 'name = "test-cluster"\npassword = "${KAFKA_PASSWORD}"'
+    )
     error = error_of(misplaced, environ=ENV)
     assert error.key == "clusters[0].password" and PASSWORD not in str(error)
 
@@ -401,70 +415,294 @@ def _c(extra: str = "", name: str = "c", servers: str = '"k:9092"') -> str:
     return f'[[clusters]]\nname = "{name}"\nbootstrap_servers = {servers}\n{extra}'
 
 
-# (id, format, text, key path, fragment of the reason)
+# Each case: format, text, the key path the error must name, a fragment of its reason.
 BAD_CONFIGS = [
-    ("toml-syntax", "toml", "[exporter\n" + MINIMAL, "line 1", "invalid TOML"),
-    ("yaml-syntax", "yaml", "clusters:\n  - name: [\n", "line 3", "invalid YAML"),
-    ("yaml-duplicate-key", "yaml", "exporter:\n  http_port: 1\n  http_port: 2\n", "line 3", 'duplicate key "http_port"'),
-    ("top-unknown-key", "toml", "[exporters]\n" + MINIMAL, "exporters", 'did you mean "exporter"?'),
-    ("exporter-unknown-key", "toml", '[exporter]\npol_interval = "1s"\n' + MINIMAL, "exporter.pol_interval", 'did you mean "poll_interval"?'),
-    ("nested-unknown-key", "toml", '[exporter.otel]\nendpiont = "x"\n' + MINIMAL, "exporter.otel.endpiont", 'did you mean "endpoint"?'),
-    ("cluster-unknown-key", "toml", _c('topic_whitelists = [".*"]\n'), "clusters[0].topic_whitelists", 'did you mean "topic_whitelist"?'),
-    ("port-wrong-type", "toml", '[exporter]\nhttp_port = "eighty"\n' + MINIMAL, "exporter.http_port", "must be an integer, not a string"),
-    ("port-bool", "yaml", "exporter:\n  http_port: yes\n", "exporter.http_port", "must be an integer, not a boolean"),
-    ("port-zero", "toml", "[exporter]\nhttp_port = 0\n" + MINIMAL, "exporter.http_port", "1..65535"),
-    ("port-too-big", "toml", "[exporter]\nhttp_port = 65536\n" + MINIMAL, "exporter.http_port", "1..65535"),
-    ("bad-host", "toml", '[exporter]\nhttp_host = "local host"\n' + MINIMAL, "exporter.http_host", "not a host name"),
-    ("bad-duration", "toml", '[exporter]\npoll_interval = "30 parsecs"\n' + MINIMAL, "exporter.poll_interval", "unknown unit"),
-    ("bare-number-duration", "toml", "[exporter]\npoll_interval = 30\n" + MINIMAL, "exporter.poll_interval", "must be a duration string"),
-    ("zero-poll", "toml", '[exporter]\npoll_interval = "0s"\n' + MINIMAL, "exporter.poll_interval", "longer than zero"),
-    ("zero-cache-ttl", "toml", '[exporter.timestamp_sampling]\ncache_ttl = "0ms"\n' + MINIMAL, "exporter.timestamp_sampling.cache_ttl", "longer than zero"),
-    ("zero-timeout", "toml", '[exporter.performance]\nkafka_timeout = "0s"\n' + MINIMAL, "exporter.performance.kafka_timeout", "longer than zero"),
-    ("zero-offset-timeout", "toml", '[exporter.performance]\noffset_fetch_timeout = "0s"\n' + MINIMAL, "exporter.performance.offset_fetch_timeout", "longer than zero"),
-    ("zero-export-interval", "toml", '[exporter.otel]\nexport_interval = "0s"\n' + MINIMAL, "exporter.otel.export_interval", "longer than zero"),
-    ("staleness-below-poll", "toml", '[exporter]\npoll_interval = "30s"\nstaleness_threshold = "20s"\n' + MINIMAL, "exporter.staleness_threshold", "longer than poll_interval"),
-    ("zero-fetches", "toml", "[exporter.timestamp_sampling]\nmax_concurrent_fetches = 0\n" + MINIMAL, "exporter.timestamp_sampling.max_concurrent_fetches", "at least 1"),
-    ("negative-groups", "toml", "[exporter.performance]\nmax_concurrent_groups = -3\n" + MINIMAL, "exporter.performance.max_concurrent_groups", "at least 1"),
-    ("granularity", "toml", '[exporter]\ngranularity = "group"\n' + MINIMAL, "exporter.granularity", '"topic" or "partition"'),
-    ("ready-requires", "toml", '[exporter]\nready_requires = "most"\n' + MINIMAL, "exporter.ready_requires", '"any" or "all"'),
-    ("otel-protocol", "toml", '[exporter.otel]\nprotocol = "http/json"\n' + MINIMAL, "exporter.otel.protocol", '"grpc" or "http/protobuf"'),
-    ("otel-endpoint", "toml", '[exporter.otel]\nendpoint = "localhost:4317"\n' + MINIMAL, "exporter.otel.endpoint", "http:// or https:// URL"),
-    ("enabled-not-bool", "toml", '[exporter.timestamp_sampling]\nenabled = "yes"\n' + MINIMAL, "exporter.timestamp_sampling.enabled", "true or false"),
-    ("leadership-enabled", "toml", "[exporter.leadership]\nenabled = true\n" + MINIMAL, "exporter.leadership.enabled", "not supported"),
-    ("klag-only-bad-value", "toml", '[exporter.timestamp_sampling]\nmode = "guess"\n' + MINIMAL, "exporter.timestamp_sampling.mode", '"rate" or "message"'),
-    ("no-clusters", "toml", '[exporter]\npoll_interval = "10s"\n', "clusters", "at least one cluster"),
-    ("empty-cluster-list", "yaml", "clusters: []\n", "clusters", "at least one cluster"),
-    ("clusters-not-list", "toml", 'clusters = "c"\n', "clusters", "must be a list of tables"),
-    ("missing-name", "toml", '[[clusters]]\nbootstrap_servers = "k"\n', "clusters[0].name", "required key is missing"),
-    ("empty-name", "toml", _c(name=""), "clusters[0].name", "must not be empty"),
-    ("name-not-string", "yaml", "clusters:\n  - name: 7\n    bootstrap_servers: k\n", "clusters[0].name", "must be a string, not an integer"),
-    ("duplicate-name", "toml", _c() + _c(), "clusters[1].name", "duplicate cluster name (also clusters[0].name)"),
-    ("missing-servers", "toml", '[[clusters]]\nname = "c"\n', "clusters[0].bootstrap_servers", "required key is missing"),
-    ("empty-servers", "toml", _c(servers='""'), "clusters[0].bootstrap_servers", "must not be empty"),
-    ("empty-server-item", "toml", _c(servers='"a:1,,b:2"'), "clusters[0].bootstrap_servers[1]", "is empty"),
-    ("server-bad-port", "toml", _c(servers='"a:1,b:0"'), "clusters[0].bootstrap_servers[1]", "port outside 1..65535"),
-    ("server-bare-ipv6", "toml", _c(servers='"::1:9092"'), "clusters[0].bootstrap_servers[0]", "needs brackets"),
-    ("bad-regex", "toml", _c('group_whitelist = ["ok", "(unclosed"]\n'), "clusters[0].group_whitelist[1]", "invalid regular expression"),
-    ("bad-regex-second-cluster", "toml", _c() + _c('topic_blacklist = ["[a-"]\n', name="d"), "clusters[1].topic_blacklist[0]", "invalid regular expression"),
-    ("regex-not-string", "toml", _c("group_blacklist = [1]\n"), "clusters[0].group_blacklist[0]", "must be a string, not an integer"),
-    ("filter-not-list", "toml", _c('topic_whitelist = ".*"\n'), "clusters[0].topic_whitelist", "must be a list"),
-    ("label-builtin", "toml", _c('[clusters.labels]\ntopic = "x"\n'), "clusters[0].labels.topic", "clashes with a label the exporter sets"),
-    ("label-cluster-name", "toml", _c('[clusters.labels]\ncluster_name = "x"\n'), "clusters[0].labels.cluster_name", "clashes"),
-    ("label-invalid-name", "toml", _c('[clusters.labels]\n"data-center" = "x"\n'), 'clusters[0].labels["data-center"]', "not a valid Prometheus label name"),
-    ("label-reserved", "toml", _c('[clusters.labels]\n__meta = "x"\n'), "clusters[0].labels.__meta", "reserved"),
-    ("label-not-string", "toml", _c("[clusters.labels]\ncost_center = 12345\n"), "clusters[0].labels.cost_center", "must be strings, not an integer"),
-    ("property-unknown", "toml", _c('[clusters.consumer_properties]\n"sasl.mechansim" = "PLAIN"\n'), 'clusters[0].consumer_properties["sasl.mechansim"]', 'did you mean "sasl.mechanism"?'),
-    ("property-jks", "toml", _c('[clusters.consumer_properties]\n"security.protocol" = "SSL"\n"ssl.truststore.location" = "/t.jks"\n'), 'clusters[0].consumer_properties["ssl.truststore.location"]', "ssl.ca.location"),
-    ("msk-iam-region", "toml", _c('[clusters.aws_msk_iam]\nregion = "eu-west-1"\n'), "clusters[0].aws_msk_iam.region", "AWS_DEFAULT_REGION"),
-    ("unset-variable", "toml", _c(name="${CLUSTER_NAME}"), "line 2", "CLUSTER_NAME is not set"),
-    ("malformed-reference", "toml", _c(name="${CLUSTER NAME}"), "line 2", "malformed ${...} reference"),
+    pytest.param(
+        "toml", "[exporter\n" + MINIMAL,
+        "line 1", "invalid TOML",
+        id="toml-syntax",
+    ),
+    pytest.param(
+        "yaml", "clusters:\n  - name: [\n",
+        "line 3", "invalid YAML",
+        id="yaml-syntax",
+    ),
+    pytest.param(
+        "yaml", "exporter:\n  http_port: 1\n  http_port: 2\n",
+        "line 3", 'duplicate key "http_port"',
+        id="yaml-duplicate-key",
+    ),
+    pytest.param(
+        "toml", "[exporters]\n" + MINIMAL,
+        "exporters", 'did you mean "exporter"?',
+        id="top-unknown-key",
+    ),
+    pytest.param(
+        "toml", '[exporter]\npol_interval = "1s"\n' + MINIMAL,
+        "exporter.pol_interval", 'did you mean "poll_interval"?',
+        id="exporter-unknown-key",
+    ),
+    pytest.param(
+        "toml", '[exporter.otel]\nendpiont = "x"\n' + MINIMAL,
+        "exporter.otel.endpiont", 'did you mean "endpoint"?',
+        id="nested-unknown-key",
+    ),
+    pytest.param(
+        "toml", _c('topic_whitelists = [".*"]\n'),
+        "clusters[0].topic_whitelists", 'did you mean "topic_whitelist"?',
+        id="cluster-unknown-key",
+    ),
+    pytest.param(
+        "toml", '[exporter]\nhttp_port = "eighty"\n' + MINIMAL,
+        "exporter.http_port", "must be an integer, not a string",
+        id="port-wrong-type",
+    ),
+    pytest.param(
+        "yaml", "exporter:\n  http_port: yes\n",
+        "exporter.http_port", "must be an integer, not a boolean",
+        id="port-bool",
+    ),
+    pytest.param(
+        "toml", "[exporter]\nhttp_port = 0\n" + MINIMAL,
+        "exporter.http_port", "1..65535",
+        id="port-zero",
+    ),
+    pytest.param(
+        "toml", "[exporter]\nhttp_port = 65536\n" + MINIMAL,
+        "exporter.http_port", "1..65535",
+        id="port-too-big",
+    ),
+    pytest.param(
+        "toml", '[exporter]\nhttp_host = "local host"\n' + MINIMAL,
+        "exporter.http_host", "not a host name",
+        id="bad-host",
+    ),
+    pytest.param(
+        "toml", '[exporter]\npoll_interval = "30 parsecs"\n' + MINIMAL,
+        "exporter.poll_interval", "unknown unit",
+        id="bad-duration",
+    ),
+    pytest.param(
+        "toml", "[exporter]\npoll_interval = 30\n" + MINIMAL,
+        "exporter.poll_interval", "must be a duration string",
+        id="bare-number-duration",
+    ),
+    pytest.param(
+        "toml", '[exporter]\npoll_interval = "0s"\n' + MINIMAL,
+        "exporter.poll_interval", "longer than zero",
+        id="zero-poll",
+    ),
+    pytest.param(
+        "toml", '[exporter.timestamp_sampling]\ncache_ttl = "0ms"\n' + MINIMAL,
+        "exporter.timestamp_sampling.cache_ttl", "longer than zero",
+        id="zero-cache-ttl",
+    ),
+    pytest.param(
+        "toml", '[exporter.performance]\nkafka_timeout = "0s"\n' + MINIMAL,
+        "exporter.performance.kafka_timeout", "longer than zero",
+        id="zero-timeout",
+    ),
+    pytest.param(
+        "toml", '[exporter.performance]\noffset_fetch_timeout = "0s"\n' + MINIMAL,
+        "exporter.performance.offset_fetch_timeout", "longer than zero",
+        id="zero-offset-timeout",
+    ),
+    pytest.param(
+        "toml", '[exporter.otel]\nexport_interval = "0s"\n' + MINIMAL,
+        "exporter.otel.export_interval", "longer than zero",
+        id="zero-export-interval",
+    ),
+    pytest.param(
+        "toml", '[exporter]\npoll_interval = "30s"\nstaleness_threshold = "20s"\n' + MINIMAL,
+        "exporter.staleness_threshold", "longer than poll_interval",
+        id="staleness-below-poll",
+    ),
+    pytest.param(
+        "toml", "[exporter.timestamp_sampling]\nmax_concurrent_fetches = 0\n" + MINIMAL,
+        "exporter.timestamp_sampling.max_concurrent_fetches", "at least 1",
+        id="zero-fetches",
+    ),
+    pytest.param(
+        "toml", "[exporter.performance]\nmax_concurrent_groups = -3\n" + MINIMAL,
+        "exporter.performance.max_concurrent_groups", "at least 1",
+        id="negative-groups",
+    ),
+    pytest.param(
+        "toml", '[exporter]\ngranularity = "group"\n' + MINIMAL,
+        "exporter.granularity", '"topic" or "partition"',
+        id="granularity",
+    ),
+    pytest.param(
+        "toml", '[exporter]\nready_requires = "most"\n' + MINIMAL,
+        "exporter.ready_requires", '"any" or "all"',
+        id="ready-requires",
+    ),
+    pytest.param(
+        "toml", '[exporter.otel]\nprotocol = "http/json"\n' + MINIMAL,
+        "exporter.otel.protocol", '"grpc" or "http/protobuf"',
+        id="otel-protocol",
+    ),
+    pytest.param(
+        "toml", '[exporter.otel]\nendpoint = "localhost:4317"\n' + MINIMAL,
+        "exporter.otel.endpoint", "http:// or https:// URL",
+        id="otel-endpoint",
+    ),
+    pytest.param(
+        "toml", '[exporter.timestamp_sampling]\nenabled = "yes"\n' + MINIMAL,
+        "exporter.timestamp_sampling.enabled", "true or false",
+        id="enabled-not-bool",
+    ),
+    pytest.param(
+        "toml", "[exporter.leadership]\nenabled = true\n" + MINIMAL,
+        "exporter.leadership.enabled", "not supported",
+        id="leadership-enabled",
+    ),
+    pytest.param(
+        "toml", '[exporter.timestamp_sampling]\nmode = "guess"\n' + MINIMAL,
+        "exporter.timestamp_sampling.mode", '"rate" or "message"',
+        id="klag-only-bad-value",
+    ),
+    pytest.param(
+        "toml", '[exporter]\npoll_interval = "10s"\n',
+        "clusters", "at least one cluster",
+        id="no-clusters",
+    ),
+    pytest.param(
+        "yaml", "clusters: []\n",
+        "clusters", "at least one cluster",
+        id="empty-cluster-list",
+    ),
+    pytest.param(
+        "toml", 'clusters = "c"\n',
+        "clusters", "must be a list of tables",
+        id="clusters-not-list",
+    ),
+    pytest.param(
+        "toml", '[[clusters]]\nbootstrap_servers = "k"\n',
+        "clusters[0].name", "required key is missing",
+        id="missing-name",
+    ),
+    pytest.param(
+        "toml", _c(name=""),
+        "clusters[0].name", "must not be empty",
+        id="empty-name",
+    ),
+    pytest.param(
+        "yaml", "clusters:\n  - name: 7\n    bootstrap_servers: k\n",
+        "clusters[0].name", "must be a string, not an integer",
+        id="name-not-string",
+    ),
+    pytest.param(
+        "toml", _c() + _c(),
+        "clusters[1].name", "duplicate cluster name (also clusters[0].name)",
+        id="duplicate-name",
+    ),
+    pytest.param(
+        "toml", '[[clusters]]\nname = "c"\n',
+        "clusters[0].bootstrap_servers", "required key is missing",
+        id="missing-servers",
+    ),
+    pytest.param(
+        "toml", _c(servers='""'),
+        "clusters[0].bootstrap_servers", "must not be empty",
+        id="empty-servers",
+    ),
+    pytest.param(
+        "toml", _c(servers='"a:1,,b:2"'),
+        "clusters[0].bootstrap_servers[1]", "is empty",
+        id="empty-server-item",
+    ),
+    pytest.param(
+        "toml", _c(servers='"a:1,b:0"'),
+        "clusters[0].bootstrap_servers[1]", "port outside 1..65535",
+        id="server-bad-port",
+    ),
+    pytest.param(
+        "toml", _c(servers='"::1:9092"'),
+        "clusters[0].bootstrap_servers[0]", "needs brackets",
+        id="server-bare-ipv6",
+    ),
+    pytest.param(
+        "toml", _c('group_whitelist = ["ok", "(unclosed"]\n'),
+        "clusters[0].group_whitelist[1]", "invalid regular expression",
+        id="bad-regex",
+    ),
+    pytest.param(
+        "toml", _c() + _c('topic_blacklist = ["[a-"]\n', name="d"),
+        "clusters[1].topic_blacklist[0]", "invalid regular expression",
+        id="bad-regex-second-cluster",
+    ),
+    pytest.param(
+        "toml", _c("group_blacklist = [1]\n"),
+        "clusters[0].group_blacklist[0]", "must be a string, not an integer",
+        id="regex-not-string",
+    ),
+    pytest.param(
+        "toml", _c('topic_whitelist = ".*"\n'),
+        "clusters[0].topic_whitelist", "must be a list",
+        id="filter-not-list",
+    ),
+    pytest.param(
+        "toml", _c('[clusters.labels]\ntopic = "x"\n'),
+        "clusters[0].labels.topic", "clashes with a label the exporter sets",
+        id="label-builtin",
+    ),
+    pytest.param(
+        "toml", _c('[clusters.labels]\ncluster_name = "x"\n'),
+        "clusters[0].labels.cluster_name", "clashes",
+        id="label-cluster-name",
+    ),
+    pytest.param(
+        "toml", _c('[clusters.labels]\n"data-center" = "x"\n'),
+        'clusters[0].labels["data-center"]', "not a valid Prometheus label name",
+        id="label-invalid-name",
+    ),
+    pytest.param(
+        "toml", _c('[clusters.labels]\n__meta = "x"\n'),
+        "clusters[0].labels.__meta", "reserved",
+        id="label-reserved",
+    ),
+    pytest.param(
+        "toml", _c("[clusters.labels]\ncost_center = 12345\n"),
+        "clusters[0].labels.cost_center", "must be strings, not an integer",
+        id="label-not-string",
+    ),
+    pytest.param(
+        "toml", _c('[clusters.consumer_properties]\n"sasl.mechansim" = "PLAIN"\n'),
+        'clusters[0].consumer_properties["sasl.mechansim"]', 'did you mean "sasl.mechanism"?',
+        id="property-unknown",
+    ),
+    pytest.param(
+        "toml",
+        _c(
+            '[clusters.consumer_properties]\n"security.protocol" = "SSL"\n'
+            '"ssl.truststore.location" = "/t.jks"\n'
+        ),
+        'clusters[0].consumer_properties["ssl.truststore.location"]', "ssl.ca.location",
+        id="property-jks",
+    ),
+    pytest.param(
+        "toml", _c('[clusters.aws_msk_iam]\nregion = "eu-west-1"\n'),
+        "clusters[0].aws_msk_iam.region", "AWS_DEFAULT_REGION",
+        id="msk-iam-region",
+    ),
+    pytest.param(
+        "toml", _c(name="${CLUSTER_NAME}"),
+        "line 2", "CLUSTER_NAME is not set",
+        id="unset-variable",
+    ),
+    pytest.param(
+        "toml", _c(name="${CLUSTER NAME}"),
+        "line 2", "malformed ${...} reference",
+        id="malformed-reference",
+    ),
 ]
 
 
-@pytest.mark.parametrize(
-    "fmt, text, key, fragment", [case[1:] for case in BAD_CONFIGS], ids=[case[0] for case in BAD_CONFIGS]
-)
-def test_bad_config_is_one_line_naming_file_key_and_problem(fmt: str, text: str, key: str, fragment: str) -> None:
+@pytest.mark.parametrize("fmt, text, key, fragment", BAD_CONFIGS)
+def test_bad_config_is_one_line_naming_file_key_and_problem(
+    fmt: str, text: str, key: str, fragment: str
+) -> None:
     """Each bad input fails with one line: the file, the exact key path, and what is wrong."""
     error = error_of(text, fmt)
     assert error.source == f"test.{fmt}"

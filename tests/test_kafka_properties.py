@@ -22,7 +22,18 @@ from klag_collector.kafka_properties import (
 )
 
 PREFIX = "clusters[0].consumer_properties"
-SASL_SSL = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": "u", "sasl.password": "p"}
+SASL_SSL = {
+    "security.protocol": "SASL_SSL",
+    "sasl.mechanism": "PLAIN",
+    "sasl.username": "u",
+    "sasl.password": "p",
+}
+SASL_SSL_ARGS = {
+    "security_protocol": "SASL_SSL",
+    "sasl_mechanism": "PLAIN",
+    "sasl_plain_username": "u",
+    "sasl_plain_password": "p",
+}
 
 
 def run(properties: dict) -> dict:
@@ -55,18 +66,33 @@ def test_the_three_sets_do_not_overlap() -> None:
     [
         ({"security.protocol": "ssl"}, {"security_protocol": "SSL"}),
         ({"security.protocol": "PLAINTEXT"}, {"security_protocol": "PLAINTEXT"}),
-        (SASL_SSL, {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
-                    "sasl_plain_username": "u", "sasl_plain_password": "p"}),
-        ({**SASL_SSL, "sasl.mechanism": "scram-sha-256"}, {"security_protocol": "SASL_SSL",
-         "sasl_mechanism": "SCRAM-SHA-256", "sasl_plain_username": "u", "sasl_plain_password": "p"}),
+        (SASL_SSL, SASL_SSL_ARGS),
+        (
+            {**SASL_SSL, "sasl.mechanism": "scram-sha-256"},
+            {**SASL_SSL_ARGS, "sasl_mechanism": "SCRAM-SHA-256"},
+        ),
         ({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "SCRAM-SHA-512",
           "sasl.username": "u", "sasl.password": "p"},
          {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
           "sasl_plain_username": "u", "sasl_plain_password": "p"}),
-        ({"security.protocol": "SSL", "ssl.ca.location": "/ca.pem", "ssl.certificate.location": "/c.pem",
-          "ssl.key.location": "/k.pem", "ssl.key.password": "kp", "ssl.crl.location": "/crl.pem"},
-         {"security_protocol": "SSL", "ssl_cafile": "/ca.pem", "ssl_certfile": "/c.pem",
-          "ssl_keyfile": "/k.pem", "ssl_password": "kp", "ssl_crlfile": "/crl.pem"}),
+        (
+            {
+                "security.protocol": "SSL",
+                "ssl.ca.location": "/ca.pem",
+                "ssl.certificate.location": "/c.pem",
+                "ssl.key.location": "/k.pem",
+                "ssl.key.password": "kp",
+                "ssl.crl.location": "/crl.pem",
+            },
+            {
+                "security_protocol": "SSL",
+                "ssl_cafile": "/ca.pem",
+                "ssl_certfile": "/c.pem",
+                "ssl_keyfile": "/k.pem",
+                "ssl_password": "kp",
+                "ssl_crlfile": "/crl.pem",
+            },
+        ),
         ({"client.id": "klag"}, {"client_id": "klag"}),
         ({"client.dns.lookup": "resolve_canonical_bootstrap_servers_only"},
          {"client_dns_lookup": "resolve_canonical_bootstrap_servers_only"}),
@@ -80,9 +106,13 @@ def test_the_three_sets_do_not_overlap() -> None:
         ({"socket.receive.buffer.bytes": "65536"}, {"receive_buffer_bytes": 65536}),
         ({"send.buffer.bytes": "131072"}, {"send_buffer_bytes": 131072}),
         ({"receive.message.max.bytes": "2000000"}, {"receive_message_max_bytes": 2000000}),
-        ({"max.in.flight.requests.per.connection": "2"}, {"max_in_flight_requests_per_connection": 2}),
+        (
+            {"max.in.flight.requests.per.connection": "2"},
+            {"max_in_flight_requests_per_connection": 2},
+        ),
         ({"enable.ssl.certificate.verification": "true"}, {}),
         ({"request.timeout.ms": 15000}, {"request_timeout_ms": 15000}),
+        ({"enable.ssl.certificate.verification": True}, {}),
     ],
 )
 def test_translation_table(properties: dict, expected: dict) -> None:
@@ -94,7 +124,7 @@ def test_translation_table(properties: dict, expected: dict) -> None:
     "value, check", [("https", True), ("HTTPS", True), ("", False), ("none", False)]
 )
 def test_hostname_verification(value: str, check: bool) -> None:
-    """ssl.endpoint.identification.algorithm "https" verifies host names; "" or "none" turns it off."""
+    """ssl.endpoint.identification.algorithm "https" checks host names; "" or "none" does not."""
     args = run({"security.protocol": "SSL", "ssl.endpoint.identification.algorithm": value})
     assert args["ssl_check_hostname"] is check
 
@@ -109,11 +139,23 @@ def test_hostname_verification_is_on_when_not_configured() -> None:
 def test_sasl_kerberos_names_translate(monkeypatch) -> None:
     """GSSAPI takes its service and domain names when the gssapi package is present."""
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n: object() if n == "gssapi" else real(n))
-    args = run({"security.protocol": "SASL_SSL", "sasl.mechanism": "GSSAPI",
-                "sasl.kerberos.service.name": "kafka", "sasl.kerberos.domain.name": "example.com"})
-    assert args == {"security_protocol": "SASL_SSL", "sasl_mechanism": "GSSAPI",
-                    "sasl_kerberos_service_name": "kafka", "sasl_kerberos_domain_name": "example.com"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n: object() if n == "gssapi" else real(n)
+    )
+    args = run(
+        {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "GSSAPI",
+            "sasl.kerberos.service.name": "kafka",
+            "sasl.kerberos.domain.name": "example.com",
+        }
+    )
+    assert args == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "GSSAPI",
+        "sasl_kerberos_service_name": "kafka",
+        "sasl_kerberos_domain_name": "example.com",
+    }
 
 
 def test_gssapi_without_its_package_is_an_error(monkeypatch) -> None:
@@ -141,26 +183,71 @@ def test_ignored_properties_are_accepted_and_produce_nothing() -> None:
         ({"sasl.mechnism": "PLAIN"}, "sasl.mechnism", 'did you mean "sasl.mechanism"?'),
         ({"totally.unknown": "x"}, "totally.unknown", "unknown Kafka client property"),
         ({"security.protocol": "TLS"}, "security.protocol", "must be one of PLAINTEXT, SSL"),
-        ({"security.protocol": "SASL_SSL", "sasl.mechanism": "FOO"}, "sasl.mechanism", "must be one of PLAIN"),
-        ({"security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER"}, "sasl.mechanism", "OAUTHBEARER is not yet supported"),
-        ({"sasl.oauthbearer.token.endpoint.url": "https://idp"}, "sasl.oauthbearer.token.endpoint.url", "not yet supported"),
+        (
+            {"security.protocol": "SASL_SSL", "sasl.mechanism": "FOO"},
+            "sasl.mechanism",
+            "must be one of PLAIN",
+        ),
+        (
+            {"security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER"},
+            "sasl.mechanism",
+            "OAUTHBEARER is not yet supported",
+        ),
+        (
+            {"sasl.oauthbearer.token.endpoint.url": "https://idp"},
+            "sasl.oauthbearer.token.endpoint.url",
+            "not yet supported",
+        ),
         ({"request.timeout.ms": "30s"}, "request.timeout.ms", "whole number"),
         ({"request.timeout.ms": "0"}, "request.timeout.ms", "at least 1"),
         ({"reconnect.backoff.ms": "-1"}, "reconnect.backoff.ms", "at least 0"),
-        ({"security.protocol": "SSL", "ssl.endpoint.identification.algorithm": "dns"},
-         "ssl.endpoint.identification.algorithm", '"https", "none" or empty'),
-        ({"enable.ssl.certificate.verification": "false"}, "enable.ssl.certificate.verification", "always verifies"),
+        (
+            {"security.protocol": "SSL", "ssl.endpoint.identification.algorithm": "dns"},
+            "ssl.endpoint.identification.algorithm",
+            '"https", "none" or empty',
+        ),
+        (
+            {"enable.ssl.certificate.verification": "false"},
+            "enable.ssl.certificate.verification",
+            "always verifies",
+        ),
         ({"security.protocol": "SSL", "ssl.ca.location": "probe"}, "ssl.ca.location", "PEM file"),
         ({"client.id": ["a"]}, "client.id", "must be a string"),
-        ({"request.timeout.ms": "1000", "socket.timeout.ms": "2000"}, "socket.timeout.ms", 'same thing as "request.timeout.ms"'),
+        ({"sasl.password": True}, "sasl.password", "put the value in quotes"),
+        ({"sasl.username": 83}, "sasl.username", "put the value in quotes"),
+        ({"request.timeout.ms": True}, "request.timeout.ms", "put the value in quotes"),
+        (
+            {"request.timeout.ms": "1000", "socket.timeout.ms": "2000"},
+            "socket.timeout.ms",
+            'same thing as "request.timeout.ms"',
+        ),
         ({"sasl.username": "u"}, "sasl.username", "security.protocol is PLAINTEXT"),
-        ({"security.protocol": "SSL", "sasl.mechanism": "PLAIN"}, "sasl.mechanism", "use SASL_SSL or SASL_PLAINTEXT"),
+        (
+            {"security.protocol": "SSL", "sasl.mechanism": "PLAIN"},
+            "sasl.mechanism",
+            "use SASL_SSL or SASL_PLAINTEXT",
+        ),
         ({"ssl.ca.location": "/ca.pem"}, "ssl.ca.location", "use SSL or SASL_SSL"),
         ({"security.protocol": "SASL_SSL"}, "security.protocol", "sasl.mechanism is not set"),
-        ({"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "u"},
-         "sasl.mechanism", "needs sasl.password"),
-        ({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "AWS_MSK_IAM"}, "sasl.mechanism", "SASL_SSL"),
-        ({"security.protocol": "SSL", "ssl.key.location": "/k.pem"}, "ssl.key.location", "without ssl.certificate.location"),
+        (
+            {
+                "security.protocol": "SASL_SSL",
+                "sasl.mechanism": "SCRAM-SHA-256",
+                "sasl.username": "u",
+            },
+            "sasl.mechanism",
+            "needs sasl.password",
+        ),
+        (
+            {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "AWS_MSK_IAM"},
+            "sasl.mechanism",
+            "SASL_SSL",
+        ),
+        (
+            {"security.protocol": "SSL", "ssl.key.location": "/k.pem"},
+            "ssl.key.location",
+            "without ssl.certificate.location",
+        ),
     ],
 )
 def test_bad_properties_name_the_property(properties: dict, name: str, fragment: str) -> None:
@@ -176,7 +263,7 @@ def test_errors_never_show_secret_values() -> None:
     """A property error mentions neither the password nor the key password."""
     for properties in (
         {"security.protocol": "SSL", "sasl.password": "hunter2-secret"},
-        {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.password": "hunter2-secret"},
+        {**SASL_SSL, "sasl.username": "", "sasl.password": "hunter2-secret"},
         {"ssl.key.password": "hunter2-secret"},
         {"ssl.truststore.password": "hunter2-secret"},
         {"sasl.jaas.config": 'password="hunter2-secret";'},
