@@ -64,7 +64,8 @@ def _interpolate_line(
             raise ConfigError(
                 source,
                 f"line {number}",
-                "malformed ${...} reference; write ${VAR} or ${VAR:-default}, or $${ for a literal ${",
+                "malformed ${...} reference; write ${VAR} or ${VAR:-default}, "
+                "or $${ for a literal ${",
             )
         optional, name, default = ref.groups()
         value = environ.get(name)
