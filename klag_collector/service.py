@@ -95,6 +95,13 @@ class KlagService(service.MultiService):
                 endpoint = http_endpoint(reactor, exporter.http_host, exporter.http_port)
             self.http = StreamServerEndpointService(endpoint, QuietSite(self.root))
             self.http.setServiceParent(self)
+        self.otel: Any = None
+        if exporter.otel.enabled:
+            # Imports no OpenTelemetry module until it starts (the `otel` extra is optional).
+            from .otel import OtelExporterService
+
+            self.otel = OtelExporterService(exporter.otel, self.collector, reactor)
+            self.otel.setServiceParent(self)
 
     def _pool(self, name: str, size: int) -> ThreadPool:
         pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
