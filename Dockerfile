@@ -18,8 +18,12 @@ LABEL org.opencontainers.image.title="klag-collector" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# The otel extra lets [exporter.otel] push over OTLP (the compose stack's otel profile);
+# `--build-arg EXTRAS=` builds a smaller image without it.
+ARG EXTRAS=otel
 COPY --from=build /wheels /wheels
-RUN pip install /wheels/*.whl \
+RUN wheel="$(ls /wheels/klag_collector-*.whl)" \
+    && pip install "${wheel}${EXTRAS:+[$EXTRAS]}" \
     && rm -rf /wheels \
     # Write Twisted's plugin cache now: the non-root user cannot write site-packages,
     # and `twistd klag` would warn about it on every start.

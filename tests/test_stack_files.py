@@ -7,6 +7,7 @@ dashboard panel or an alert names must be one the exporter defines in klag_colle
 
 from __future__ import annotations
 
+import configparser
 import inspect
 import json
 import re
@@ -198,6 +199,16 @@ def test_dockerfile_builds_a_non_root_klag_collector_image():
     assert re.search(r"^EXPOSE 8000$", text, re.M)
     [user] = re.findall(r"^USER (\S+)$", text, re.M)
     assert user.split(":")[0] not in ("0", "root")
+
+
+def test_image_installs_the_otel_extra_the_compose_profile_needs():
+    """The image installs the package's `otel` extra by default, so KLAG_OTEL_ENABLED=true can push."""
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    assert "opentelemetry-sdk" in setup["options.extras_require"]["otel"]
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG EXTRAS=otel$", text, re.M)
+    assert 'pip install "${wheel}${EXTRAS:+[$EXTRAS]}"' in text
 
 
 def test_dockerignore_keeps_what_the_wheel_needs():
