@@ -30,6 +30,12 @@ class _Leaf(resource.Resource):
     def render(self, request: Request) -> bytes:
         if any(request.postpath):
             return pages.notFound().render(request)
+        if request.method not in (b"GET", b"HEAD"):
+            # twisted.web gives 405 only to the verbs it knows (GET, HEAD, POST) and 501 to
+            # PUT, DELETE and the rest; any other verb on a known path is a 405 here.
+            request.setHeader(b"allow", b"GET, HEAD")
+            page = pages.errorPage(405, "Method Not Allowed", "Only GET and HEAD are allowed here.")
+            return page.render(request)
         return super().render(request)
 
 
@@ -134,12 +140,15 @@ class StatusPage(_Leaf):
                 continue
             for g in snap.view.groups:
                 if g.sum_lag is not None:
-                    rows.append((g.max_lag_seconds or 0.0, g.sum_lag, p.name, g.group))
-        rows.sort(reverse=True)
+                    rows.append((g.max_lag_seconds, g.sum_lag, p.name, g.group))
+        # Unknown time lag sorts below every known one and shows as "-", never as 0.0.
+        rows.sort(key=lambda r: (-1.0 if r[0] is None else r[0],) + r[1:], reverse=True)
         lag_rows = "".join(
-            f"<tr><td>{e(c)}</td><td>{e(g)}</td><td>{s}</td><td>{secs:.1f}</td></tr>"
+            f"<tr><td>{e(c)}</td><td>{e(g)}</td><td>{s}</td>"
+            f"<td>{'-' if secs is None else f'{secs:.1f}'}</td></tr>"
             for secs, s, c, g in rows[:TOP_GROUPS]
         )
+        # Relative links, so the page still works when a host daemon mounts it under a sub-path.
         page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>klag-collector</title></head>
 <body><h1>klag-collector {e(__version__)}</h1>
@@ -147,7 +156,7 @@ class StatusPage(_Leaf):
 <table border="1"><tr><th>cluster</th><th>state</th><th>last error</th></tr>{states}</table>
 <h2>Most lagging groups</h2>
 <table border="1"><tr><th>cluster</th><th>group</th><th>sum lag</th><th>max lag (s)</th></tr>{lag_rows}</table>
-<p><a href="/metrics">/metrics</a> <a href="/health">/health</a> <a href="/ready">/ready</a></p>
+<p><a href="metrics">metrics</a> <a href="health">health</a> <a href="ready">ready</a></p>
 </body></html>
 """
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
