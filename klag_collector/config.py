@@ -79,6 +79,7 @@ class Performance:
     kafka_timeout: float = 30.0
     offset_fetch_timeout: float = 10.0
     max_concurrent_groups: int = 10
+    compacted_topics_cache_ttl: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,9 @@ _EXPORTER_KEYS = (
     "ready_requires", "timestamp_sampling", "performance", "otel", "leadership",
 )
 _SAMPLING_KEYS = ("enabled", "cache_ttl", "max_concurrent_fetches")
-_PERFORMANCE_KEYS = ("kafka_timeout", "offset_fetch_timeout", "max_concurrent_groups")
+_PERFORMANCE_KEYS = (
+    "kafka_timeout", "offset_fetch_timeout", "max_concurrent_groups", "compacted_topics_cache_ttl",
+)
 _OTEL_KEYS = ("enabled", "endpoint", "protocol", "export_interval")
 _CLUSTER_KEYS = (
     "name", "bootstrap_servers", "group_whitelist", "group_blacklist", "topic_whitelist",
@@ -215,7 +218,6 @@ _KLAG_ONLY: Dict[str, Dict[str, Tuple[str, Tuple[Any, ...]]]] = {
         "max_concurrent_watermarks": ("integer", (1,)),
         "client_recycle_interval": ("integer", (0,)),
         "max_blocking_threads": ("integer", (1,)),
-        "compacted_topics_cache_ttl": ("duration", (0.0,)),
         "metadata_cache_ttl": ("duration", (0.0,)),
         "consumer_groups_cache_ttl": ("duration", (0.0,)),
         "group_fetch_retries": ("integer", (0,)),
@@ -313,6 +315,9 @@ def _performance(r: Reader, raw: Any) -> Performance:
         kafka_timeout=s.get("kafka_timeout", d.kafka_timeout, r.duration),
         offset_fetch_timeout=s.get("offset_fetch_timeout", d.offset_fetch_timeout, r.duration),
         max_concurrent_groups=s.get("max_concurrent_groups", d.max_concurrent_groups, r.integer, 1),
+        compacted_topics_cache_ttl=s.get(
+            "compacted_topics_cache_ttl", d.compacted_topics_cache_ttl, r.duration
+        ),
     )
 
 

@@ -19,8 +19,6 @@ from .timestamps import FetchItem
 
 # Groups per DescribeGroups call: bounds one request's size on clusters with thousands of groups.
 DESCRIBE_BATCH = 500
-# cleanup.policy rarely changes; re-reading it every 5 minutes is plenty.
-TOPIC_CONFIG_TTL = 300.0
 # Bytes fetched per partition when sampling timestamps: one small batch is all we need.
 SAMPLE_FETCH_BYTES = 16 * 1024
 
@@ -65,7 +63,10 @@ class KafkaSource:
         self.performance = performance
         self._args: Dict[str, Any] = dict(cluster.kafka_args)
         self._args["bootstrap_servers"] = list(cluster.bootstrap_servers)
-        self._args.setdefault("request_timeout_ms", int(performance.kafka_timeout * 1000))
+        timeout_ms = int(performance.kafka_timeout * 1000)
+        self._args.setdefault("request_timeout_ms", timeout_ms)
+        # kafka-python's own 30 s bootstrap default would outlast our cycle timeout.
+        self._args.setdefault("bootstrap_timeout_ms", timeout_ms)
         self._admin: Optional[KafkaAdminClient] = None
         self._consumers: List[KafkaConsumer] = []
         self._lock = threading.Lock()
@@ -74,11 +75,19 @@ class KafkaSource:
     # -- clients ------------------------------------------------------------
 
     def admin(self) -> KafkaAdminClient:
-        """The cluster's admin client, created on first use (its constructor blocks)."""
+        """The cluster's admin client, created on first use."""
+        with self._lock:
+            if self._admin is not None:
+                return self._admin
+        # The constructor blocks until a broker answers: outside the lock, so that reset()
+        # after a timed-out cycle never waits for it.
+        admin = KafkaAdminClient(**self._args)
         with self._lock:
             if self._admin is None:
-                self._admin = KafkaAdminClient(**self._args)
-            return self._admin
+                self._admin = admin
+                return admin
+        admin.close()
+        return self._admin
 
     def reset(self) -> None:
         """Drop the clients after a failure, so the next cycle reconnects from scratch."""
@@ -174,21 +183,23 @@ class KafkaSource:
             kept[name] = {p["partition_index"]: p["leader_id"] for p in topic["partitions"]}
         return kept
 
-    @staticmethod
     def _offsets(
-        admin: KafkaAdminClient, partitions: List[TopicPartition], spec: OffsetSpec
+        self, admin: KafkaAdminClient, partitions: List[TopicPartition], spec: OffsetSpec
     ) -> Dict[TP, int]:
         if not partitions:
             return {}
-        found = admin.list_partition_offsets({tp: spec for tp in partitions})
+        timeout_ms = int(self.performance.offset_fetch_timeout * 1000)
+        found = admin.list_partition_offsets({tp: spec for tp in partitions}, timeout_ms=timeout_ms)
         return {(tp.topic, tp.partition): o.offset for tp, o in found.items() if o.offset >= 0}
 
     def _compacted_topics(
         self, admin: KafkaAdminClient, topics: Iterable[str], now: float
     ) -> Set[str]:
         topics = set(topics)
+        # cleanup.policy rarely changes: re-read it only every compacted_topics_cache_ttl.
+        ttl = self.performance.compacted_topics_cache_ttl
         due = sorted(
-            t for t in topics if t not in self._compacted or now - self._compacted[t][1] >= TOPIC_CONFIG_TTL
+            t for t in topics if t not in self._compacted or now - self._compacted[t][1] >= ttl
         )
         if due:
             resources = [

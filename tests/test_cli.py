@@ -267,12 +267,6 @@ def test_once_prometheus_reports_up_0(once_runs: Dict[str, Run]) -> None:
     assert "kafka_consumergroup_group_lag" not in run.out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KafkaSource leaves bootstrap_timeout_ms at kafka-python's 30 s and holds its lock "
-    "while KafkaAdminClient bootstraps, so reset() and process exit wait ~30 s whatever "
-    "kafka_timeout says",
-)
 def test_once_ends_soon_after_kafka_timeout(once_runs: Dict[str, Run]) -> None:
     """With kafka_timeout 2s, --once against a dead address ends within ~20 s."""
     assert max(run.seconds for run in once_runs.values()) < ONCE_BOUND

@@ -1,0 +1,124 @@
+"""The record-timestamp cache and the sampler that batches fetches per leader broker."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from klag_collector.model import ClusterData, GroupInfo
+from klag_collector.timestamps import TimestampCache, TimestampSampler, batches_by_leader
+
+
+def data_on_leaders() -> ClusterData:
+    """Four lagging partitions: two led by broker 1, one by broker 2, one leaderless."""
+    tps = [("a", 0), ("a", 1), ("b", 0), ("c", 0)]
+    return ClusterData(
+        groups={"g": GroupInfo("g", "Empty")},
+        committed={"g": {tp: 3 for tp in tps}},
+        earliest={tp: 0 for tp in tps},
+        latest={tp: 10 for tp in tps},
+        leaders={("a", 0): 1, ("a", 1): 1, ("b", 0): 2},
+    )
+
+
+class CacheTests(SynchronousTestCase):
+    def test_hit_within_ttl_and_miss_after(self) -> None:
+        """An entry answers for ttl seconds, then counts as a miss."""
+        cache = TimestampCache(ttl=60)
+        cache.store(("t", 0, 5), 1234, now=100)
+        self.assertEqual(cache.lookup(("t", 0, 5), now=159.9), (True, 1234))
+        self.assertEqual(cache.lookup(("t", 0, 5), now=160), (False, None))
+        self.assertEqual((cache.hits, cache.misses), (1, 1))
+
+    def test_a_no_record_miss_is_cached_for_one_ttl(self) -> None:
+        """'No record there' (None) is remembered for one TTL, then asked again."""
+        cache = TimestampCache(ttl=30)
+        cache.store(("t", 0, 9), None, now=0)
+        self.assertEqual(cache.lookup(("t", 0, 9), now=29), (True, None))
+        self.assertEqual(cache.lookup(("t", 0, 9), now=30), (False, None))
+
+    def test_sweep_runs_every_two_ttls_and_drops_only_expired(self) -> None:
+        """The sweep runs at 2 x ttl and removes expired entries only."""
+        cache = TimestampCache(ttl=10)
+        self.assertEqual(cache.maybe_sweep(now=0), 0)
+        cache.store(("t", 0, 1), 1, now=0)
+        cache.store(("t", 0, 2), 2, now=15)
+        self.assertEqual(cache.maybe_sweep(now=19.9), 0)
+        self.assertEqual(cache.stats().entries, 2)
+        self.assertEqual(cache.maybe_sweep(now=20), 1)
+        self.assertEqual(cache.stats().entries, 1)
+        self.assertEqual(cache.lookup(("t", 0, 2), now=20), (True, 2))
+
+    def test_stats_report_entries_hits_misses_errors(self) -> None:
+        """stats() carries the figures the exporter publishes."""
+        cache = TimestampCache(ttl=10)
+        cache.store(("t", 0, 1), 1, now=0)
+        cache.lookup(("t", 0, 1), now=1)
+        cache.lookup(("t", 0, 2), now=1)
+        cache.fetch_errors += 1
+        stats = cache.stats()
+        self.assertEqual((stats.entries, stats.hits, stats.misses, stats.fetch_errors), (1, 1, 1, 1))
+
+
+class SamplerTests(SynchronousTestCase):
+    def test_batches_group_partitions_by_leader(self) -> None:
+        """One batch per leader broker, each item with its partition's end offset."""
+        data = data_on_leaders()
+        keys = [("a", 0, 3), ("a", 1, 3), ("b", 0, 3), ("c", 0, 3)]
+        self.assertEqual(
+            batches_by_leader(data, keys),
+            [[(("c", 0, 3), 10)], [(("a", 0, 3), 10), (("a", 1, 3), 10)], [(("b", 0, 3), 10)]],
+        )
+
+    def test_concurrent_fetches_are_bounded(self) -> None:
+        """No more than max_concurrent fetches are in flight at once."""
+        calls: List[defer.Deferred[Dict[Any, Any]]] = []
+        batches: List[List[Any]] = []
+
+        def fetch(batch: List[Any]) -> "defer.Deferred[Dict[Any, Any]]":
+            d: defer.Deferred[Dict[Any, Any]] = defer.Deferred()
+            calls.append(d)
+            batches.append(batch)
+            return d
+
+        sampler = TimestampSampler(TimestampCache(60), fetch, max_concurrent=2)
+        result = sampler.sample(data_on_leaders(), now=0)
+        self.assertEqual(len(calls), 2)
+        calls[0].callback({key: 7 for key, _ in batches[0]})
+        self.assertEqual(len(calls), 3)
+        calls[1].callback({key: 8 for key, _ in batches[1]})
+        calls[2].callback({key: 9 for key, _ in batches[2]})
+        found = self.successResultOf(result)
+        self.assertEqual(found, {("c", 0, 3): 7, ("a", 0, 3): 8, ("a", 1, 3): 8, ("b", 0, 3): 9})
+
+    def test_cached_keys_are_not_fetched_again(self) -> None:
+        """A second sample within the TTL fetches nothing."""
+        fetched: List[List[Any]] = []
+
+        def fetch(batch: List[Any]) -> "defer.Deferred[Dict[Any, Any]]":
+            fetched.append(batch)
+            return defer.succeed({key: 5 for key, _ in batch})
+
+        sampler = TimestampSampler(TimestampCache(60), fetch, max_concurrent=10)
+        first = self.successResultOf(sampler.sample(data_on_leaders(), now=0))
+        second = self.successResultOf(sampler.sample(data_on_leaders(), now=59))
+        self.assertEqual(first, second)
+        self.assertEqual(len(fetched), 3)
+        third = sampler.sample(data_on_leaders(), now=60)
+        self.successResultOf(third)
+        self.assertEqual(len(fetched), 6, "expired entries are fetched again")
+
+    def test_failed_batch_leaves_its_keys_unknown(self) -> None:
+        """A failed fetch is counted and its keys stay absent (unknown), the others are kept."""
+        def fetch(batch: List[Any]) -> "defer.Deferred[Dict[Any, Any]]":
+            if batch[0][0][0] == "b":
+                return defer.fail(RuntimeError("leader 2 down"))
+            return defer.succeed({key: 1 for key, _ in batch})
+
+        cache = TimestampCache(60)
+        found = self.successResultOf(TimestampSampler(cache, fetch, 10).sample(data_on_leaders(), 0))
+        self.assertEqual(set(found), {("a", 0, 3), ("a", 1, 3), ("c", 0, 3)})
+        self.assertEqual(cache.fetch_errors, 1)
+        self.assertEqual(cache.lookup(("b", 0, 3), now=1), (False, None))
