@@ -97,6 +97,8 @@ def test_empty_and_live_groups(admin, kafka, unique, run_exporter):
     consumer = KafkaConsumer(
         topic, bootstrap_servers=kafka.bootstrap, group_id=live, client_id="live-client",
         auto_offset_reset="earliest", enable_auto_commit=False,
+        # A join that races the topic's metadata gets no partitions until the next refresh.
+        metadata_max_age_ms=1000,
     )
     try:
         wait_until(lambda: consumer.poll(200) or consumer.assignment(), timeout=30, what="assignment")
