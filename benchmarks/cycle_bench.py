@@ -423,6 +423,7 @@ async def drive(reactor: Any, config_text: str, args: argparse.Namespace,
         for n in range(1, args.cycles + 1):
             rec = Recorder()
             hits0, misses0 = poller.cache.hits, poller.cache.misses
+            errors0 = poller.cache.fetch_errors
             CURRENT = rec
             t0 = time.perf_counter()
             if not started_service:
@@ -431,20 +432,26 @@ async def drive(reactor: Any, config_text: str, args: argparse.Namespace,
                 svc.startService()
                 started_service = True
             await poller.poll_now()
-            wall = time.perf_counter() - t0
-            CURRENT = None
+            t1 = time.perf_counter()
+            wall = t1 - t0
             h = poller.health
             if h.consecutive_failures:
                 raise RuntimeError(f"cycle {n} failed: {h.last_error}")
-            t1 = time.perf_counter()
             await svc.renderer.when_rendered()
             render_wait = time.perf_counter() - t1
+            # A Kafka call that the cycle gave up on (addTimeout) keeps its worker
+            # thread busy: wait for every pool to go idle, still counting its requests
+            # for this cycle, so the next cycle and the scrapes start on a quiet process.
+            busy_after = await wait_idle(reactor, svc, args.idle_timeout) - t1
+            CURRENT = None
             view = poller.snapshot.view
             cycle = {
                 "cycle": n,
                 "wall_s": wall,
                 "exporter_duration_s": h.last_duration,
                 "render_after_s": render_wait,
+                "busy_after_s": busy_after,
+                "ts_fetch_errors": poller.cache.fetch_errors - errors0,
                 "requests": dict(rec.requests),
                 "request_s": dict(rec.request_s),
                 "steps": {k: {"calls": v[0], "s": v[1]} for k, v in rec.steps.items()},
@@ -452,6 +459,13 @@ async def drive(reactor: Any, config_text: str, args: argparse.Namespace,
                 "partition_rows": len(view.partitions),
                 "rows_with_time_lag": sum(1 for r in view.partitions if r.lag_seconds is not None),
                 "rows_lag_gt_0": sum(1 for r in view.partitions if r.lag > 0),
+                # Groups that lag by offsets yet report max_lag_seconds 0: only their
+                # caught-up partitions had a known time lag (every record here is >= 1
+                # minute old, so a true 0 is impossible when lag > 0).
+                "groups_lagging_but_max_lag_seconds_0": sum(
+                    1 for g in view.groups if (g.max_lag or 0) > 0 and g.max_lag_seconds == 0),
+                "groups_without_max_lag_seconds": sum(
+                    1 for g in view.groups if g.max_lag_seconds is None),
                 "skipped_partitions": dict(view.skipped),
                 "skipped_groups": dict(view.skipped_groups),
                 "ts_cache_hits": poller.cache.hits - hits0,
@@ -461,7 +475,8 @@ async def drive(reactor: Any, config_text: str, args: argparse.Namespace,
             cycles.append(cycle)
             log(f"cycle {n}: {wall * 1000:.0f} ms, {sum(rec.requests.values())} requests, "
                 f"{cycle['partition_rows']} rows, {cycle['rows_with_time_lag']} with time lag, "
-                f"skipped {cycle['skipped_partitions'] or '-'}, render {render_wait * 1000:.0f} ms")
+                f"skipped {cycle['skipped_partitions'] or '-'}, render {render_wait * 1000:.0f} ms, "
+                f"threads busy {busy_after * 1000:.0f} ms after the cycle")
             if n < args.cycles and args.pause > 0:
                 await deferred_sleep(reactor, args.pause)
         figures["cycles"] = cycles
@@ -526,6 +541,25 @@ async def drive(reactor: Any, config_text: str, args: argparse.Namespace,
         CURRENT = None
         if started_service:
             await svc.stopService()
+
+
+def pools_busy(svc: Any) -> int:
+    """Work items running or queued in the exporter's thread pools."""
+    total = 0
+    for pool in svc._pools:
+        stats = pool._team.statistics()
+        total += stats.busyWorkerCount + stats.backloggedWorkCount
+    return total
+
+
+async def wait_idle(reactor: Any, svc: Any, timeout: float) -> float:
+    """Wait until the exporter's pools are idle (at most `timeout` s); return that time."""
+    deadline = time.perf_counter() + timeout
+    while pools_busy(svc) and time.perf_counter() < deadline:
+        await deferred_sleep(reactor, 0.02)
+    if pools_busy(svc):
+        log(f"warning: exporter threads still busy after {timeout:.0f}s")
+    return time.perf_counter()
 
 
 def deferred_sleep(reactor: Any, seconds: float) -> Any:
@@ -599,17 +633,23 @@ def summary(f: Dict[str, Any]) -> str:
 
     cycles = f["cycles"]
     walls = [c["wall_s"] * 1000 for c in cycles]
-    add(f"Cycles (poll_now() until its Deferred fires; cycle 1 is cold: new clients, empty cache)")
-    add(f"  {'cycle':>5} {'wall ms':>9} {'render ms':>10} {'groups':>7} {'rows':>7} "
-        f"{'lag>0':>7} {'time lag':>9} {'ts hit':>7} {'ts miss':>8}  skipped")
+    add("Cycles (wall: poll_now() until its Deferred fires; cycle 1 is cold: new clients, empty cache;")
+    add("        render, busy: ms after the cycle until /metrics is re-rendered / all worker threads idle)")
+    add(f"  {'cycle':>5} {'wall ms':>9} {'render':>7} {'busy':>7} {'groups':>7} {'rows':>7} "
+        f"{'lag>0':>7} {'time lag':>9} {'ts hit':>7} {'ts miss':>8} {'ts err':>6}  skipped")
     for c in cycles:
         skipped = ", ".join(f"{k}={v}" for k, v in sorted(c["skipped_partitions"].items())) or "-"
         if c["skipped_groups"]:
             skipped += "; groups " + ", ".join(f"{k}={v}" for k, v in c["skipped_groups"].items())
-        add(f"  {c['cycle']:>5} {c['wall_s'] * 1000:9.0f} {c['render_after_s'] * 1000:10.0f} "
+        add(f"  {c['cycle']:>5} {c['wall_s'] * 1000:9.0f} {c['render_after_s'] * 1000:7.0f} "
+            f"{c['busy_after_s'] * 1000:7.0f} "
             f"{c['groups']:7d} {c['partition_rows']:7d} {c['rows_lag_gt_0']:7d} "
-            f"{c['rows_with_time_lag']:9d} {c['ts_cache_hits']:7d} {c['ts_cache_misses']:8d}  "
-            f"{skipped}")
+            f"{c['rows_with_time_lag']:9d} {c['ts_cache_hits']:7d} {c['ts_cache_misses']:8d} "
+            f"{c['ts_fetch_errors']:6d}  {skipped}")
+    understated = [c["groups_lagging_but_max_lag_seconds_0"] for c in cycles]
+    if any(understated):
+        add(f"  groups with offset lag > 0 but max_lag_seconds 0 (time lag unknown on every "
+            f"lagging partition), per cycle: {understated}")
     warm = walls[1:] or walls
     add(f"  cycle time: p50 {pct(walls, 50):.0f} ms, max {max(walls):.0f} ms over {len(walls)} "
         f"cycles (warm cycles 2..{len(walls)}: p50 {pct(warm, 50):.0f} ms, "
@@ -718,6 +758,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="render(registry) timings (default 3)")
     p.add_argument("--cache-ttl", default="60s", help="timestamp cache_ttl (default 60s)")
     p.add_argument("--kafka-timeout", default="30s", help="exporter kafka_timeout (default 30s)")
+    p.add_argument("--idle-timeout", type=float, default=120.0,
+                   help="after each cycle, wait up to this many seconds for the exporter's "
+                        "worker threads to finish (default 120)")
     p.add_argument("--bootstrap", help="use this broker (host:port) instead of starting one")
     p.add_argument("--workdir", help="broker directory (default: a temp dir, removed at the end)")
     p.add_argument("--keep-broker", action="store_true",
