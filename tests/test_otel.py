@@ -9,13 +9,14 @@ from __future__ import annotations
 import gzip
 import http.server
 import os
+import queue
 import subprocess
 import sys
 import threading
 import time
 from concurrent import futures
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import pytest
 
@@ -28,11 +29,16 @@ from kafka import TopicPartition  # noqa: E402
 from opentelemetry.proto.metrics.v1 import metrics_pb2  # noqa: E402
 from prometheus_client.metrics_core import Metric  # noqa: E402
 from prometheus_client.samples import Sample  # noqa: E402
+from twisted.internet import task  # noqa: E402
 
 from exporter import ExporterProcess, Samples, cluster_toml, config_toml, free_port, now_ms  # noqa: E402
 from kafkahelp import commit, create_topic, produce, wait_until  # noqa: E402
 from klag_collector import metrics, otel  # noqa: E402
-from klag_collector.config import OtelConfig  # noqa: E402
+from klag_collector.collector import LagCollector  # noqa: E402
+from klag_collector.config import OtelConfig, parse_config  # noqa: E402
+from klag_collector.model import ClusterData, GroupInfo  # noqa: E402
+from klag_collector.poller import ClusterPoller  # noqa: E402
+from klag_collector.testing import FakeSource, run_now  # noqa: E402
 
 Key = Tuple[str, FrozenSet[Tuple[str, str]]]
 
@@ -238,7 +244,9 @@ def mismatch(push: Push, scraped: Samples) -> List[str]:
     return problems
 
 
-def wait_for_agreement(exporter: ExporterProcess, received: Receiver, timeout: float = 20) -> Tuple[Push, Samples]:
+def wait_for_agreement(
+    exporter: ExporterProcess, received: Receiver, timeout: float = 20
+) -> Tuple[Push, Samples]:
     """A push and a scrape that agree; series may move between cycles, so retry a little."""
     last: List[str] = []
     deadline = time.monotonic() + timeout
@@ -357,6 +365,126 @@ def test_families_become_gauges_and_cumulative_sums():
     assert points["kafka_lag_exporter_cycle_failures_total"][1].start_time_unix_nano == 1_000
 
 
+class _ThreadClock(task.Clock):
+    """A task.Clock whose callFromThread queues calls for the test to run on its thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_threads: "queue.Queue[Any]" = queue.Queue()
+
+    def callFromThread(self, f, *args, **kw) -> None:  # noqa: N802 - the reactor API
+        self.from_threads.put((f, args, kw))
+
+    def run_one(self, timeout: float = 10) -> None:
+        f, args, kw = self.from_threads.get(timeout=timeout)
+        f(*args, **kw)
+
+
+class _RecordingExporter:
+    """Stands in for the SDK's OTLP exporter: keeps each export, encoded as OTLP would be."""
+
+    def __init__(self) -> None:
+        self.pushes: List[Push] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.shut = False
+
+    def export(self, data, **kw):
+        from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+        from opentelemetry.sdk.metrics.export import MetricExportResult
+
+        assert self.gate.wait(10)
+        self.pushes.append(Push(encode_metrics(data)))
+        return MetricExportResult.SUCCESS
+
+    def shutdown(self, **kw) -> None:
+        self.shut = True
+
+
+STALE_CONFIG = """
+[exporter]
+poll_interval = "10s"
+staleness_threshold = "30s"
+granularity = "partition"
+[exporter.otel]
+enabled = true
+export_interval = "15s"
+[[clusters]]
+name = "a"
+bootstrap_servers = "127.0.0.1:1"
+[[clusters]]
+name = "b"
+bootstrap_servers = "127.0.0.1:2"
+"""
+
+
+def _one_group(group: str) -> ClusterData:
+    return ClusterData(
+        groups={group: GroupInfo(group, "Stable", members=1)},
+        committed={group: {("t", 0): 4}},
+        earliest={("t", 0): 0},
+        latest={("t", 0): 10},
+        leaders={("t", 0): 1},
+    )
+
+
+def test_a_cluster_turning_stale_leaves_the_push():
+    """In process, on a clock: b's lag series are pushed while fresh and left out once stale."""
+    clock = _ThreadClock()
+    clock.advance(1_700_000_000)
+    cfg = parse_config(STALE_CONFIG, "c.toml", "toml")
+    sources = {"a": FakeSource(_one_group("ga")), "b": FakeSource(_one_group("gb"))}
+    pollers = [
+        ClusterPoller(c, cfg.exporter, sources[c.name], clock, run_now, jitter=lambda: 0.0)
+        for c in cfg.clusters
+    ]
+    collector = LagCollector(pollers, cfg.exporter.granularity, clock)
+    recorder = _RecordingExporter()
+    svc = otel.OtelExporterService(cfg.exporter.otel, collector, clock, lambda c: recorder)
+    for p in pollers:
+        p.startService()
+    svc.startService()
+
+    clock.advance(15)  # the first export
+    clock.run_one()
+    fresh = recorder.pushes[-1]
+    assert [v for _, v in fresh.find("kafka_consumergroup_group_lag", cluster_name="b")] == [6]
+    assert fresh.get("kafka_lag_exporter_up", cluster_name="b") == 1
+    check_types(fresh)
+
+    sources["b"].error = ConnectionError("down")
+    for _ in range(4):  # 60 s: b's last success is older than the 30 s threshold
+        clock.advance(15)
+        clock.run_one()
+    stale = recorder.pushes[-1]
+    assert stale.get("kafka_lag_exporter_up", cluster_name="b") == 0
+    assert {n for n, labels in stale.values if ("cluster_name", "b") in labels} <= HEALTH_NAMES
+    assert stale.find("kafka_consumergroup_group_lag", cluster_name="a")
+    assert stale.get("kafka_lag_exporter_up", cluster_name="a") == 1
+    # What was pushed is what the collector yields, sample for sample.
+    shown = {(s.name, frozenset(s.labels.items())): s.value
+             for f in collector.collect() for s in f.samples}
+    assert stale.values == shown
+
+    # An export still running makes the next tick skip, not queue.
+    recorder.gate.clear()
+    clock.advance(15)
+    clock.advance(15)
+    assert svc.skipped == 1
+    recorder.gate.set()
+    clock.run_one()
+    assert svc.exports == 6
+
+    # Stop: one more export, then the exporter is shut down.
+    stopped = svc.stopService()
+    clock.run_one()  # the final export
+    clock.run_one()  # the shutdown
+    assert stopped.called and recorder.shut
+    assert len(recorder.pushes) == 7 and svc.failures == 0
+    for p in pollers:
+        p.stopService()
+
+
 def test_push_without_kafka(tmp_path, receiver):
     """A cluster that never answers: only health series, up 0, the same as /metrics."""
     protocol, endpoint, received = receiver
@@ -407,7 +535,7 @@ def test_unreachable_collector_is_logged_once_and_stop_is_bounded(tmp_path, monk
 
 @pytest.mark.kafka
 def test_push_matches_metrics(tmp_path, kafka, admin, unique, receiver):
-    """Live and dead clusters: pushed names, attributes and values equal /metrics; stale ones only report health."""
+    """Live and dead clusters: what is pushed equals /metrics; the dead one pushes only health."""
     protocol, endpoint, received = receiver
     topic, group = f"{unique}-t", f"{unique}-g"
     create_topic(admin, topic, 2)
