@@ -289,4 +289,10 @@ def describe_error(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     detail = text[0] if text else ""
     name = type(error).__name__
-    return f"{name}: {detail}" if detail else name
+    # kafka-python's errors already say their class name ("KafkaTimeoutError: ...",
+    # "[Error 7] RequestTimedOutError: ..."): do not say it twice.
+    if not detail or detail == name:
+        return name
+    if detail.startswith(f"{name}:") or f"] {name}" in detail:
+        return detail
+    return f"{name}: {detail}"
