@@ -22,8 +22,12 @@ the SDK's aggregation state would decide when a vanished series stops being repo
 
 collect() makes no Kafka call. Building the points and the network call run in a daemon
 thread of their own, one export at a time (a tick that finds the last export still
-running is skipped), so the reactor thread never waits on the collector and a hung
-collector cannot keep the process from exiting.
+running is skipped), so the reactor thread never waits on the network and a hung OTLP
+endpoint cannot keep the process from exiting. A stop pushes once more (unless the last
+export failed) and shuts the exporter down, within STOP_FLUSH_TIMEOUT + STOP_SHUTDOWN_TIMEOUT.
+
+The resource is ``service.name=klag-collector`` and ``service.version``, unless
+``OTEL_SERVICE_NAME`` or ``OTEL_RESOURCE_ATTRIBUTES`` set them; the scope is ``klag_collector``.
 """
 
 from __future__ import annotations
@@ -159,6 +163,15 @@ def build_metrics_data(
     )
 
 
+def resource(Resource: Any) -> Any:  # noqa: N803 - the SDK class
+    """service.name klag-collector unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES say
+    otherwise; those variables' other attributes are added."""
+    detected = Resource.create({"service.version": __version__})
+    if str(detected.attributes.get("service.name", "")).startswith("unknown_service"):
+        detected = detected.merge(Resource({"service.name": SERVICE_NAME}))
+    return detected
+
+
 def _in_daemon_thread(reactor: Any, f: Callable[[], Any]) -> "defer.Deferred[Any]":
     """Run f in a new daemon thread; its result or failure comes back on the reactor."""
     d: "defer.Deferred[Any]" = defer.Deferred()
@@ -222,10 +235,7 @@ class OtelExporterService(service.Service):
         _, Resource, InstrumentationScope = _sdk()  # fails here, in one line, without the extra
         self.exporter = self.exporter_factory(self.config)
         _quiet_sdk_logs()
-        # Resource.create merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME.
-        self._resource = Resource.create(
-            {"service.name": SERVICE_NAME, "service.version": __version__}
-        )
+        self._resource = resource(Resource)
         self._scope = InstrumentationScope(SCOPE_NAME, __version__)
         self._start_ns = time.time_ns()
         super().startService()

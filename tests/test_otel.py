@@ -485,15 +485,17 @@ def test_a_cluster_turning_stale_leaves_the_push():
         p.stopService()
 
 
-def test_push_without_kafka(tmp_path, receiver):
+def test_push_without_kafka(tmp_path, receiver, monkeypatch):
     """A cluster that never answers: only health series, up 0, the same as /metrics."""
     protocol, endpoint, received = receiver
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
     exporter = start(tmp_path, dead_cluster("nobody-"), otel_toml(endpoint, protocol))
     try:
         received.wait_for(lambda p: p.get("kafka_lag_exporter_up", cluster_name="dead") == 0)
         push, _ = wait_for_agreement(exporter, received)
         assert {name for name, _ in push.values} <= HEALTH_NAMES
         assert push.resource["service.name"] == "klag-collector"
+        assert push.resource["deployment.environment"] == "test"
         check_types(push)
     finally:
         assert exporter.stop() == 0, exporter.log.read_text()[-3000:]
