@@ -367,7 +367,7 @@ http_port = {port}
 granularity = "partition"
 
 [exporter.timestamp_sampling]
-enabled = true
+enabled = {'false' if args.no_timestamps else 'true'}
 cache_ttl = {json.dumps(args.cache_ttl)}
 
 [exporter.performance]
@@ -402,20 +402,21 @@ async def drive(reactor: Any, config_text: str, args: argparse.Namespace,
 
     # Time the timestamp phase (step 6 as the poller sees it: cache look-ups + fetches).
     sampler = poller.sampler
-    original_sample = sampler.sample
+    if sampler is not None:
+        original_sample = sampler.sample
 
-    def sample(*a: Any, **kw: Any) -> Any:
-        rec, started = CURRENT, time.perf_counter()
-        d = original_sample(*a, **kw)
+        def sample(*a: Any, **kw: Any) -> Any:
+            rec, started = CURRENT, time.perf_counter()
+            d = original_sample(*a, **kw)
 
-        def done(result: Any) -> Any:
-            if rec is not None:
-                rec.step("sampler.sample (step 6, total)", time.perf_counter() - started)
-            return result
+            def done(result: Any) -> Any:
+                if rec is not None:
+                    rec.step("sampler.sample (step 6, total)", time.perf_counter() - started)
+                return result
 
-        return d.addBoth(done)
+            return d.addBoth(done)
 
-    sampler.sample = sample
+        sampler.sample = sample
 
     cycles: List[Dict[str, Any]] = []
     started_service = False
@@ -613,8 +614,9 @@ def summary(f: Dict[str, Any]) -> str:
     add(f"  objects      {a['groups']} groups x {a['partitions']} partitions "
         f"({f['setup']['topics']} topics of <= {a['partitions_per_topic']}), "
         f"{a['records_per_partition']} records/partition, prefix {f['prefix']}")
-    add(f"  exporter     in-process, real reactor, granularity partition, timestamp sampling on "
-        f"(cache_ttl {a['cache_ttl']}), kafka_timeout {a['kafka_timeout']}")
+    sampling = ("off" if a["no_timestamps"] else f"on (cache_ttl {a['cache_ttl']})")
+    add(f"  exporter     in-process, real reactor, granularity partition, timestamp sampling "
+        f"{sampling}, kafka_timeout {a['kafka_timeout']}")
     add(f"  machine      {f['machine']['cpus']} CPUs, Python {f['machine']['python']}, "
         f"kafka-python {f['machine']['kafka_python']}, load avg at start "
         f"{f['machine']['loadavg_start']}")
@@ -757,6 +759,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--render-repeats", type=int, default=3,
                    help="render(registry) timings (default 3)")
     p.add_argument("--cache-ttl", default="60s", help="timestamp cache_ttl (default 60s)")
+    p.add_argument("--no-timestamps", action="store_true",
+                   help="timestamp sampling off (no time lag): the cycle without step 6")
     p.add_argument("--kafka-timeout", default="30s", help="exporter kafka_timeout (default 30s)")
     p.add_argument("--idle-timeout", type=float, default=120.0,
                    help="after each cycle, wait up to this many seconds for the exporter's "
@@ -791,7 +795,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "partitions_per_topic": args.partitions_per_topic,
             "records_per_partition": args.records, "cycles": args.cycles,
             "requests": args.requests, "cache_ttl": args.cache_ttl,
-            "kafka_timeout": args.kafka_timeout,
+            "kafka_timeout": args.kafka_timeout, "no_timestamps": args.no_timestamps,
         },
         "machine": {
             "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -862,6 +866,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(figures, indent=2, sort_keys=True))
     else:
         print(summary(figures))
+    sys.stdout.flush()
+    stuck = [t for t in threading.enumerate()
+             if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck:
+        # A Kafka call the exporter gave up on (its Deferred timed out) still runs in a
+        # worker thread; Python would wait for it at exit.
+        log(f"{len(stuck)} worker thread(s) still running a Kafka call the exporter gave up "
+            f"on ({', '.join(sorted(t.name for t in stuck))}); exiting without them")
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
