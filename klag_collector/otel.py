@@ -193,9 +193,11 @@ def _quiet_sdk_logs() -> None:
     sdk_logger = logging.getLogger("opentelemetry")
     if sdk_logger.handlers or sdk_logger.level != logging.NOTSET:
         return
-    from .logs import _ToTwisted
+    from . import logs
 
-    sdk_logger.addHandler(_ToTwisted())
+    to_twisted = getattr(logs, "_ToTwisted", None)  # kafka-python's lines take this way too
+    if to_twisted is not None:
+        sdk_logger.addHandler(to_twisted())
     # Retries of a failing export log a warning each; our own line says it once.
     sdk_logger.setLevel(logging.ERROR)
     sdk_logger.propagate = False
