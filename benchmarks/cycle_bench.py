@@ -351,6 +351,22 @@ def pid_rss_kib(pid: Optional[int]) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+def code_version() -> str:
+    """The commit benchmarked, and whether klag_collector/ differs from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
+                                "klag_collector"],
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    changed = sorted(line[3:] for line in dirty if line.strip())
+    if not head:
+        return "unknown (not a git checkout)"
+    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -617,6 +633,7 @@ def summary(f: Dict[str, Any]) -> str:
     sampling = ("off" if a["no_timestamps"] else f"on (cache_ttl {a['cache_ttl']})")
     add(f"  exporter     in-process, real reactor, granularity partition, timestamp sampling "
         f"{sampling}, kafka_timeout {a['kafka_timeout']}")
+    add(f"  code         {f['code']}")
     add(f"  machine      {f['machine']['cpus']} CPUs, Python {f['machine']['python']}, "
         f"kafka-python {f['machine']['kafka_python']}, load avg at start "
         f"{f['machine']['loadavg_start']}")
@@ -808,7 +825,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.reuse else f"klagbench-{uuid.uuid4().hex[:6]}")
     figures["prefix"] = prefix
 
+    figures["code"] = code_version()
     broker = None
+    started_broker = False
     workdir = None
     remove_workdir = False
     try:
@@ -828,6 +847,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             broker = LocalBroker(workdir)
             was_running = broker.running
             broker.start(timeout=180, detach=args.keep_broker)
+            started_broker = not was_running
             figures["broker_start_s"] = time.perf_counter() - t0
             bootstrap = broker.bootstrap
             figures["broker"] = (f"local Kafka {broker.version} at {bootstrap} "
@@ -852,7 +872,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         figures.update(run_exporter(exporter_config(bootstrap, prefix, port, args), args))
         figures["broker_rss_kib"] = pid_rss_kib(broker._pid()) if broker is not None else None
     finally:
-        if broker is not None and not args.keep_broker:
+        if broker is not None and started_broker and not args.keep_broker:
             log("stopping the broker")
             broker.stop()
         elif broker is not None:
