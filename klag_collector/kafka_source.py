@@ -249,27 +249,43 @@ class KafkaSource:
     def _sample(
         self, consumer: KafkaConsumer, items: List[FetchItem]
     ) -> Dict[RecordKey, Optional[int]]:
-        pending: Dict[TopicPartition, Tuple[RecordKey, int]] = {
-            TopicPartition(key[0], key[1]): (key, end) for key, end in items
-        }
+        # Groups at different offsets of one partition share a batch: each partition
+        # has a queue of wanted offsets, read in ascending order by re-seeking.
+        pending: Dict[TopicPartition, List[Tuple[RecordKey, int]]] = {}
+        for key, end in sorted(items):
+            pending.setdefault(TopicPartition(key[0], key[1]), []).append((key, end))
+        sought: Dict[TopicPartition, int] = {}
         consumer.assign(list(pending))
-        for tp, (key, _) in pending.items():
-            consumer.seek(tp, key[2])
+        for tp, queue in pending.items():
+            sought[tp] = queue[0][0][2]
+            consumer.seek(tp, sought[tp])
         found: Dict[RecordKey, Optional[int]] = {}
         deadline = time.monotonic() + self.performance.kafka_timeout
         while pending and time.monotonic() < deadline:
             records = consumer.poll(timeout_ms=200)
             for tp, batch in records.items():
-                if tp in pending and batch:
-                    key, _ = pending.pop(tp)
-                    stamp = batch[0].timestamp
+                queue = pending.get(tp)
+                # Records from before the last seek are not the ones asked for.
+                run = [r for r in batch if r.offset >= sought[tp]] if queue else []
+                if not run:
+                    continue
+                # `run` is contiguous from the sought offset: it answers every wanted
+                # offset up to its last record (the first record at or after each).
+                while queue and queue[0][0][2] <= run[-1].offset:
+                    key, _ = queue.pop(0)
+                    stamp = next(r for r in run if r.offset >= key[2]).timestamp
                     found[key] = stamp if stamp is not None and stamp >= 0 else None
+                if queue:
+                    sought[tp] = queue[0][0][2]
+                    consumer.seek(tp, sought[tp])
+                else:
+                    del pending[tp]
                     consumer.pause(tp)
-            for tp in [tp for tp, (_, end) in pending.items() if consumer.position(tp) >= end]:
+            for tp in [tp for tp, queue in pending.items() if consumer.position(tp) >= queue[0][1]]:
                 # Read up to the end without a data record (transaction markers, or
                 # compaction removed the rest): there is nothing to date the lag by.
-                key, _ = pending.pop(tp)
-                found[key] = None
+                for key, _ in pending.pop(tp):
+                    found[key] = None
                 consumer.pause(tp)
         consumer.assign([])
         return found
