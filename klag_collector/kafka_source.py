@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, OffsetSpec
 from kafka.errors import BrokerResponseError
 
+from . import kafka_clients
 from .config import ClusterConfig, Performance
 from .model import TP, ClusterData, GroupInfo, Member, RecordKey
 from .timestamps import FetchItem
@@ -65,8 +66,10 @@ class KafkaSource:
         self._args["bootstrap_servers"] = list(cluster.bootstrap_servers)
         timeout_ms = int(performance.kafka_timeout * 1000)
         self._args.setdefault("request_timeout_ms", timeout_ms)
-        # kafka-python's own 30 s bootstrap default would outlast our cycle timeout.
-        self._args.setdefault("bootstrap_timeout_ms", timeout_ms)
+        # kafka-python's own 30 s bootstrap default would outlast our cycle timeout; ending a
+        # little before it lets a failed bootstrap report its cause (kafka_clients.build)
+        # instead of losing the race to the cycle's "timed out".
+        self._args.setdefault("bootstrap_timeout_ms", int(timeout_ms * 0.8))
         self._admin: Optional[KafkaAdminClient] = None
         self._consumers: List[KafkaConsumer] = []
         self._lock = threading.Lock()
@@ -81,7 +84,7 @@ class KafkaSource:
                 return self._admin
         # The constructor blocks until a broker answers: outside the lock, so that reset()
         # after a timed-out cycle never waits for it.
-        admin = KafkaAdminClient(**self._args)
+        admin = kafka_clients.build(KafkaAdminClient, self._args)
         with self._lock:
             if self._admin is None:
                 self._admin = admin
@@ -237,14 +240,14 @@ class KafkaSource:
         with self._lock:
             if self._consumers:
                 return self._consumers.pop()
-        return KafkaConsumer(
-            **self._args,
+        return kafka_clients.build(KafkaConsumer, dict(
+            self._args,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=SAMPLE_FETCH_BYTES,
             fetch_max_wait_ms=100,
-        )
+        ))
 
     def _sample(
         self, consumer: KafkaConsumer, items: List[FetchItem]

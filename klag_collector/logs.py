@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from typing import IO, Any, Dict, Optional
 
 from twisted.logger import (
@@ -22,18 +23,44 @@ from zope.interface import implementer
 LEVELS = ("debug", "info", "warn", "error", "critical")
 TEXT, JSON = "text", "json"
 
+# Secret values (SASL and key passwords) to mask in every log line: kafka-python logs its whole
+# configuration and the SASL PLAIN request bytes at debug level.
+# Longest first, so a secret containing another is masked whole; replaced, never mutated, so
+# that logging threads can read it without the lock.
+_secrets: tuple = ()
+_secrets_lock = threading.Lock()
+
+
+def hide_secrets(*values: str) -> None:
+    """Mask these values, and their Python str and bytes literal forms, wherever a log line has them."""
+    global _secrets
+    with _secrets_lock:
+        found = set(_secrets)
+        for value in values:
+            if value:
+                found.update((value, repr(value)[1:-1], repr(value.encode())[2:-1]))
+        _secrets = tuple(sorted(found, key=len, reverse=True))
+
+
+def redact(text: str) -> str:
+    """`text` with every registered secret replaced by ***."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
 
 def _line(event: Dict[str, Any]) -> Dict[str, Any]:
     record: Dict[str, Any] = {
         "time": round(event.get("log_time", 0.0), 3),
         "level": event["log_level"].name if "log_level" in event else "info",
         "logger": event.get("log_namespace", ""),
-        "message": formatEvent(event),
+        "message": redact(formatEvent(event)),
     }
     failure: Optional[Failure] = event.get("log_failure")
     if failure is not None:
-        record["error"] = failure.getErrorMessage()
-        record["traceback"] = failure.getTraceback()
+        record["error"] = redact(failure.getErrorMessage())
+        record["traceback"] = redact(failure.getTraceback())
     return record
 
 
@@ -70,7 +97,7 @@ class _ToTwisted(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         level = self.levels.get(record.levelno, LogLevel.info)
-        Logger(namespace=record.name).emit(level, "{msg}", msg=record.getMessage())
+        Logger(namespace=record.name).emit(level, "{msg}", msg=redact(record.getMessage()))
 
 
 def default_format(stream: IO[str]) -> str:
