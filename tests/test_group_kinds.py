@@ -64,7 +64,11 @@ def consumers():
     def make(bootstrap: str, topic: str, group: str, client_id: str, **extra) -> KafkaConsumer:
         consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
                                  client_id=client_id, enable_auto_commit=False,
-                                 auto_offset_reset="earliest", request_timeout_ms=15000, **extra)
+                                 auto_offset_reset="earliest", request_timeout_ms=15000,
+                                 # A leader whose metadata lacked the new topic's partitions
+                                 # assigns nothing, and rejoins only when its metadata changes:
+                                 # refresh every second, not every 5 minutes.
+                                 metadata_max_age_ms=1000, **extra)
         made.append(consumer)
         return consumer
 
