@@ -150,8 +150,10 @@ def tls_port(tmp_path) -> Iterator[_TlsServer]:
 
 
 def _is_timeout(error: str, bootstrap: str) -> bool:
-    """Our own kafka_timeout guard ("timed out"), or kafka-python's bootstrap timeout, whichever fires first."""
-    return error in ("timed out", f"KafkaTimeoutError: Unable to bootstrap from ['{bootstrap}']")
+    """Our own kafka_timeout guard ("timed out") or kafka-python's bootstrap timeout, whichever
+    fires first, or a connection error that names the bootstrap and says why."""
+    return (error in ("timed out", f"KafkaTimeoutError: Unable to bootstrap from ['{bootstrap}']")
+            or error.startswith(f"ConnectError: cannot connect to {bootstrap}: "))
 
 
 def _failures(s) -> float:
