@@ -7,18 +7,27 @@ this against their ``DEFAULT_CONFIG``), since both are built from the same argum
 A property missing from the table is an error naming it; nothing is dropped silently. The only
 exceptions are listed in ``IGNORED``, each with the reason it cannot matter to a lag reader.
 ``UNSUPPORTED`` holds known properties that cannot be translated, with what to do instead.
+
+SASL/OAUTHBEARER takes several properties that together make one argument, the token provider
+object (``sasl_oauth_token_provider``): their rows name the provider setting they fill
+(``Translation.part``), and ``_token_provider`` builds the object once all are read.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.util
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from klag_collector import oauth
 from klag_collector.errors import ConfigError
 
-_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "AWS_MSK_IAM")
+_MECHANISMS = (
+    "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER", "AWS_MSK_IAM",
+)
+_PROVIDER = "sasl_oauth_token_provider"
 
 
 def _choice(*allowed: str, upper: bool = True) -> Callable[[str], str]:
@@ -33,10 +42,6 @@ def _choice(*allowed: str, upper: bool = True) -> Callable[[str], str]:
 
 def _mechanism(text: str) -> str:
     value = text.strip().upper()
-    if value == "OAUTHBEARER":
-        raise ValueError(
-            "OAUTHBEARER is not yet supported (kafka-python needs a token provider object)"
-        )
     if value not in _MECHANISMS:
         raise ValueError("must be one of " + ", ".join(_MECHANISMS))
     return value
@@ -88,6 +93,93 @@ def _hostname_check(text: str) -> bool:
     raise ValueError('must be "https", "none" or empty')
 
 
+def _oauthbearer_method(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("oidc", "default"):
+        raise ValueError('must be "oidc" or "default"')
+    return value
+
+
+def _grant_type(text: str) -> str:
+    value = text.strip()
+    if value != "client_credentials":
+        raise ValueError('only "client_credentials" is supported')
+    return value
+
+
+def _token_url(text: str) -> str:
+    return oauth.check_token_url(text)
+
+
+def _key_values(text: str, separator: str, what: str) -> Dict[str, str]:
+    """``k=v<separator>k=v`` as a dict; errors name the key, never a value (it may be secret)."""
+    pairs: Dict[str, str] = {}
+    for item in text.split(separator) if separator else text.split():
+        item = item.strip()
+        if not item:
+            continue  # "a=1,b=2," as in Confluent's examples
+        key, equals, value = item.partition("=")
+        key = key.strip()
+        if not equals or not key:
+            raise ValueError(f"must be {what}; an item has no name=")
+        if key in pairs:
+            raise ValueError("a name is given twice")
+        pairs[key] = value.strip()
+    return pairs
+
+
+def _extensions(text: str) -> Dict[str, str]:
+    return oauth.check_extensions(_key_values(text, ",", "comma-separated name=value pairs"))
+
+
+_UNSECURED_FIELDS = ("principalClaimName", "principal", "scopeClaimName", "scope", "lifeSeconds")
+
+
+def _unsecured_jwt_config(text: str) -> Dict[str, Any]:
+    """librdkafka's unsecured-JWT ``sasl.oauthbearer.config``, as UnsecuredJwtTokenProvider args.
+
+    Space-separated ``name=value``: principalClaimName (default "sub"), principal,
+    scopeClaimName (default "scope"), scope (comma-separated), lifeSeconds (default 3600),
+    and ``extension_NAME=value`` for SASL extensions.
+    """
+    fields = _key_values(text, "", "space-separated name=value pairs")
+    args: Dict[str, Any] = {}
+    extensions: Dict[str, str] = {}
+    for name, value in fields.items():
+        if name.startswith("extension_"):
+            extensions[name[len("extension_"):]] = value
+        elif name not in _UNSECURED_FIELDS:
+            # The property is secret: the unknown name is not repeated, only a known one.
+            close = difflib.get_close_matches(name, _UNSECURED_FIELDS, n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            raise ValueError(f"has an unknown name{hint}; the names are "
+                             f'{", ".join(_UNSECURED_FIELDS)} and extension_NAME')
+        elif not value:
+            raise ValueError(f'"{name}" is empty')
+    if "principal" in fields:
+        args["principal"] = fields["principal"]
+    if "principalClaimName" in fields:
+        args["principal_claim"] = fields["principalClaimName"]
+    if "scopeClaimName" in fields:
+        args["scope_claim"] = fields["scopeClaimName"]
+    if "scope" in fields:
+        args["scope"] = tuple(s.strip() for s in fields["scope"].split(",") if s.strip())
+    if "lifeSeconds" in fields:
+        try:
+            args["life_seconds"] = int(fields["lifeSeconds"])
+        except ValueError:
+            raise ValueError('"lifeSeconds" must be a whole number') from None
+        if args["life_seconds"] < 1:
+            raise ValueError('"lifeSeconds" must be at least 1')
+    if extensions:
+        try:
+            args["extensions"] = oauth.check_extensions(extensions)
+        except ValueError:  # its message names the extension: not repeated from a secret
+            raise ValueError("has an extension_NAME whose name is not letters only, or whose "
+                             "value is not printable ASCII (RFC 7628)") from None
+    return args
+
+
 def _certificate_verification(text: str) -> None:
     if not _bool(text):
         raise ValueError(
@@ -104,11 +196,21 @@ class Translation:
     ``native`` is the one non-string TOML/YAML type also accepted for the value (klag-exporter
     takes strings only): ``timeout.ms = 5000`` is a forgivable slip, but a YAML ``yes`` or
     ``0123`` arriving as a password must not be silently turned into "true" or "83".
+
+    ``part``, when set, makes the value one setting of the object passed as ``arg`` (the
+    OAUTHBEARER token provider) rather than ``arg`` itself.
     """
 
     arg: Optional[str]
     convert: Callable[[str], Any]
     native: type = str
+    part: Optional[str] = None
+
+
+def _provider(
+    part: str, convert: Callable[[str], Any] = _text, native: type = str
+) -> Translation:
+    return Translation(_PROVIDER, convert, native, part)
 
 
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -149,6 +251,22 @@ TRANSLATED: Dict[str, Translation] = {
         "max_in_flight_requests_per_connection", _whole(1), int
     ),
     "max.in.flight": Translation("max_in_flight_requests_per_connection", _whole(1), int),
+    # OAUTHBEARER: settings of the token provider, see _token_provider.
+    "sasl.oauthbearer.method": _provider("method", _oauthbearer_method),
+    "sasl.oauthbearer.token.endpoint.url": _provider("token_url", _token_url),
+    "sasl.oauthbearer.client.id": _provider("client_id"),
+    # librdkafka 2.11+ alias and Java 4.1+ name:
+    "sasl.oauthbearer.client.credentials.client.id": _provider("client_id"),
+    "sasl.oauthbearer.client.secret": _provider("client_secret"),
+    "sasl.oauthbearer.client.credentials.client.secret": _provider("client_secret"),
+    "sasl.oauthbearer.scope": _provider("scope"),
+    "sasl.oauthbearer.extensions": _provider("extensions", _extensions),
+    "sasl.oauthbearer.grant.type": _provider("grant_type", _grant_type),
+    "sasl.oauthbearer.header.urlencode": _provider("urlencode_credentials", _bool, bool),  # Java
+    "https.ca.location": _provider("ca_location", _path),
+    "enable.sasl.oauthbearer.unsecure.jwt": _provider("unsecure_jwt", _bool, bool),
+    # Parsed by _token_provider, and only for the unsecured JWT: librdkafka's oidc ignores it.
+    "sasl.oauthbearer.config": _provider("config"),
 }
 
 # Accepted and ignored, because each only matters to a client that joins a group, commits,
@@ -186,6 +304,10 @@ _PEM_FILES = (
 _KERBEROS_CACHE = (
     "kafka-python uses the Kerberos credential cache; run kinit or set KRB5_CLIENT_KTNAME"
 )
+_JWT_BEARER = (
+    "the jwt-bearer grant is not supported; use the client-credentials grant "
+    "(sasl.oauthbearer.client.id and sasl.oauthbearer.client.secret)"
+)
 UNSUPPORTED: Dict[str, str] = {
     "ssl.truststore.location": f"Java keystores (JKS/PKCS12) cannot be read; {_PEM_FILES}",
     "ssl.truststore.password": f"Java keystores (JKS/PKCS12) cannot be read; {_PEM_FILES}",
@@ -205,15 +327,32 @@ UNSUPPORTED: Dict[str, str] = {
     "ssl.cipher.suites": "kafka-python's admin client cannot restrict cipher suites",
     "ssl.enabled.protocols": "kafka-python always negotiates TLS 1.2 or newer",
     "ssl.protocol": "kafka-python always negotiates TLS 1.2 or newer",
-    "sasl.jaas.config": "not translatable; use sasl.username and sasl.password",
+    "sasl.jaas.config": (
+        "not translatable; use sasl.username and sasl.password (PLAIN, SCRAM), or for "
+        "OAUTHBEARER sasl.oauthbearer.client.id, sasl.oauthbearer.client.secret and "
+        "sasl.oauthbearer.scope"
+    ),
     "sasl.kerberos.keytab": _KERBEROS_CACHE,
     "sasl.kerberos.principal": _KERBEROS_CACHE,
     "sasl.kerberos.kinit.cmd": "kafka-python does not run kinit; run it before the exporter",
-    "sasl.oauthbearer.config": "OAUTHBEARER is not yet supported",
-    "sasl.oauthbearer.method": "OAUTHBEARER is not yet supported",
-    "sasl.oauthbearer.client.id": "OAUTHBEARER is not yet supported",
-    "sasl.oauthbearer.client.secret": "OAUTHBEARER is not yet supported",
-    "sasl.oauthbearer.token.endpoint.url": "OAUTHBEARER is not yet supported",
+    "sasl.login.callback.handler.class": (
+        "Java classes cannot be loaded; OAUTHBEARER with sasl.oauthbearer.token.endpoint.url "
+        "(sasl.oauthbearer.method oidc) needs no handler"
+    ),
+    "sasl.oauthbearer.jwt.retriever.class": (
+        "Java classes cannot be loaded; the client-credentials grant is used "
+        "(sasl.oauthbearer.method oidc)"
+    ),
+    "sasl.oauthbearer.metadata.authentication.type": (
+        "cloud metadata credentials are not supported; use a client id and secret "
+        "(sasl.oauthbearer.method oidc)"
+    ),
+    "sasl.oauthbearer.assertion.algorithm": _JWT_BEARER,
+    "sasl.oauthbearer.assertion.private.key.file": _JWT_BEARER,
+    "sasl.oauthbearer.assertion.private.key.passphrase": _JWT_BEARER,
+    "sasl.oauthbearer.assertion.template.file": _JWT_BEARER,
+    "sasl.oauthbearer.assertion.file": _JWT_BEARER,
+    "https.ca.pem": "inline certificates are not supported; use https.ca.location",
     "bootstrap.servers": "set the cluster's bootstrap_servers key instead",
     "isolation.level": "kafka-python's admin client has no isolation level",
 }
@@ -228,12 +367,17 @@ SECRET_PROPERTIES = frozenset(
         "ssl.key.pem",
         "sasl.jaas.config",
         "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.client.credentials.client.secret",
+        "sasl.oauthbearer.assertion.private.key.passphrase",
         "sasl.oauthbearer.config",
     }
 )
-# The kafka-python keywords whose values are secrets; reprs must hide them.
+# The kafka-python keywords whose values are secrets; reprs must hide them. A secret that is one
+# setting of an object (the OAUTHBEARER client secret) is hidden by that object's own repr.
 SECRET_ARGS = frozenset(
-    TRANSLATED[name].arg for name in SECRET_PROPERTIES if name in TRANSLATED
+    TRANSLATED[name].arg
+    for name in SECRET_PROPERTIES
+    if name in TRANSLATED and TRANSLATED[name].part is None
 )
 
 # Which package each SASL mechanism needs at run time, beyond kafka-python itself.
@@ -249,6 +393,8 @@ def translate(properties: Mapping[str, Any], source: str, key_prefix: str) -> Di
     """Return kafka-python keyword arguments for *properties*, or raise ConfigError."""
     args: Dict[str, Any] = {}
     origin: Dict[str, str] = {}  # kafka-python keyword -> the property that set it
+    parts: Dict[str, Any] = {}  # token provider setting -> value
+    part_origin: Dict[str, str] = {}  # token provider setting -> the property that set it
     for name, raw in properties.items():
         key = property_key(key_prefix, name)
         if name in IGNORED:
@@ -264,11 +410,20 @@ def translate(properties: Mapping[str, Any], source: str, key_prefix: str) -> Di
             raise ConfigError(source, key, str(e)) from None
         if rule.arg is None:
             continue
+        if rule.part is not None:
+            if rule.part in part_origin:
+                raise ConfigError(
+                    source, key, f'sets the same thing as "{part_origin[rule.part]}"; keep one'
+                )
+            parts[rule.part] = value
+            part_origin[rule.part] = name
+            continue
         if rule.arg in origin:
             raise ConfigError(source, key, f'sets the same thing as "{origin[rule.arg]}"; keep one')
         args[rule.arg] = value
         origin[rule.arg] = name
     _check_coherence(args, origin, source, key_prefix)
+    _token_provider(args, origin, parts, part_origin, source, key_prefix)
     return args
 
 
@@ -328,6 +483,105 @@ def _check_coherence(
         fail("ssl_keyfile", "is set without ssl.certificate.location")
     if "ssl_password" in args and "ssl_keyfile" not in args and "ssl_certfile" not in args:
         fail("ssl_password", "is set without ssl.key.location or ssl.certificate.location")
+
+
+_OIDC_PARTS = (
+    "token_url", "client_id", "client_secret", "scope", "extensions", "grant_type",
+    "urlencode_credentials", "ca_location",
+)
+_PART_DEFAULTS = {
+    "method": "default", "unsecure_jwt": False, "grant_type": "client_credentials",
+    "urlencode_credentials": False,
+}
+_OIDC_REQUIRED = (
+    ("token_url", "sasl.oauthbearer.token.endpoint.url"),
+    ("client_id", "sasl.oauthbearer.client.id"),
+    ("client_secret", "sasl.oauthbearer.client.secret"),
+)
+
+
+def _token_provider(
+    args: Dict[str, Any],
+    origin: Dict[str, str],
+    parts: Mapping[str, Any],
+    part_origin: Mapping[str, str],
+    source: str,
+    key_prefix: str,
+) -> None:
+    """Build ``args["sasl_oauth_token_provider"]`` from the OAUTHBEARER settings, if wanted.
+
+    librdkafka's ``sasl.oauthbearer.method``: "oidc" is the client-credentials grant at
+    ``sasl.oauthbearer.token.endpoint.url``; "default" (librdkafka's default) is an unsecured
+    JWT when ``enable.sasl.oauthbearer.unsecure.jwt`` is true, and otherwise a token set by
+    application code, which a config file cannot supply. Without the property, the method is
+    "oidc" when any OIDC setting is given (Java configs have no such property), else "default".
+    """
+    mechanism = args.get("sasl_mechanism")
+
+    def fail_part(part: str, reason: str) -> None:
+        raise ConfigError(source, property_key(key_prefix, part_origin[part]), reason)
+
+    if mechanism != "OAUTHBEARER":
+        # Settings left at librdkafka's defaults (configs often spell them out) are harmless.
+        for part in part_origin:
+            if parts[part] != _PART_DEFAULTS.get(part, ...):
+                fail_part(part, f"is an OAUTHBEARER setting but sasl.mechanism is "
+                                f"{mechanism or 'not set'}, so it would be ignored")
+        return
+    # "sasl.mechanism" set it, and _check_coherence already required a SASL protocol.
+    where = origin["sasl_mechanism"]
+
+    def fail(reason: str) -> None:
+        raise ConfigError(source, property_key(key_prefix, where), reason)
+
+    oidc_given = [p for p in _OIDC_PARTS if p in parts and parts[p] != _PART_DEFAULTS.get(p, ...)]
+    method = parts.get("method") or ("oidc" if oidc_given else "default")
+    if method == "default":
+        if oidc_given:
+            fail_part(oidc_given[0], 'is only used with sasl.oauthbearer.method "oidc"')
+        if not parts.get("unsecure_jwt"):
+            fail('OAUTHBEARER needs sasl.oauthbearer.method = "oidc" with '
+                 "sasl.oauthbearer.token.endpoint.url, sasl.oauthbearer.client.id and "
+                 'sasl.oauthbearer.client.secret (method "default" takes a token from '
+                 "application code, or an unsecured test token with "
+                 'enable.sasl.oauthbearer.unsecure.jwt = "true")')
+        if "config" not in parts:
+            fail("OAUTHBEARER with enable.sasl.oauthbearer.unsecure.jwt needs "
+                 'sasl.oauthbearer.config ("principal=NAME ..."), which is not set')
+        try:
+            config = _unsecured_jwt_config(parts["config"])
+        except ValueError as e:
+            fail_part("config", str(e))
+        if "principal" not in config:
+            fail_part("config", 'has no "principal=NAME"')
+        args[_PROVIDER] = oauth.UnsecuredJwtTokenProvider(**config)
+        origin[_PROVIDER] = part_origin["config"]
+        return
+    if parts.get("unsecure_jwt"):
+        fail_part("unsecure_jwt", 'cannot be true with sasl.oauthbearer.method "oidc"')
+    for part, name in _OIDC_REQUIRED:
+        if part not in parts:
+            fail(f"OAUTHBEARER (sasl.oauthbearer.method oidc) needs {name}, which is not set")
+    if "ca_location" in parts and not parts["token_url"].lower().startswith("https:"):
+        fail_part("ca_location", "is set but sasl.oauthbearer.token.endpoint.url is not https, "
+                                 "so it would be ignored")
+    urlencode = parts.get("urlencode_credentials", False)
+    if ":" in parts["client_id"] and not urlencode:
+        fail_part("client_id", 'contains ":", which HTTP Basic authentication cannot carry; '
+                               'set "sasl.oauthbearer.header.urlencode" = "true" if the '
+                               "identity provider decodes it (RFC 6749 2.3.1)")
+    # sasl.oauthbearer.config is accepted and unused here, as librdkafka's oidc method does.
+    try:
+        provider = oauth.ClientCredentialsTokenProvider(
+            parts["token_url"], parts["client_id"], parts["client_secret"],
+            scope=parts.get("scope"), extensions=parts.get("extensions"),
+            ca_location=parts.get("ca_location"), urlencode_credentials=urlencode,
+        )
+    except OSError as e:  # an unreadable or invalid https.ca.location (ssl.SSLError included)
+        reason = re.sub(r"\s*\(_ssl\.c:\d+\)", "", e.strerror or type(e).__name__)
+        fail_part("ca_location", f"cannot be loaded: {reason}")
+    args[_PROVIDER] = provider
+    origin[_PROVIDER] = part_origin["token_url"]
 
 
 def msk_iam_args(

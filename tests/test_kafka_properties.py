@@ -7,9 +7,12 @@ import importlib.util
 import pytest
 from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient
+from kafka.net.sasl.oauth import AbstractTokenProvider, SaslMechanismOAuth
 
 from klag_collector import kafka_properties
+from klag_collector.config import parse_config
 from klag_collector.errors import ConfigError
+from klag_collector.oauth import ClientCredentialsTokenProvider, UnsecuredJwtTokenProvider
 from klag_collector.kafka_properties import (
     IGNORED,
     SECRET_ARGS,
@@ -191,12 +194,12 @@ def test_ignored_properties_are_accepted_and_produce_nothing() -> None:
         (
             {"security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER"},
             "sasl.mechanism",
-            "OAUTHBEARER is not yet supported",
+            'needs sasl.oauthbearer.method = "oidc"',
         ),
         (
             {"sasl.oauthbearer.token.endpoint.url": "https://idp"},
             "sasl.oauthbearer.token.endpoint.url",
-            "not yet supported",
+            "sasl.mechanism is not set, so it would be ignored",
         ),
         ({"request.timeout.ms": "30s"}, "request.timeout.ms", "whole number"),
         ({"request.timeout.ms": "0"}, "request.timeout.ms", "at least 1"),
@@ -294,3 +297,208 @@ def test_msk_iam_args() -> None:
 def test_property_key_quotes_dotted_names() -> None:
     """A property's key path quotes its dotted name so that the path stays unambiguous."""
     assert kafka_properties.property_key(PREFIX, "sasl.mechanism") == f'{PREFIX}["sasl.mechanism"]'
+
+
+# --- SASL/OAUTHBEARER ---------------------------------------------------------------------------
+
+OAUTH_SECRET = "oidc-s3cret-Zq9"
+OIDC = {
+    "security.protocol": "SASL_SSL",
+    "sasl.mechanism": "OAUTHBEARER",
+    "sasl.oauthbearer.method": "oidc",
+    "sasl.oauthbearer.token.endpoint.url": "https://idp.example/oauth2/token",
+    "sasl.oauthbearer.client.id": "klag",
+    "sasl.oauthbearer.client.secret": OAUTH_SECRET,
+}
+UNSECURED = {
+    "security.protocol": "SASL_PLAINTEXT",
+    "sasl.mechanism": "OAUTHBEARER",
+    "enable.sasl.oauthbearer.unsecure.jwt": "true",
+    "sasl.oauthbearer.config": "principal=admin",
+}
+
+
+def provider_of(properties: dict):
+    args = run(properties)
+    assert set(args) == {"security_protocol", "sasl_mechanism", "sasl_oauth_token_provider"}
+    assert args["sasl_mechanism"] == "OAUTHBEARER"
+    return args["sasl_oauth_token_provider"]
+
+
+def test_oidc_properties_make_a_client_credentials_provider() -> None:
+    """librdkafka's oidc method: one token provider object carrying every OIDC setting."""
+    p = provider_of({
+        **OIDC,
+        "sasl.oauthbearer.method": "OIDC",
+        "sasl.oauthbearer.scope": "kafka.read kafka.describe",
+        "sasl.oauthbearer.extensions": "logicalCluster=lkc-1,identityPoolId=pool-1,",
+        "sasl.oauthbearer.grant.type": "client_credentials",
+    })
+    assert isinstance(p, ClientCredentialsTokenProvider)
+    assert isinstance(p, AbstractTokenProvider)  # what kafka-python's OAUTHBEARER checks
+    assert SaslMechanismOAuth(sasl_oauth_token_provider=p).token_provider is p
+    assert p.token_url == "https://idp.example/oauth2/token"
+    assert p.client_id == "klag" and p._client_secret == OAUTH_SECRET
+    assert p.scope == "kafka.read kafka.describe"
+    assert p.extensions() == {"logicalCluster": "lkc-1", "identityPoolId": "pool-1"}
+    assert p.ca_location is None and p.urlencode_credentials is False
+
+
+def test_oidc_java_and_librdkafka_211_names() -> None:
+    """sasl.oauthbearer.client.credentials.client.id/secret (Java 4.1+, librdkafka 2.11+) and
+    no sasl.oauthbearer.method (Java has none): OIDC is implied by the token endpoint."""
+    p = provider_of({
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "OAUTHBEARER",
+        "sasl.oauthbearer.token.endpoint.url": "https://idp.example/token",
+        "sasl.oauthbearer.client.credentials.client.id": "klag",
+        "sasl.oauthbearer.client.credentials.client.secret": OAUTH_SECRET,
+        "sasl.oauthbearer.header.urlencode": "true",
+    })
+    assert (p.client_id, p._client_secret, p.urlencode_credentials) == (
+        "klag", OAUTH_SECRET, True)
+
+
+def test_oidc_https_ca_location(tmp_path) -> None:
+    """https.ca.location: the CA for the token endpoint (librdkafka's name)."""
+    from tls import make_certs
+
+    certs = make_certs(tmp_path, "unused")
+    p = provider_of({**OIDC, "https.ca.location": str(certs.ca)})
+    assert p.ca_location == str(certs.ca)
+    error = error_of({**OIDC, "https.ca.location": str(tmp_path / "missing.pem")})
+    assert error.key == f'{PREFIX}["https.ca.location"]'
+    assert "cannot be loaded: No such file or directory" in error.reason
+
+
+def test_oidc_config_is_accepted_and_unused() -> None:
+    """librdkafka's oidc method does not read sasl.oauthbearer.config; neither does this."""
+    p = provider_of({**OIDC, "sasl.oauthbearer.config": "anything goes here"})
+    assert isinstance(p, ClientCredentialsTokenProvider)
+
+
+def test_unsecured_jwt_properties() -> None:
+    """enable.sasl.oauthbearer.unsecure.jwt with librdkafka's sasl.oauthbearer.config format."""
+    p = provider_of({
+        **UNSECURED,
+        "sasl.oauthbearer.method": "default",
+        "sasl.oauthbearer.config": ("principalClaimName=azp principal=admin "
+                                    "scopeClaimName=roles scope=r1,r2 lifeSeconds=600 "
+                                    "extension_traceId=123"),
+    })
+    assert isinstance(p, UnsecuredJwtTokenProvider)
+    assert (p.principal, p.principal_claim, p.scope_claim, p.scope, p.life_seconds) == (
+        "admin", "azp", "roles", ("r1", "r2"), 600)
+    assert p.extensions() == {"traceId": "123"}
+    assert provider_of(UNSECURED).principal_claim == "sub"
+
+
+def test_oauthbearer_defaults_are_harmless_without_oauthbearer() -> None:
+    """A config spelling out librdkafka's defaults loads with another mechanism."""
+    assert run({**SASL_SSL, "sasl.oauthbearer.method": "default",
+                "enable.sasl.oauthbearer.unsecure.jwt": "false"}) == SASL_SSL_ARGS
+
+
+@pytest.mark.parametrize(
+    "properties, name, fragment",
+    [
+        ({**OIDC, "sasl.oauthbearer.token.endpoint.url": None}, "sasl.mechanism",
+         "needs sasl.oauthbearer.token.endpoint.url, which is not set"),
+        ({**OIDC, "sasl.oauthbearer.client.id": None}, "sasl.mechanism",
+         "needs sasl.oauthbearer.client.id, which is not set"),
+        ({**OIDC, "sasl.oauthbearer.client.secret": None}, "sasl.mechanism",
+         "needs sasl.oauthbearer.client.secret, which is not set"),
+        ({**OIDC, "sasl.oauthbearer.client.secret": ""}, "sasl.oauthbearer.client.secret",
+         "must not be empty"),
+        ({**OIDC, "sasl.oauthbearer.method": "jwt"}, "sasl.oauthbearer.method",
+         'must be "oidc" or "default"'),
+        ({**OIDC, "sasl.oauthbearer.method": "default"}, "sasl.oauthbearer.token.endpoint.url",
+         'only used with sasl.oauthbearer.method "oidc"'),
+        ({**OIDC, "sasl.oauthbearer.token.endpoint.url": "ftp://idp/token"},
+         "sasl.oauthbearer.token.endpoint.url", "http:// or https://"),
+        ({**OIDC, "sasl.oauthbearer.grant.type": "urn:ietf:params:oauth:grant-type:jwt-bearer"},
+         "sasl.oauthbearer.grant.type", '"client_credentials" is supported'),
+        ({**OIDC, "sasl.oauthbearer.extensions": "auth=x"}, "sasl.oauthbearer.extensions",
+         '"auth" is reserved'),
+        ({**OIDC, "sasl.oauthbearer.extensions": "novalue"}, "sasl.oauthbearer.extensions",
+         "comma-separated name=value"),
+        ({**OIDC, "sasl.oauthbearer.client.id": "a:b"}, "sasl.oauthbearer.client.id",
+         "sasl.oauthbearer.header.urlencode"),
+        ({**OIDC, "sasl.oauthbearer.token.endpoint.url": "http://idp/token",
+          "https.ca.location": "/ca.pem"}, "https.ca.location", "not https"),
+        ({**OIDC, "enable.sasl.oauthbearer.unsecure.jwt": "true"},
+         "enable.sasl.oauthbearer.unsecure.jwt", 'cannot be true with sasl.oauthbearer.method'),
+        ({**OIDC, "sasl.oauthbearer.client.credentials.client.id": "x"},
+         "sasl.oauthbearer.client.credentials.client.id",
+         'same thing as "sasl.oauthbearer.client.id"'),
+        ({**OIDC, "security.protocol": "SSL"}, "sasl.mechanism", "use SASL_SSL or SASL_PLAINTEXT"),
+        ({**SASL_SSL, "sasl.oauthbearer.client.id": "klag"}, "sasl.oauthbearer.client.id",
+         "sasl.mechanism is PLAIN, so it would be ignored"),
+        ({**UNSECURED, "enable.sasl.oauthbearer.unsecure.jwt": "false"}, "sasl.mechanism",
+         'needs sasl.oauthbearer.method = "oidc"'),
+        ({**UNSECURED, "sasl.oauthbearer.config": None}, "sasl.mechanism",
+         "needs sasl.oauthbearer.config"),
+        ({**UNSECURED, "sasl.oauthbearer.config": "scope=a"}, "sasl.oauthbearer.config",
+         'has no "principal=NAME"'),
+        ({**UNSECURED, "sasl.oauthbearer.config": "principal=a lifeSecond=3"},
+         "sasl.oauthbearer.config", 'unknown name (did you mean "lifeSeconds"?)'),
+        ({**UNSECURED, "sasl.oauthbearer.config": "principal=a lifeSeconds=0"},
+         "sasl.oauthbearer.config", "at least 1"),
+        ({**UNSECURED, "sasl.oauthbearer.config": "principal=a extension_x-y=1"},
+         "sasl.oauthbearer.config", "extension_NAME whose name is not letters only"),
+        ({"sasl.login.callback.handler.class": "x.OAuthBearerLoginCallbackHandler"},
+         "sasl.login.callback.handler.class", "needs no handler"),
+        ({"sasl.jaas.config": "OAuthBearerLoginModule required clientSecret=\"x\";"},
+         "sasl.jaas.config", "sasl.oauthbearer.client.secret"),
+        ({"sasl.oauthbearer.assertion.private.key.file": "/k.pem"},
+         "sasl.oauthbearer.assertion.private.key.file", "jwt-bearer grant is not supported"),
+    ],
+)
+def test_bad_oauthbearer_properties(properties: dict, name: str, fragment: str) -> None:
+    """Missing, conflicting or untranslatable OAUTHBEARER settings are errors naming a key."""
+    error = error_of({k: v for k, v in properties.items() if v is not None})
+    assert error.key == f'{PREFIX}["{name}"]'
+    assert fragment in error.reason
+    assert "\n" not in str(error) and OAUTH_SECRET not in str(error)
+
+
+def test_oauthbearer_errors_never_show_secret_values() -> None:
+    """Neither the client secret nor the unsecured-JWT config reach an error message."""
+    for properties in (
+        {**OIDC, "sasl.oauthbearer.token.endpoint.url": "nope"},
+        {**OIDC, "sasl.oauthbearer.client.credentials.client.secret": OAUTH_SECRET},
+        {**OIDC, "sasl.oauthbearer.method": "default"},
+        {**SASL_SSL, "sasl.oauthbearer.client.secret": OAUTH_SECRET},
+        {**UNSECURED, "sasl.oauthbearer.config": f"principal=a {OAUTH_SECRET}"},
+        {**UNSECURED, "sasl.oauthbearer.config": f"principal=a {OAUTH_SECRET}=x"},
+        {**UNSECURED, "sasl.oauthbearer.config": f"principal=a principal={OAUTH_SECRET}"},
+        {**UNSECURED, "sasl.oauthbearer.config": "principal=a hunter2=x"},
+    ):
+        text = str(error_of(properties))
+        assert OAUTH_SECRET not in text and "hunter2" not in text
+
+
+def test_oauthbearer_secret_is_hidden_in_reprs() -> None:
+    """The provider's repr masks the client secret, in kafka_args and in the whole config."""
+    assert {"sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.client.credentials.client.secret"} <= SECRET_PROPERTIES
+    args = run(OIDC)
+    assert OAUTH_SECRET not in repr(args) and OAUTH_SECRET not in repr(hide_secrets(args))
+    assert "client_secret='***'" in repr(args)
+    lines = "".join(f'"{k}" = "{v}"\n' for k, v in OIDC.items())
+    text = ('[[clusters]]\nname = "c"\nbootstrap_servers = "k:9093"\n'
+            f"[clusters.consumer_properties]\n{lines}")
+    config = parse_config(text, "test.toml", "toml")
+    assert OAUTH_SECRET not in repr(config) and OAUTH_SECRET not in str(config)
+    assert OAUTH_SECRET not in repr(config.clusters[0].kafka_args)
+    assert "idp.example" in repr(config.clusters[0])  # the rest stays visible for diagnosis
+    # Parsing the same file twice gives equal configurations.
+    assert parse_config(text, "test.toml", "toml") == config
+
+
+def test_oauthbearer_token_provider_is_accepted_by_both_clients() -> None:
+    """The one multi-property keyword is a real argument of KafkaAdminClient and KafkaConsumer."""
+    parts = [name for name, rule in TRANSLATED.items() if rule.part is not None]
+    assert {TRANSLATED[name].arg for name in parts} == {"sasl_oauth_token_provider"}
+    assert "sasl_oauth_token_provider" in KafkaAdminClient.DEFAULT_CONFIG
+    assert "sasl_oauth_token_provider" in KafkaConsumer.DEFAULT_CONFIG
