@@ -69,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
 def port_free(port: int) -> bool:
     """Whether nothing listens on 127.0.0.1:`port` and we may bind it."""
     with socket.socket() as s:
+        # As Kafka and Twisted do: a port in TIME_WAIT after the last run is free to them.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
