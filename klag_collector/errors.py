@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from twisted.internet import defer
+
 
 class ConfigError(ValueError):
     """A bad configuration, located by file and key path.
@@ -32,3 +34,19 @@ class BrokerTimeout(KafkaError):
 
 class BrokerAuthError(KafkaError):
     """The cluster refused our credentials or certificate."""
+
+
+def describe_error(error: BaseException) -> str:
+    """A one-line description of a failure, for logs and /ready."""
+    if isinstance(error, defer.TimeoutError):
+        return "timed out"
+    text = str(error).strip().splitlines()
+    detail = text[0] if text else ""
+    name = type(error).__name__
+    # kafka-python's errors already say their class name ("KafkaTimeoutError: ...",
+    # "[Error 7] RequestTimedOutError: ..."): do not say it twice.
+    if not detail or detail == name:
+        return name
+    if detail.startswith(f"{name}:") or f"] {name}" in detail:
+        return detail
+    return f"{name}: {detail}"

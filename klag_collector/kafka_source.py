@@ -22,6 +22,8 @@ from .timestamps import FetchItem
 DESCRIBE_BATCH = 500
 # Bytes fetched per partition when sampling timestamps: one small batch is all we need.
 SAMPLE_FETCH_BYTES = 16 * 1024
+# Records one poll may return: enough to answer thousands of partitions in a few polls.
+SAMPLE_POLL_RECORDS = 20_000
 
 OFFSETS_UNAVAILABLE = "offsets_unavailable"
 DESCRIBE_FAILED = "describe_failed"
@@ -222,32 +224,28 @@ class KafkaSource:
         """Timestamps of the first record at or after each offset, in one batched fetch.
 
         A key whose partition ends before any record is found maps to None (a miss);
-        a key not answered within the timeout is left out (unknown).
+        a key not answered in time is left out (unknown).
         """
-        consumer = self._take_consumer()
-        try:
-            return self._sample(consumer, items)
-        except Exception:
-            consumer.close()
-            consumer = None
-            raise
-        finally:
-            if consumer is not None:
-                with self._lock:
-                    self._consumers.append(consumer)
-
-    def _take_consumer(self) -> KafkaConsumer:
-        with self._lock:
-            if self._consumers:
-                return self._consumers.pop()
-        return kafka_clients.build(KafkaConsumer, dict(
+        # A fresh consumer per fetch: a reused kafka-python consumer keeps records it
+        # buffered for a paused partition and then never fetches that partition again.
+        consumer = kafka_clients.build(KafkaConsumer, dict(
             self._args,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=SAMPLE_FETCH_BYTES,
             fetch_max_wait_ms=100,
+            max_poll_records=SAMPLE_POLL_RECORDS,
         ))
+        with self._lock:
+            self._consumers.append(consumer)
+        try:
+            return self._sample(consumer, items)
+        finally:
+            with self._lock:
+                if consumer in self._consumers:
+                    self._consumers.remove(consumer)
+            consumer.close()
 
     def _sample(
         self, consumer: KafkaConsumer, items: List[FetchItem]
@@ -263,15 +261,18 @@ class KafkaSource:
             sought[tp] = queue[0][0][2]
             consumer.seek(tp, sought[tp])
         found: Dict[RecordKey, Optional[int]] = {}
-        deadline = time.monotonic() + self.performance.kafka_timeout
+        # Return what was found a little before the cycle's own timeout gives up on us.
+        deadline = time.monotonic() + 0.8 * self.performance.kafka_timeout
         while pending and time.monotonic() < deadline:
             records = consumer.poll(timeout_ms=200)
+            answered = False
             for tp, batch in records.items():
                 queue = pending.get(tp)
                 # Records from before the last seek are not the ones asked for.
                 run = [r for r in batch if r.offset >= sought[tp]] if queue else []
                 if not run:
                     continue
+                answered = True
                 # `run` is contiguous from the sought offset: it answers every wanted
                 # offset up to its last record (the first record at or after each).
                 while queue and queue[0][0][2] <= run[-1].offset:
@@ -284,11 +285,14 @@ class KafkaSource:
                 else:
                     del pending[tp]
                     consumer.pause(tp)
+            if answered:
+                continue
+            # Only when a poll brought nothing: position() walks every assigned partition
+            # in kafka-python, so checking after each poll would cost O(partitions^2).
             for tp in [tp for tp, queue in pending.items() if consumer.position(tp) >= queue[0][1]]:
                 # Read up to the end without a data record (transaction markers, or
                 # compaction removed the rest): there is nothing to date the lag by.
                 for key, _ in pending.pop(tp):
                     found[key] = None
                 consumer.pause(tp)
-        consumer.assign([])
         return found

@@ -148,6 +148,11 @@ def _aggregate(name: str, state: str, members: int, rows: Iterable[PartitionLag]
     for row in rows:
         topic_sums[row.topic] += row.lag
     known_seconds = [r.lag_seconds for r in rows if r.lag_seconds is not None]
+    # Caught-up partitions know their time lag (0) for free; if no lagging partition's
+    # time lag is known, a max of those zeros would claim a lagging group is caught up.
+    lagging = [r for r in rows if r.lag > 0]
+    if lagging and all(r.lag_seconds is None for r in lagging):
+        known_seconds = []
     return GroupLag(
         group=name,
         state=state,

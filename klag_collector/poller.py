@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from . import families
 from .backoff import backoff_delay
 from .config import ClusterConfig, ExporterConfig
+from .errors import describe_error
 from .lag import compute_lag
 from .metrics import CLUSTER, Granularity
 from .model import ClusterData, ClusterHealth, LagView
@@ -280,19 +281,3 @@ class ClusterPoller(service.Service):
         self._retry = None
         if self._running is None:
             self.poll_now()
-
-
-def describe_error(error: BaseException) -> str:
-    """A one-line description of a failure, for logs and /ready."""
-    if isinstance(error, defer.TimeoutError):
-        return "timed out"
-    text = str(error).strip().splitlines()
-    detail = text[0] if text else ""
-    name = type(error).__name__
-    # kafka-python's errors already say their class name ("KafkaTimeoutError: ...",
-    # "[Error 7] RequestTimedOutError: ..."): do not say it twice.
-    if not detail or detail == name:
-        return name
-    if detail.startswith(f"{name}:") or f"] {name}" in detail:
-        return detail
-    return f"{name}: {detail}"

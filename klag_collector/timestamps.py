@@ -13,6 +13,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .errors import describe_error
 from .lag import timestamp_requests
 from .model import CacheStats, ClusterData, RecordKey
 
@@ -110,7 +111,7 @@ class TimestampSampler:
         for ok, result in results:
             if not ok:
                 self.cache.fetch_errors += 1
-                log.warn("timestamp fetch failed: {error}", error=result.getErrorMessage())
+                log.warn("timestamp fetch failed: {error}", error=describe_error(result.value))
                 continue
             for key, value in result.items():
                 self.cache.store(key, value, now)

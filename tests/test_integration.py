@@ -186,3 +186,30 @@ def test_compacted_topic_is_flagged(admin, kafka, unique, run_exporter):
     [(labels, _)] = s.find(LAG_SECONDS, group=group)
     assert labels["compaction_detected"] == "true"
     assert s.get("kafka_lag_exporter_compaction_detected_partitions", cluster_name="it") == 1
+
+
+def test_time_lag_follows_a_moving_offset(admin, kafka, unique, run_exporter):
+    """When the committed offset moves, the next cycles fetch the new record's timestamp."""
+    topic, group = f"{unique}-t", f"{unique}-g"
+    create_topic(admin, topic, 1)
+    base = now_ms()
+    produce(kafka.bootstrap, topic, 0, [base - 300_000, base - 200_000, base - 100_000, base])
+    commit(admin, group, {TopicPartition(topic, 0): 0})
+    exporter = run_exporter()
+    ids = dict(group=group, topic=topic, partition="0")
+
+    def seconds_near(expected_ms: int):
+        def check(s) -> bool:
+            [(_, value)] = s.find(LAG_SECONDS, **ids) or [({}, None)]
+            return value is not None and abs(value - (time.time() - expected_ms / 1000)) < 5
+
+        return check
+
+    exporter.wait_for(seconds_near(base - 300_000), what="time lag of offset 0")
+    for offset, stamp in ((1, base - 200_000), (2, base - 100_000)):
+        commit(admin, group, {TopicPartition(topic, 0): offset})
+        s = exporter.wait_for(seconds_near(stamp), what=f"time lag of offset {offset}")
+        assert s.get("kafka_consumergroup_group_lag", **ids) == 4 - offset
+    s = exporter.scrape()
+    assert s.get("kafka_lag_exporter_timestamp_fetch_errors_total", cluster_name="it") == 0
+    assert s.get("kafka_lag_exporter_timestamp_cache_misses_total", cluster_name="it") >= 3

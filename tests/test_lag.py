@@ -426,7 +426,11 @@ def test_group_aggregates_match_partition_rows(case) -> None:  # type: ignore[no
             t: sum(r.lag for r in rows if r.topic == t) for t in {r.topic for r in rows}
         }
         known = [r.lag_seconds for r in rows if r.lag_seconds is not None]
-        assert g.max_lag_seconds == (max(known) if known else None)
+        lagging_known = [r.lag_seconds for r in rows if r.lag > 0 and r.lag_seconds is not None]
+        if any(r.lag > 0 for r in rows) and not lagging_known:
+            assert g.max_lag_seconds is None, "zeros of caught-up partitions must not stand in"
+        else:
+            assert g.max_lag_seconds == (max(known) if known else None)
         assert (g.state, g.members) == (data.groups[g.group].state, data.groups[g.group].members)
 
 
@@ -496,3 +500,15 @@ def test_timestamp_requests_are_the_lagging_rows(data: ClusterData) -> None:
         if r.lag > 0
     }
     assert timestamp_requests(data) == lagging
+
+
+def test_max_lag_seconds_is_unknown_when_no_lagging_partition_has_a_time() -> None:
+    """A group lagging only where time lag is unknown gets no max_lag_seconds, not 0."""
+    data = ClusterData(
+        groups={"g": GroupInfo("g", "Stable", members=1)},
+        committed={"g": {("t", 0): 10, ("t", 1): 2}},
+        earliest={("t", 0): 0, ("t", 1): 0},
+        latest={("t", 0): 10, ("t", 1): 9},
+    )
+    [group] = compute_lag(data, {}, NOW).groups
+    assert (group.max_lag, group.max_lag_seconds) == (7, None)
