@@ -32,6 +32,7 @@ from kafka.errors import (
 
 from . import logs
 from .kafka_properties import SECRET_ARGS
+from .oauth import TokenError
 
 T = TypeVar("T")
 
@@ -135,6 +136,8 @@ def explain(errors: List[BaseException], args: Mapping[str, Any]) -> Optional[st
     user = args.get("sasl_plain_username")
     who = f' as "{user}"' if user and mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") else ""
     for error in errors:
+        if isinstance(error, TokenError):
+            return f"SASL OAUTHBEARER: {error}"
         if isinstance(error, SaslAuthenticationFailedError):
             return f"SASL {mechanism} authentication{who} failed: {_detail(error)}"
         if isinstance(error, UnsupportedSaslMechanismError):
@@ -171,6 +174,10 @@ def explain(errors: List[BaseException], args: Mapping[str, Any]) -> Optional[st
             if "[SSL" in text:
                 return f"TLS error: {text}"
     if protocol.startswith("SASL_") and any("socket disconnected" in t for t in texts):
+        if mechanism == "OAUTHBEARER":
+            return ("the broker closed the connection during setup, as it does after a refused "
+                    "SASL OAUTHBEARER token: check the token's audience, issuer and scope and "
+                    "the sasl.oauthbearer.* settings")
         return (f"the broker closed the connection during setup, as it does after a failed "
                 f"SASL authentication: check sasl.username{' (' + str(user) + ')' if user else ''}, "
                 f"sasl.password and sasl.mechanism ({mechanism})")
