@@ -22,6 +22,8 @@ from .timestamps import FetchItem
 DESCRIBE_BATCH = 500
 # Bytes fetched per partition when sampling timestamps: one small batch is all we need.
 SAMPLE_FETCH_BYTES = 16 * 1024
+# Empty polls in a row after which the fetch looks for partitions read to their end.
+IDLE_POLLS_BEFORE_END_CHECK = 2
 # Records one poll may return: enough to answer thousands of partitions in a few polls.
 SAMPLE_POLL_RECORDS = 20_000
 
@@ -263,16 +265,16 @@ class KafkaSource:
         found: Dict[RecordKey, Optional[int]] = {}
         # Return what was found a little before the cycle's own timeout gives up on us.
         deadline = time.monotonic() + 0.8 * self.performance.kafka_timeout
+        idle = 0
         while pending and time.monotonic() < deadline:
             records = consumer.poll(timeout_ms=200)
-            answered = False
+            idle = 0 if records else idle + 1
             for tp, batch in records.items():
                 queue = pending.get(tp)
                 # Records from before the last seek are not the ones asked for.
                 run = [r for r in batch if r.offset >= sought[tp]] if queue else []
                 if not run:
                     continue
-                answered = True
                 # `run` is contiguous from the sought offset: it answers every wanted
                 # offset up to its last record (the first record at or after each).
                 while queue and queue[0][0][2] <= run[-1].offset:
@@ -285,10 +287,12 @@ class KafkaSource:
                 else:
                     del pending[tp]
                     consumer.pause(tp)
-            if answered:
+            if idle < IDLE_POLLS_BEFORE_END_CHECK:
                 continue
-            # Only when a poll brought nothing: position() walks every assigned partition
-            # in kafka-python, so checking after each poll would cost O(partitions^2).
+            # Nothing arrives any more: the partitions still pending may have no data record
+            # left. position() walks every assigned partition in kafka-python, so checking
+            # after every poll (the first ones are empty while fetches are in flight) would
+            # cost O(partitions^2).
             for tp in [tp for tp, queue in pending.items() if consumer.position(tp) >= queue[0][1]]:
                 # Read up to the end without a data record (transaction markers, or
                 # compaction removed the rest): there is nothing to date the lag by.

@@ -213,3 +213,30 @@ def test_time_lag_follows_a_moving_offset(admin, kafka, unique, run_exporter):
     s = exporter.scrape()
     assert s.get("kafka_lag_exporter_timestamp_fetch_errors_total", cluster_name="it") == 0
     assert s.get("kafka_lag_exporter_timestamp_cache_misses_total", cluster_name="it") >= 3
+
+
+def test_no_record_after_the_offset_leaves_time_lag_out(admin, kafka, unique, run_exporter):
+    """A committed offset at a transaction marker has no record to date: time lag is left out, not 0."""
+    from kafka import KafkaProducer
+
+    topic, group = f"{unique}-tx", f"{unique}-g"
+    create_topic(admin, topic, 1)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, transactional_id=f"{unique}-txid")
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(topic, b"x", partition=0, timestamp_ms=now_ms() - 60_000)
+        producer.commit_transaction()
+    finally:
+        producer.close()
+    # Offset 0 is the record, offset 1 the commit marker; the end offset is 2.
+    commit(admin, group, {TopicPartition(topic, 0): 1})
+    exporter = run_exporter()
+    ids = dict(group=group, topic=topic, partition="0")
+    s = exporter.wait_for(
+        lambda s: s.get("kafka_lag_exporter_skipped_partitions", cluster_name="it", reason="timestamp_unavailable")
+    )
+    assert s.get("kafka_consumergroup_group_lag", **ids) == 1
+    assert not s.find(LAG_SECONDS, **ids)
+    assert s.get("kafka_consumergroup_group_max_lag_seconds", group=group) is None
+    assert s.get("kafka_lag_exporter_timestamp_fetch_errors_total", cluster_name="it") == 0
