@@ -240,3 +240,30 @@ def test_no_record_after_the_offset_leaves_time_lag_out(admin, kafka, unique, ru
     assert not s.find(LAG_SECONDS, **ids)
     assert s.get("kafka_consumergroup_group_max_lag_seconds", group=group) is None
     assert s.get("kafka_lag_exporter_timestamp_fetch_errors_total", cluster_name="it") == 0
+
+
+def test_cleanup_policy_change_is_seen_after_the_cache_ttl(admin, kafka, unique, tmp_path):
+    """Topic configs are cached, and a change to cleanup.policy shows once the cache entry expires."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    topic, group = f"{unique}-t", f"{unique}-g"
+    create_topic(admin, topic, 1)
+    produce(kafka.bootstrap, topic, 0, [now_ms() - 10_000] * 3, key=b"k")
+    commit(admin, group, {TopicPartition(topic, 0): 1})
+    port = free_port()
+    config = config_toml(port, cluster_toml("it", kafka.bootstrap, unique)).replace(
+        'kafka_timeout = "5s"', 'kafka_timeout = "5s"\ncompacted_topics_cache_ttl = "3s"'
+    )
+    exporter = ExporterProcess(tmp_path, config, port)
+    try:
+        def flags(s):
+            return [labels["compaction_detected"] for labels, _ in s.find(LAG_SECONDS, group=group)]
+
+        exporter.wait_for(lambda s: flags(s) == ["false"], what="compaction_detected false")
+        admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": "compact"})]
+        )
+        s = exporter.wait_for(lambda s: flags(s) == ["true"], timeout=30, what="compaction_detected true")
+        assert s.get("kafka_lag_exporter_compaction_detected_partitions", cluster_name="it") == 1
+    finally:
+        assert exporter.stop() == 0, exporter.log.read_text()[-3000:]
