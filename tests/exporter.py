@@ -13,11 +13,14 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kafkahelp import wait_until
+from klag_collector import metrics
 
 Key = Tuple[str, FrozenSet[Tuple[str, str]]]
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -25,6 +28,51 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def refused(port: int) -> bool:
+    """Whether a connection to `port` on 127.0.0.1 is refused (nobody listens there)."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def env_with_repo() -> Dict[str, str]:
+    """This process's environment with the working tree first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def fetch(url: str, headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
+    """(status, headers, body) of a GET; HTTP errors are answers, not exceptions."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def get(url: str) -> Tuple[int, bytes]:
+    """(status, body) of a GET; HTTP errors are answers, not exceptions."""
+    status, _, body = fetch(url)
+    return status, body
+
+
+def write_config(path: Path, cluster: str, bootstrap: str, http_port: int, extra: str = "") -> Path:
+    """Write a config polling every second one cluster, all its topics but internal ones."""
+    path.write_text(f"""
+[exporter]
+poll_interval = "1s"
+http_host = "127.0.0.1"
+http_port = {http_port}
+
+[[clusters]]
+name = "{cluster}"
+bootstrap_servers = "{bootstrap}"
+topic_blacklist = ["^__.*"]
+{extra}""")
+    return path
 
 
 def cluster_toml(name: str, bootstrap: str, prefix: str, extra: str = "") -> str:
@@ -103,12 +151,7 @@ class ExporterProcess:
 
     def get(self, path: str, headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
         """(status, headers, body) of a GET; HTTP errors are answers, not exceptions."""
-        request = urllib.request.Request(self.url(path), headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=5) as r:
-                return r.status, dict(r.headers), r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), e.read()
+        return fetch(self.url(path), headers)
 
     def scrape(self) -> Samples:
         status, _, body = self.get("/metrics")
@@ -138,6 +181,48 @@ class ExporterProcess:
                 self.proc.wait()
         self._log_file.close()
         return self.proc.returncode
+
+
+def up_value(body: bytes, cluster: str) -> Optional[float]:
+    """kafka_lag_exporter_up of `cluster` in an exposition, or None when absent."""
+    for family in text_string_to_metric_families(body.decode()):
+        if family.name == metrics.UP.name:
+            for sample in family.samples:
+                if sample.labels.get(metrics.CLUSTER) == cluster:
+                    return sample.value
+    return None
+
+
+def wait_for_up(proc: subprocess.Popen, url: str, cluster: str, log: Path,
+                timeout: float = 90) -> bytes:
+    """Poll `url` until the cluster's up gauge is 1; fail early if the process exits."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"exited with {proc.returncode} before serving metrics:\n{log.read_text()}")
+        try:
+            status, body = get(url)
+            if status == 200 and up_value(body, cluster) == 1.0:
+                return body
+            last = f"HTTP {status}, up={up_value(body, cluster) if status == 200 else None}"
+        except OSError as e:
+            last = repr(e)
+        time.sleep(0.3)
+    pytest.fail(f"{url} never reported {metrics.UP.name} 1 for {cluster} ({last}):\n"
+                f"{log.read_text()}")
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 30) -> int:
+    """SIGTERM by PID unless it already exited, then its exit status; fail if it outlives `timeout`."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"pid {proc.pid} did not exit within {timeout}s of SIGTERM")
 
 
 def now_ms() -> int:

@@ -7,68 +7,16 @@ broker; SIGTERM must stop the host and the embedded exporter together, exit stat
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from klag_collector import metrics
+from exporter import REPO, env_with_repo, free_port, get, refused, terminate, wait_for_up, write_config
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "contrib" / "embed_example.py"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def refused(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def get(url: str) -> Tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def up_value(body: bytes, cluster: str) -> Optional[float]:
-    """kafka_lag_exporter_up of `cluster` in an exposition, or None when absent."""
-    for family in text_string_to_metric_families(body.decode()):
-        if family.name == metrics.UP.name:
-            for sample in family.samples:
-                if sample.labels.get(metrics.CLUSTER) == cluster:
-                    return sample.value
-    return None
-
-
-def write_config(path: Path, cluster: str, bootstrap: str, http_port: int) -> Path:
-    path.write_text(f"""
-[exporter]
-poll_interval = "1s"
-http_host = "127.0.0.1"
-http_port = {http_port}
-
-[[clusters]]
-name = "{cluster}"
-bootstrap_servers = "{bootstrap}"
-topic_blacklist = ["^__.*"]
-""")
-    return path
 
 
 class Example:
@@ -76,40 +24,17 @@ class Example:
 
     def __init__(self, tmp_path: Path, args: List[str]) -> None:
         self.log = tmp_path / "embed.log"
-        env: Dict[str, str] = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen([sys.executable, str(EXAMPLE)] + args, cwd=tmp_path,
-                                         env=env, stdout=out, stderr=subprocess.STDOUT)
+                                         env=env_with_repo(), stdout=out, stderr=subprocess.STDOUT)
 
     def wait_for_up(self, url: str, cluster: str, timeout: float = 90) -> bytes:
         """Poll `url` until the cluster's up gauge is 1; fail early if the process exits."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                status, body = get(url)
-                if status == 200 and up_value(body, cluster) == 1.0:
-                    return body
-                last = f"HTTP {status}"
-            except OSError as e:
-                last = repr(e)
-            time.sleep(0.3)
-        pytest.fail(f"{url} never reported {metrics.UP.name} 1 for {cluster} ({last}):\n"
-                    f"{self.log.read_text()}")
+        return wait_for_up(self.proc, url, cluster, self.log, timeout)
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM by PID, then the exit status."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail(f"pid {self.proc.pid} did not exit within {timeout}s of SIGTERM")
+        return terminate(self.proc, timeout)
 
 
 @pytest.mark.kafka
