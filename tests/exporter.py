@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -131,16 +131,17 @@ class Samples:
 
 
 class ExporterProcess:
-    """`python -m klag_collector -c FILE` in a subprocess, stopped by PID."""
+    """`python -m klag_collector -c FILE --log-format json [ARGS]` in a subprocess, stopped by PID."""
 
-    def __init__(self, workdir: Path, config_text: str, port: int) -> None:
+    def __init__(self, workdir: Path, config_text: str, port: int, args: Sequence[str] = ()) -> None:
         self.port = port
         self.config = workdir / "klag.toml"
         self.config.write_text(config_text)
         self.log = workdir / "exporter.log"
         self._log_file = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "klag_collector", "-c", str(self.config), "--log-format", "json"],
+            [sys.executable, "-m", "klag_collector", "-c", str(self.config), "--log-format", "json",
+             *args],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
