@@ -87,7 +87,7 @@ topic_whitelist = ["^{prefix}"]
 """
 
 
-def config_toml(port: int, clusters: str, exporter_extra: str = "") -> str:
+def config_toml(port: int, clusters: str, exporter_extra: str = "", kafka_timeout: str = "5s") -> str:
     """An exporter config polling every second at partition granularity."""
     return f"""
 [exporter]
@@ -99,7 +99,7 @@ granularity = "partition"
 [exporter.timestamp_sampling]
 cache_ttl = "30s"
 [exporter.performance]
-kafka_timeout = "5s"
+kafka_timeout = "{kafka_timeout}"
 {clusters}
 """
 

@@ -20,26 +20,14 @@ from typing import Iterator, List
 
 import pytest
 
-from exporter import ExporterProcess, free_port
+from exporter import ExporterProcess, config_toml, free_port
 
 KAFKA_TIMEOUT = 2.0
 
 
 def _config(port: int, bootstrap: str) -> str:
-    return f"""
-[exporter]
-poll_interval = "1s"
-http_host = "127.0.0.1"
-http_port = {port}
-granularity = "partition"
-
-[exporter.performance]
-kafka_timeout = "{KAFKA_TIMEOUT:g}s"
-
-[[clusters]]
-name = "silent"
-bootstrap_servers = "{bootstrap}"
-"""
+    silent = f'[[clusters]]\nname = "silent"\nbootstrap_servers = "{bootstrap}"\n'
+    return config_toml(port, silent, kafka_timeout=f"{KAFKA_TIMEOUT:g}s")
 
 
 @pytest.fixture
