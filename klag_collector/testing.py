@@ -2,15 +2,20 @@
 
 `FakeSource` stands in for the Kafka edge in clock-driven tests of the poller. It is
 never evidence that a Kafka feature works: that is shown on a real broker.
+`pollers_on_clock` builds the pollers of a config text on a task.Clock over such sources,
+and `one_partition_data` gives them consumer groups to report.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
-from .model import ClusterData, RecordKey
+from .config import Config, parse_config
+from .model import ClusterData, GroupInfo, RecordKey
+from .poller import ClusterPoller, RunInThread, Source
 
 
 class FakeSource:
@@ -66,3 +71,37 @@ class HeldRunner:
             outcome.addErrback(lambda _: None)
         else:
             outcome.chainDeferred(d)
+
+
+def one_partition_data(*groups: GroupInfo, committed: int) -> ClusterData:
+    """`groups`, each committed at offset `committed` of partition t/0 (offsets 0 to 10, leader 1)."""
+    tp = ("t", 0)
+    return ClusterData(
+        groups={g.name: g for g in groups},
+        committed={g.name: {tp: committed} for g in groups},
+        earliest={tp: 0},
+        latest={tp: 10},
+        leaders={tp: 1},
+    )
+
+
+def pollers_on_clock(
+    config_text: str,
+    sources: Mapping[str, Source],
+    clock: IReactorTime,
+    run_in_thread: RunInThread = run_now,
+    on_change: Callable[[], None] = lambda: None,
+    jitter: float = 0.0,
+) -> Tuple[Config, List[ClusterPoller]]:
+    """The TOML config `config_text` and a poller per cluster, not started, driven by `clock`.
+
+    Each reads `sources[cluster name]` (a FakeSource, say). `jitter` (in [0, 1), 0 by
+    default) is fixed, so that a test knows the retry delays after failures.
+    """
+    config = parse_config(config_text, "<test config>", "toml")
+    pollers = [
+        ClusterPoller(c, config.exporter, sources[c.name], clock, run_in_thread, on_change,
+                      lambda: jitter)
+        for c in config.clusters
+    ]
+    return config, pollers

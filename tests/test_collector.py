@@ -11,11 +11,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from klag_collector import metrics
 from klag_collector.collector import LagCollector
-from klag_collector.config import parse_config
 from klag_collector.families import empty_family
 from klag_collector.model import ClusterData, GroupInfo
-from klag_collector.poller import ClusterPoller
-from klag_collector.testing import FakeSource, run_now
+from klag_collector.testing import FakeSource, one_partition_data, pollers_on_clock
 
 T0 = 1_700_000_000.0
 
@@ -39,13 +37,7 @@ HEALTH_NAMES = {empty_family(d).name for d in metrics.HEALTH_FAMILIES}
 
 def data(group: str, committed: int) -> ClusterData:
     """One group on one partition t/0 whose end offset is 10."""
-    return ClusterData(
-        groups={group: GroupInfo(group, "Stable", members=1)},
-        committed={group: {("t", 0): committed}},
-        earliest={("t", 0): 0},
-        latest={("t", 0): 10},
-        leaders={("t", 0): 1},
-    )
+    return one_partition_data(GroupInfo(group, "Stable", members=1), committed=committed)
 
 
 class Unreadable:
@@ -65,11 +57,8 @@ class CollectorTestCase(SynchronousTestCase):
         }
 
     def make(self, granularity: str = "partition") -> LagCollector:
-        cfg = parse_config(CONFIG.format(granularity=granularity), "c.toml", "toml")
-        self.pollers = [
-            ClusterPoller(c, cfg.exporter, self.sources[c.name], self.clock, run_now, jitter=lambda: 0.0)
-            for c in cfg.clusters
-        ]
+        cfg, self.pollers = pollers_on_clock(CONFIG.format(granularity=granularity), self.sources,
+                                             self.clock)
         for p in self.pollers:
             p.startService()
         self.addCleanup(self.stop)

@@ -7,10 +7,9 @@ from typing import Any, Optional
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
-from klag_collector.config import parse_config
 from klag_collector.model import ClusterData, GroupInfo
 from klag_collector.poller import FAILING, OK, STALE, STARTING, ClusterPoller
-from klag_collector.testing import FakeSource, HeldRunner, run_now
+from klag_collector.testing import FakeSource, HeldRunner, one_partition_data, pollers_on_clock, run_now
 
 T0 = 1_700_000_000.0
 
@@ -32,13 +31,8 @@ bootstrap_servers = "127.0.0.1:1"
 
 def lagging_data(committed: int = 5) -> ClusterData:
     """Two groups at the same offset of one partition, 5 behind the end."""
-    return ClusterData(
-        groups={"g1": GroupInfo("g1", "Empty"), "g2": GroupInfo("g2", "Stable", members=1)},
-        committed={"g1": {("t", 0): committed}, "g2": {("t", 0): committed}},
-        earliest={("t", 0): 0},
-        latest={("t", 0): 10},
-        leaders={("t", 0): 1},
-    )
+    return one_partition_data(GroupInfo("g1", "Empty"), GroupInfo("g2", "Stable", members=1),
+                              committed=committed)
 
 
 class PollerTestCase(SynchronousTestCase):
@@ -51,15 +45,12 @@ class PollerTestCase(SynchronousTestCase):
         self.changes = 0
 
     def make(self, runner: Any = run_now, config: str = CONFIG, jitter: float = 0.0) -> ClusterPoller:
-        cfg = parse_config(config, "test.toml", "toml")
-
         def changed() -> None:
             self.changes += 1
 
         self.runner = runner
-        self.poller = ClusterPoller(
-            cfg.clusters[0], cfg.exporter, self.source, self.clock, runner, changed, lambda: jitter
-        )
+        _, (self.poller,) = pollers_on_clock(config, {"c1": self.source}, self.clock, runner,
+                                             changed, jitter)
         return self.poller
 
     def stop(self) -> None:

@@ -26,11 +26,9 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from klag_collector import __version__
 from klag_collector.collector import LagCollector
-from klag_collector.config import parse_config
 from klag_collector.model import ClusterData, GroupInfo, Member
-from klag_collector.poller import ClusterPoller
 from klag_collector.render import OPENMETRICS_TYPE, TEXT_TYPE, MetricsRenderer
-from klag_collector.testing import FakeSource, run_now
+from klag_collector.testing import FakeSource, one_partition_data, pollers_on_clock, run_now
 from klag_collector.web import make_root
 
 T0 = 1_700_000_000.0
@@ -58,13 +56,8 @@ bootstrap_servers = "127.0.0.1:2"
 def good_data() -> ClusterData:
     """One group (named like an HTML tag) 5 behind on t/0, with a consumer assigned."""
     member = Member(consumer_id="c-1", client_id="app", host="10.0.0.1")
-    return ClusterData(
-        groups={EVIL: GroupInfo(EVIL, "Stable", members=1, assignments={("t", 0): member})},
-        committed={EVIL: {("t", 0): 5}},
-        earliest={("t", 0): 0},
-        latest={("t", 0): 10},
-        leaders={("t", 0): 1},
-    )
+    return one_partition_data(
+        GroupInfo(EVIL, "Stable", members=1, assignments={("t", 0): member}), committed=5)
 
 
 class WebTestCase(SynchronousTestCase):
@@ -80,17 +73,12 @@ class WebTestCase(SynchronousTestCase):
 
     def build(self, extra: str = "") -> None:
         """(Re)build everything from CONFIG with `extra` lines in [exporter]."""
-        cfg = parse_config(CONFIG.format(extra=extra), "web.toml", "toml")
         self.registry = CollectorRegistry(auto_describe=False)
         self.renderer = MetricsRenderer(self.registry, run_now)
-        sources = {"good": self.good_source, "bad": self.bad_source}
-        self.pollers = [
-            ClusterPoller(
-                c, cfg.exporter, sources[c.name], self.clock, run_now,
-                self.renderer.invalidate, lambda: 0.0,
-            )
-            for c in cfg.clusters
-        ]
+        cfg, self.pollers = pollers_on_clock(
+            CONFIG.format(extra=extra), {"good": self.good_source, "bad": self.bad_source},
+            self.clock, on_change=self.renderer.invalidate,
+        )
         self.good, self.bad = self.pollers
         self.registry.register(LagCollector(self.pollers, cfg.exporter.granularity, self.clock))
         self.root = make_root(self.renderer, self.pollers, cfg.exporter.ready_requires, self.clock)
