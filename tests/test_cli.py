@@ -20,11 +20,9 @@ import pytest
 from twisted.internet import task
 
 from klag_collector import __version__
-from klag_collector.config import parse_config
 from klag_collector.model import ClusterData, GroupInfo, Member
 from klag_collector.output import TABLE_COLUMNS, as_dict, as_json, as_table
-from klag_collector.poller import ClusterPoller
-from klag_collector.testing import FakeSource, run_now
+from klag_collector.testing import FakeSource, pollers_on_clock
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-Pa55w0rd"
@@ -310,14 +308,10 @@ def pollers():
     """c1 collected from the fake data on a Clock; c2's source raises."""
     clock = task.Clock()
     clock.advance(T0)
-    cfg = parse_config(OUTPUT_CONFIG, "out.toml", "toml")
     good = FakeSource(output_data(), {("t", 0, 5): int(T0 * 1000) - 12_500})
     bad = FakeSource()
     bad.error = ConnectionError("broker down")
-    built = [
-        ClusterPoller(c, cfg.exporter, s, clock, run_now, jitter=lambda: 0.0)
-        for c, s in zip(cfg.clusters, (good, bad))
-    ]
+    _, built = pollers_on_clock(OUTPUT_CONFIG, {"c1": good, "c2": bad}, clock)
     for p in built:
         p.poll_now()
         p.cancel_retry()

@@ -35,10 +35,9 @@ from exporter import ExporterProcess, Samples, cluster_toml, config_toml, free_p
 from kafkahelp import commit, create_topic, produce, wait_until  # noqa: E402
 from klag_collector import metrics, otel  # noqa: E402
 from klag_collector.collector import LagCollector  # noqa: E402
-from klag_collector.config import OtelConfig, parse_config  # noqa: E402
+from klag_collector.config import OtelConfig  # noqa: E402
 from klag_collector.model import ClusterData, GroupInfo  # noqa: E402
-from klag_collector.poller import ClusterPoller  # noqa: E402
-from klag_collector.testing import FakeSource, run_now  # noqa: E402
+from klag_collector.testing import FakeSource, one_partition_data, pollers_on_clock  # noqa: E402
 
 Key = Tuple[str, FrozenSet[Tuple[str, str]]]
 
@@ -419,25 +418,15 @@ bootstrap_servers = "127.0.0.1:2"
 
 
 def _one_group(group: str) -> ClusterData:
-    return ClusterData(
-        groups={group: GroupInfo(group, "Stable", members=1)},
-        committed={group: {("t", 0): 4}},
-        earliest={("t", 0): 0},
-        latest={("t", 0): 10},
-        leaders={("t", 0): 1},
-    )
+    return one_partition_data(GroupInfo(group, "Stable", members=1), committed=4)
 
 
 def test_a_cluster_turning_stale_leaves_the_push():
     """In process, on a clock: b's lag series are pushed while fresh and left out once stale."""
     clock = _ThreadClock()
     clock.advance(1_700_000_000)
-    cfg = parse_config(STALE_CONFIG, "c.toml", "toml")
     sources = {"a": FakeSource(_one_group("ga")), "b": FakeSource(_one_group("gb"))}
-    pollers = [
-        ClusterPoller(c, cfg.exporter, sources[c.name], clock, run_now, jitter=lambda: 0.0)
-        for c in cfg.clusters
-    ]
+    cfg, pollers = pollers_on_clock(STALE_CONFIG, sources, clock)
     collector = LagCollector(pollers, cfg.exporter.granularity, clock)
     recorder = _RecordingExporter()
     svc = otel.OtelExporterService(cfg.exporter.otel, collector, clock, lambda c: recorder)
