@@ -98,6 +98,25 @@ class _CachingProvider(AbstractTokenProvider):
         self._expires_at = 0.0
         self._failure: Optional[str] = None
         self._retry_at = 0.0
+        self._extensions: Dict[str, str] = {}
+
+    def extensions(self) -> Dict[str, str]:
+        return dict(self._extensions)
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    def _settings(self) -> Tuple[Any, ...]:
+        """What makes two providers of one class equal: all they were built with."""
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._settings() == other._settings()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._settings())
 
     def token(self) -> str:
         with self._lock:
@@ -225,29 +244,16 @@ class ClientCredentialsTokenProvider(_CachingProvider):
         self._where = _shown_url(self.token_url)
         _hide_in_logs(client_secret)
 
-    def extensions(self) -> Dict[str, str]:
-        return dict(self._extensions)
-
     def __repr__(self) -> str:
         scope = f", scope={self.scope!r}" if self.scope else ""
         ext = f", extensions={sorted(self._extensions)!r}" if self._extensions else ""
         return (f"ClientCredentialsTokenProvider(token_url={self._where!r}, "
                 f"client_id={self.client_id!r}, client_secret='***'{scope}{ext})")
 
-    __str__ = __repr__
-
     def _settings(self) -> Tuple[Any, ...]:
         return (self.token_url, self.client_id, self._client_secret, self.scope,
                 tuple(sorted(self._extensions.items())), self.ca_location, self.timeout,
                 self.urlencode_credentials)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return self._settings() == other._settings()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._settings())
 
     def _fail(self, what: str) -> TokenError:
         return TokenError(_clean(f"OAuth token request to {self._where} failed: {what}",
@@ -350,27 +356,14 @@ class UnsecuredJwtTokenProvider(_CachingProvider):
         self.life_seconds = int(life_seconds)
         self._extensions = check_extensions(extensions or {})
 
-    def extensions(self) -> Dict[str, str]:
-        return dict(self._extensions)
-
     def __repr__(self) -> str:
         return (f"UnsecuredJwtTokenProvider(principal={self.principal!r}, "
                 f"principal_claim={self.principal_claim!r}, scope={list(self.scope)!r}, "
                 f"life_seconds={self.life_seconds}, extensions={sorted(self._extensions)!r})")
 
-    __str__ = __repr__
-
     def _settings(self) -> Tuple[Any, ...]:
         return (self.principal, self.principal_claim, self.scope_claim, self.scope,
                 self.life_seconds, tuple(sorted(self._extensions.items())))
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return self._settings() == other._settings()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._settings())
 
     def _fetch(self, now: float) -> Tuple[str, float]:
         issued = int(now)
