@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 
 from klag_collector import kafka_properties
 from klag_collector.config_reader import (
@@ -185,17 +185,32 @@ _EXPORTER_KEYS = (
     "poll_interval", "http_host", "http_port", "granularity", "staleness_threshold",
     "ready_requires", "timestamp_sampling", "performance", "otel", "leadership",
 )
-_SAMPLING_KEYS = ("enabled", "cache_ttl", "max_concurrent_fetches")
-_PERFORMANCE_KEYS = (
-    "kafka_timeout", "offset_fetch_timeout", "max_concurrent_groups", "compacted_topics_cache_ttl",
-)
-_OTEL_KEYS = ("enabled", "endpoint", "protocol", "export_interval")
+# How a table's keys are read: key -> (Reader method, its extra arguments), in reading order.
+_Readers = Dict[str, Tuple[str, Tuple[Any, ...]]]
+# The tables under [exporter] whose keys are the fields of a dataclass, defaults and all.
+_SAMPLING: _Readers = {
+    "enabled": ("boolean", ()),
+    "cache_ttl": ("duration", ()),
+    "max_concurrent_fetches": ("integer", (1,)),
+}
+_PERFORMANCE: _Readers = {
+    "kafka_timeout": ("duration", ()),
+    "offset_fetch_timeout": ("duration", ()),
+    "max_concurrent_groups": ("integer", (1,)),
+    "compacted_topics_cache_ttl": ("duration", ()),
+}
+_OTEL: _Readers = {
+    "enabled": ("boolean", ()),
+    "endpoint": ("url", ()),
+    "protocol": ("choice", (("grpc", "http/protobuf"),)),
+    "export_interval": ("duration", ()),
+}
 _CLUSTER_KEYS = (
     "name", "bootstrap_servers", "group_whitelist", "group_blacklist", "topic_whitelist",
     "topic_blacklist", "consumer_properties", "labels", "aws_msk_iam",
 )
 
-# klag-exporter keys accepted and then unused: key -> (Reader method, its extra arguments).
+# klag-exporter keys accepted and then unused, read as _Readers say.
 # Each is still type-checked, so a typo in its value fails; none changes what is reported:
 # - timestamp_sampling: klag-exporter's "rate" mode estimates time lag from produce rates to
 #   spare a librdkafka consumer pool; this exporter always reads the record (exact), batched per
@@ -205,7 +220,7 @@ _CLUSTER_KEYS = (
 # - performance: librdkafka / Tokio workarounds (client recycling, blocking threads), a
 #   deprecated per-partition watermark limit, retries, and caches that only make data older.
 # - leadership: leader election among replicas; harmless to ignore only while it is off.
-_KLAG_ONLY: Dict[str, Dict[str, Tuple[str, Tuple[Any, ...]]]] = {
+_KLAG_ONLY: Dict[str, _Readers] = {
     "exporter.timestamp_sampling": {
         "mode": ("choice", (("rate", "message"),)),
         "fetch_timeout": ("duration", ()),
@@ -290,46 +305,28 @@ def _exporter(r: Reader, raw: Any) -> ExporterConfig:
         ),
         staleness_threshold=staleness,
         ready_requires=s.get("ready_requires", d.ready_requires, r.choice, ("any", "all")),
-        timestamp_sampling=_sampling(r, s.table.get("timestamp_sampling")),
-        performance=_performance(r, s.table.get("performance")),
-        otel=_otel(r, s.table.get("otel")),
-    )
-
-
-def _sampling(r: Reader, raw: Any) -> TimestampSampling:
-    s = _section(r, raw, "exporter.timestamp_sampling", _SAMPLING_KEYS)
-    d = TimestampSampling()
-    return TimestampSampling(
-        enabled=s.get("enabled", d.enabled, r.boolean),
-        cache_ttl=s.get("cache_ttl", d.cache_ttl, r.duration),
-        max_concurrent_fetches=s.get(
-            "max_concurrent_fetches", d.max_concurrent_fetches, r.integer, 1
+        timestamp_sampling=_fields(
+            r, s.table.get("timestamp_sampling"), "exporter.timestamp_sampling",
+            TimestampSampling, _SAMPLING,
         ),
-    )
-
-
-def _performance(r: Reader, raw: Any) -> Performance:
-    s = _section(r, raw, "exporter.performance", _PERFORMANCE_KEYS)
-    d = Performance()
-    return Performance(
-        kafka_timeout=s.get("kafka_timeout", d.kafka_timeout, r.duration),
-        offset_fetch_timeout=s.get("offset_fetch_timeout", d.offset_fetch_timeout, r.duration),
-        max_concurrent_groups=s.get("max_concurrent_groups", d.max_concurrent_groups, r.integer, 1),
-        compacted_topics_cache_ttl=s.get(
-            "compacted_topics_cache_ttl", d.compacted_topics_cache_ttl, r.duration
+        performance=_fields(
+            r, s.table.get("performance"), "exporter.performance", Performance, _PERFORMANCE
         ),
+        otel=_fields(r, s.table.get("otel"), "exporter.otel", OtelConfig, _OTEL),
     )
 
 
-def _otel(r: Reader, raw: Any) -> OtelConfig:
-    s = _section(r, raw, "exporter.otel", _OTEL_KEYS)
-    d = OtelConfig()
-    return OtelConfig(
-        enabled=s.get("enabled", d.enabled, r.boolean),
-        endpoint=s.get("endpoint", d.endpoint, r.url),
-        protocol=s.get("protocol", d.protocol, r.choice, ("grpc", "http/protobuf")),
-        export_interval=s.get("export_interval", d.export_interval, r.duration),
-    )
+_T = TypeVar("_T")
+
+
+def _fields(r: Reader, raw: Any, path: str, cls: Type[_T], readers: _Readers) -> _T:
+    """A *cls* from the table at *path*: each key read as *readers* say, else *cls*'s default."""
+    s = _section(r, raw, path, tuple(readers))
+    default = cls()
+    return cls(**{
+        key: s.get(key, getattr(default, key), getattr(r, method), *args)
+        for key, (method, args) in readers.items()
+    })
 
 
 def _cluster(r: Reader, raw: Any, p: str) -> ClusterConfig:
