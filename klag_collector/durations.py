@@ -14,36 +14,18 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-_NS_PER = {
-    "ns": 1,
-    "nsec": 1,
-    "us": 10**3,
-    "µs": 10**3,
-    "usec": 10**3,
-    "ms": 10**6,
-    "msec": 10**6,
-    "s": 10**9,
-    "sec": 10**9,
-    "secs": 10**9,
-    "second": 10**9,
-    "seconds": 10**9,
-    "m": 60 * 10**9,
-    "min": 60 * 10**9,
-    "mins": 60 * 10**9,
-    "minute": 60 * 10**9,
-    "minutes": 60 * 10**9,
-    "h": 3600 * 10**9,
-    "hr": 3600 * 10**9,
-    "hrs": 3600 * 10**9,
-    "hour": 3600 * 10**9,
-    "hours": 3600 * 10**9,
-    "d": 86400 * 10**9,
-    "day": 86400 * 10**9,
-    "days": 86400 * 10**9,
-    "w": 7 * 86400 * 10**9,
-    "week": 7 * 86400 * 10**9,
-    "weeks": 7 * 86400 * 10**9,
-}
+# Each unit's spellings, and its length in nanoseconds.
+_UNITS = (
+    (("ns", "nsec"), 1),
+    (("us", "µs", "usec"), 10**3),
+    (("ms", "msec"), 10**6),
+    (("s", "sec", "secs", "second", "seconds"), 10**9),
+    (("m", "min", "mins", "minute", "minutes"), 60 * 10**9),
+    (("h", "hr", "hrs", "hour", "hours"), 3600 * 10**9),
+    (("d", "day", "days"), 86400 * 10**9),
+    (("w", "week", "weeks"), 7 * 86400 * 10**9),
+)
+_NS_PER = {spelling: ns for spellings, ns in _UNITS for spelling in spellings}
 
 _SPAN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([^\s\d.]*)")
 _EXAMPLES = '"500ms", "10s", "1m", "1h 30m"'
