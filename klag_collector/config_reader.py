@@ -73,24 +73,24 @@ def join(path: str, key: str) -> str:
     return f'{path}["{key}"]'
 
 
+# The kinds of value a config file holds, in words; in this order, since a bool is an int.
+_KINDS: Tuple[Tuple[Any, str], ...] = (
+    (type(None), "null"),
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (list, "a list"),
+    (dict, "a table"),
+    ((datetime.date, datetime.time), "a date/time"),
+)
+
+
 def kind(value: Any) -> str:
     """What a value is, in words, for "must be X, not Y" messages (never the value itself)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, (datetime.date, datetime.time)):
-        return "a date/time"
+    for types, words in _KINDS:
+        if isinstance(value, types):
+            return words
     return type(value).__name__
 
 
