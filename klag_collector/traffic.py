@@ -160,7 +160,11 @@ class Traffic:
                 self._consumers[group] = KafkaConsumer(
                     topic, bootstrap_servers=self.bootstrap, group_id=group,
                     client_id=f"klag-demo-{group}", auto_offset_reset="earliest",
-                    enable_auto_commit=False, **self.client_config)
+                    enable_auto_commit=False,
+                    # A join that races a just-created topic's metadata gets no partitions
+                    # until the next metadata refresh (5 minutes by default).
+                    metadata_max_age_ms=2000,
+                    **self.client_config)
         except BaseException:
             self._close_clients()
             raise
