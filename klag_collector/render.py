@@ -3,17 +3,21 @@
 Rendering 20k series costs ~100 ms in prometheus_client; serving cached bytes ~1 ms. So
 each snapshot swap triggers one render of every variant (text and OpenMetrics, plain
 and gzipped) and scrapes only pick the right bytes.
+
+Only families whose samples carry no timestamp, exemplar or histogram data are rendered
+here, which is all this exporter makes; tests hold the bytes equal to prometheus_client's.
 """
 
 from __future__ import annotations
 
 import gzip
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from prometheus_client import exposition
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -38,16 +42,52 @@ class Rendered:
         return self.bodies[(openmetrics_format, gzipped)]
 
 
+def _escape_value(value: str) -> str:
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return value
+
+
+def _sample_lines(family: Metric) -> str:
+    # The same bytes as prometheus_client writes for a sample without timestamp or exemplar,
+    # in both formats: labels sorted, values escaped, the value as Go prints a float.
+    lines = []
+    for sample in family.samples:
+        labels = ",".join(
+            f'{name}="{_escape_value(value)}"' for name, value in sorted(sample.labels.items())
+        )
+        labels = "{" + labels + "}" if labels else ""
+        lines.append(f"{sample.name}{labels} {floatToGoString(sample.value)}\n")
+    return "".join(lines)
+
+
 def render(registry: Collector) -> Rendered:
-    """Render every variant; blocking, so it runs in a worker thread."""
-    text = exposition.generate_latest(registry)
-    om = openmetrics.generate_latest(registry)
+    """Render every variant; blocking, so it runs in a worker thread.
+
+    Byte for byte what prometheus_client's two generate_latest functions write for our
+    families (gauges and counters with plain samples), but each sample line is built once
+    and shared by both formats, which only differ in their headers.
+    """
+    text: List[str] = []
+    om: List[str] = []
+    for family in registry.collect():
+        lines = _sample_lines(family)
+        text_name = family.name + "_total" if family.type == "counter" else family.name
+        text_help = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        text.append(f"# HELP {text_name} {text_help}\n# TYPE {text_name} {family.type}\n")
+        text.append(lines)
+        om.append(f"# HELP {family.name} {_escape_value(family.documentation)}\n")
+        om.append(f"# TYPE {family.name} {family.type}\n")
+        om.append(lines)
+    om.append("# EOF\n")
+    text_bytes = "".join(text).encode()
+    om_bytes = "".join(om).encode()
     return Rendered(
         {
-            (False, False): text,
-            (False, True): gzip.compress(text, GZIP_LEVEL, mtime=0),
-            (True, False): om,
-            (True, True): gzip.compress(om, GZIP_LEVEL, mtime=0),
+            (False, False): text_bytes,
+            (False, True): gzip.compress(text_bytes, GZIP_LEVEL, mtime=0),
+            (True, False): om_bytes,
+            (True, True): gzip.compress(om_bytes, GZIP_LEVEL, mtime=0),
         }
     )
 
