@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import time
 
 import pytest
+import yaml
 from kafka.protocol.consumer import OffsetSpec
 
 from klag_collector.config import parse_config
-from klag_collector.demo import banner, config_text, parser
+from klag_collector.demo import (ALERTS_FILE, banner, config_text, parser,
+                                  prometheus_config_text)
 from klag_collector.metrics import Granularity
 from klag_collector.traffic import (CONSUMER_PHASES, HIGH_VOLUME_GROUP, HIGH_VOLUME_TOPIC,
                                     PRODUCER_PHASES, TEST_GROUP, TEST_TOPIC, Traffic)
@@ -60,6 +64,78 @@ def test_demo_command_line_defaults_and_banner(tmp_path):
     text = banner("127.0.0.1:9092", args.port, tmp_path, args.speed, args.minutes)
     assert "http://127.0.0.1:18000/metrics" in text and "127.0.0.1:9092" in text
     assert "Ctrl-C" in text and "1 min" in text
+    assert "prometheus" not in text
+
+
+def test_demo_prometheus_flags_and_banner(tmp_path):
+    """Prometheus by default (scrape every 10 s, port chosen at start), --no-prometheus skips it."""
+    args = parser().parse_args([])
+    assert (args.no_prometheus, args.prometheus_port, args.bootstrap) == (False, None, None)
+    assert (args.scrape_interval, args.poll_interval) == (10.0, 5.0)
+    args = parser().parse_args(["--no-prometheus", "--prometheus-port", "19090",
+                                "--scrape-interval", "1500ms", "--poll-interval", "1s",
+                                "--bootstrap", "127.0.0.1:19092"])
+    assert (args.no_prometheus, args.prometheus_port, args.scrape_interval) == (True, 19090, 1.5)
+    assert (args.poll_interval, args.bootstrap) == (1.0, "127.0.0.1:19092")
+    for bad in (["--scrape-interval", "10"], ["--scrape-interval", "1ms"],
+                ["--prometheus-port", "70000"], ["--port", "0"]):
+        with pytest.raises(SystemExit):
+            parser().parse_args(bad)
+    text = banner("127.0.0.1:19092", 18000, tmp_path, 1, 0, prometheus="http://127.0.0.1:19090",
+                  own_broker=False)
+    assert "prometheus:      http://127.0.0.1:19090 " in text
+    assert "http://127.0.0.1:19090/graph?g0.expr=kafka_consumergroup_group_sum_lag" in text
+    assert "not started by the demo" in text and "broker.log" not in text
+    text = banner("127.0.0.1:9092", 18000, tmp_path, 1, 0, prometheus="not started (--no-prometheus)")
+    assert "prometheus:      not started (--no-prometheus)" in text
+
+
+def test_prometheus_config_scrapes_the_exporter_and_loads_the_alert_rules(tmp_path):
+    """The generated prometheus.yml: job klag-collector (as alerts.yml expects) on 127.0.0.1."""
+    config = yaml.safe_load(prometheus_config_text(18000, 1.5, [ALERTS_FILE]))
+    assert config["global"] == {"scrape_interval": "1500ms", "evaluation_interval": "1500ms"}
+    assert config["rule_files"] == [str(ALERTS_FILE)] and ALERTS_FILE.is_file()
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "klag-collector"
+    assert job["static_configs"] == [{"targets": ["127.0.0.1:18000"]}]
+    assert (job["scrape_interval"], job["scrape_timeout"]) == ("1500ms", "1500ms")
+    config = yaml.safe_load(prometheus_config_text(8000))
+    assert config["rule_files"] == [] and config["global"]["scrape_interval"] == "10s"
+    assert config["scrape_configs"][0]["scrape_timeout"] == "5s"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (apt install prometheus)")
+def test_prometheus_config_passes_promtool(tmp_path):
+    """`promtool check config` accepts it, rule file included."""
+    path = tmp_path / "prometheus.yml"
+    path.write_text(prometheus_config_text(18000, 2, [ALERTS_FILE]))
+    check = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS" in check.stdout + check.stderr
+
+
+def test_demo_refuses_a_non_loopback_bootstrap(tmp_path, capsys):
+    """--bootstrap elsewhere than 127.0.0.1: a usage error before anything is started."""
+    from klag_collector import demo
+
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(["--bootstrap", "127.0.0.1:9092,kafka.example.com:9092", "--port", "18000",
+                   "--dir", str(tmp_path), "--no-prometheus"])
+    assert exit_.value.code == 2
+    assert "not loopback" in capsys.readouterr().err
+    assert not (tmp_path / "prometheus.yml").exists() and not (tmp_path / "broker.log").exists()
+
+
+def test_demo_prometheus_that_fails_to_start_is_reported_with_its_log(tmp_path):
+    """A prometheus that exits at once: DemoError naming the exit code and --no-prometheus."""
+    from klag_collector.demo import DemoError, DemoPrometheus
+
+    prom = DemoPrometheus(shutil.which("false") or "/bin/false", tmp_path, 19999, 18000)
+    with pytest.raises(DemoError, match=r"exited with 1 .*--no-prometheus"):
+        prom.start(timeout=10)
+    prom.stop()
+    assert not prom.pid_file.exists() and prom.config_file.exists()
 
 
 def test_schedules_match_the_seed_stack():
