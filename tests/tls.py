@@ -82,7 +82,7 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def _pkcs8(key, password: Optional[str] = None) -> bytes:
-    # Kafka's PEM keystore reads PKCS#8 only ("BEGIN PRIVATE KEY" or "BEGIN ENCRYPTED ...").
+    # Kafka's PEM keystore reads PKCS#8 keys only (plain or encrypted PKCS#8 PEM headers).
     encryption = (serialization.BestAvailableEncryption(password.encode()) if password
                   else serialization.NoEncryption())
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
