@@ -38,10 +38,8 @@ class LagCollector(Collector):
         now = self.clock.seconds()
         parts: List[Families] = []
         for poller in self.pollers:
-            # Read the snapshot once: a cycle may swap it while we are here.
-            snapshot = poller.snapshot
-            fresh = poller.is_fresh(now)
-            parts.append(health_families(poller.health, poller.base_labels, fresh))
-            if fresh and snapshot is not None:
+            snapshot = poller.fresh_snapshot(now)
+            parts.append(health_families(poller.health, poller.base_labels, snapshot is not None))
+            if snapshot is not None:
                 parts.append(snapshot.families)
         return merge(parts, self.defs)

@@ -6,7 +6,7 @@ snapshot; health families are a handful of samples built when asked.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample

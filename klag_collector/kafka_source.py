@@ -108,8 +108,6 @@ class KafkaSource:
                 except Exception:  # closing a broken client may fail; it is gone either way
                     pass
 
-    close = reset
-
     # -- one cycle's read -----------------------------------------------------
 
     def read(self, now: float) -> ClusterData:

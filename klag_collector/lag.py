@@ -11,7 +11,6 @@ from typing import Dict, Iterable, List, Mapping, Optional, Set
 
 from .model import (
     NO_MEMBER,
-    TP,
     ClusterData,
     GroupLag,
     LagView,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional, Protocol, Tuple
+from typing import Any, Callable, Optional, Protocol
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -111,10 +111,20 @@ class ClusterPoller(service.Service):
 
     # -- what readers see -------------------------------------------------------
 
+    def fresh_snapshot(self, now: float) -> Optional[ClusterSnapshot]:
+        """The current snapshot if it is recent enough to be reported, else None.
+
+        Read once here, so a caller never pairs one snapshot with another's freshness
+        when a cycle swaps it meanwhile.
+        """
+        snap = self.snapshot
+        if snap is not None and now - snap.taken_at <= self.exporter.staleness_threshold:
+            return snap
+        return None
+
     def is_fresh(self, now: float) -> bool:
         """True when the last successful cycle is recent enough to be reported."""
-        snap = self.snapshot
-        return snap is not None and now - snap.taken_at <= self.exporter.staleness_threshold
+        return self.fresh_snapshot(now) is not None
 
     def state(self, now: float) -> str:
         """starting | ok | failing | stale, as /ready reports it."""

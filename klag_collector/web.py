@@ -135,8 +135,8 @@ class StatusPage(_Leaf):
         )
         rows = []
         for p in self.pollers:
-            snap = p.snapshot
-            if snap is None or not p.is_fresh(now):
+            snap = p.fresh_snapshot(now)
+            if snap is None:
                 continue
             for g in snap.view.groups:
                 if g.sum_lag is not None:

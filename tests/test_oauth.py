@@ -664,7 +664,7 @@ def _read_through(cluster: OAuthCluster, listener: str, properties: Dict[str, st
     try:
         return source.read(time.time()), config
     finally:
-        source.close()
+        source.reset()
 
 
 def _oidc(cluster: OAuthCluster, secret: str = BROKER_SECRET) -> Dict[str, str]:
