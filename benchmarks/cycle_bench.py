@@ -836,7 +836,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             figures["broker"] = f"existing broker at {bootstrap}"
             figures["broker_start_s"] = None
         else:
-            from klag_collector.localkafka import LocalBroker
+            from devtools.localkafka import LocalBroker
 
             if args.workdir:
                 workdir = pathlib.Path(args.workdir)
@@ -877,7 +877,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             broker.stop()
         elif broker is not None:
             log(f"broker left running at {broker.bootstrap}; stop it with: "
-                f"python -m klag_collector.localkafka stop --dir {workdir}")
+                f"python -m devtools.localkafka stop --dir {workdir}")
         if remove_workdir and workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     figures["total_s"] = time.perf_counter() - began

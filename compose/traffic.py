@@ -1,7 +1,7 @@
-"""The compose stack's producer and consumer: the seed's phase schedules, run by klag_collector.traffic.
+"""The compose stack's producer and consumer: the seed's phase schedules, run by devtools.traffic.
 
 The seed stack had two bash loops (scripts/producer.sh, scripts/consumer.sh) around the
-console clients. klag_collector.traffic.Traffic plays both schedules, a producer thread and a
+console clients. devtools.traffic.Traffic plays both schedules, a producer thread and a
 consumer thread, against test-topic (6 partitions) and high-volume-topic (3 partitions) with
 the groups test-consumer-group and high-volume-consumer. This script runs it until SIGTERM.
 
@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 
-from klag_collector.traffic import Traffic
+from devtools.traffic import Traffic
 
 
 def main() -> None:

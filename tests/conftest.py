@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from klag_collector import localkafka
+from devtools import localkafka
 
 from kafkahelp import wait_until
 
@@ -86,6 +86,28 @@ def _docker_answers() -> bool:
             client.close()
     except Exception:
         return False
+
+
+NO_SKIPS = os.environ.get("KLAG_TEST_NO_SKIPS") == "1"
+
+
+def _fail_if_skipped(report) -> None:
+    if NO_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but KLAG_TEST_NO_SKIPS=1 (make test) allows no skip: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_if_skipped(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_if_skipped(outcome.get_result())
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from twisted.internet import task
 from klag_collector import __version__
 from klag_collector.model import ClusterData, GroupInfo, Member
 from klag_collector.output import TABLE_COLUMNS, as_dict, as_json, as_table
-from klag_collector.testing import FakeSource, pollers_on_clock
+from fakes import FakeSource, pollers_on_clock
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-Pa55w0rd"

@@ -13,7 +13,7 @@ from klag_collector import metrics
 from klag_collector.collector import LagCollector
 from klag_collector.families import empty_family
 from klag_collector.model import ClusterData, GroupInfo
-from klag_collector.testing import FakeSource, one_partition_data, pollers_on_clock
+from fakes import FakeSource, one_partition_data, pollers_on_clock
 
 T0 = 1_700_000_000.0
 

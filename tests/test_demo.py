@@ -12,10 +12,10 @@ import yaml
 from kafka.protocol.consumer import OffsetSpec
 
 from klag_collector.config import parse_config
-from klag_collector.demo import (ALERTS_FILE, banner, config_text, parser,
+from devtools.demo import (ALERTS_FILE, banner, config_text, parser,
                                   prometheus_config_text)
 from klag_collector.metrics import Granularity
-from klag_collector.traffic import (CONSUMER_PHASES, HIGH_VOLUME_GROUP, HIGH_VOLUME_TOPIC,
+from devtools.traffic import (CONSUMER_PHASES, HIGH_VOLUME_GROUP, HIGH_VOLUME_TOPIC,
                                     PRODUCER_PHASES, TEST_GROUP, TEST_TOPIC, Traffic)
 
 MESSAGE = re.compile(r"message-\d+-\d{19}")
@@ -117,7 +117,7 @@ def test_prometheus_config_passes_promtool(tmp_path):
 
 def test_demo_refuses_a_non_loopback_bootstrap(tmp_path, capsys):
     """--bootstrap elsewhere than 127.0.0.1: a usage error before anything is started."""
-    from klag_collector import demo
+    from devtools import demo
 
     with pytest.raises(SystemExit) as exit_:
         demo.main(["--bootstrap", "127.0.0.1:9092,kafka.example.com:9092", "--port", "18000",
@@ -129,7 +129,7 @@ def test_demo_refuses_a_non_loopback_bootstrap(tmp_path, capsys):
 
 def test_demo_prometheus_that_fails_to_start_is_reported_with_its_log(tmp_path):
     """A prometheus that exits at once: DemoError naming the exit code and --no-prometheus."""
-    from klag_collector.demo import DemoError, DemoPrometheus
+    from devtools.demo import DemoError, DemoPrometheus
 
     prom = DemoPrometheus(shutil.which("false") or "/bin/false", tmp_path, 19999, 18000)
     with pytest.raises(DemoError, match=r"exited with 1 .*--no-prometheus"):

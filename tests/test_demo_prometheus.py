@@ -28,7 +28,7 @@ import urllib.request
 import pytest
 import yaml
 
-from klag_collector.traffic import CONSUMER_PHASES, TEST_GROUP
+from devtools.traffic import CONSUMER_PHASES, TEST_GROUP
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "grafana" / "dashboards" / "klag-collector.json"
@@ -144,14 +144,14 @@ def _free_port() -> int:
 
 
 class Demo:
-    """`python -m klag_collector.demo` as a child, its output lines stamped with time.time()."""
+    """`python -m devtools.demo` as a child, its output lines stamped with time.time()."""
 
     def __init__(self, bootstrap: str, workdir: pathlib.Path) -> None:
         self.workdir = workdir
         self.port, self.prometheus_port = _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.prometheus_port}"
         self.lines: list[tuple[float, str]] = []
-        cmd = [sys.executable, "-m", "klag_collector.demo", "--bootstrap", bootstrap,
+        cmd = [sys.executable, "-m", "devtools.demo", "--bootstrap", bootstrap,
                "--dir", str(workdir), "--port", str(self.port),
                "--prometheus-port", str(self.prometheus_port), "--speed", str(SPEED),
                "--scrape-interval", "1s", "--poll-interval", "1s",

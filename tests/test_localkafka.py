@@ -8,7 +8,7 @@ import pytest
 from kafka.protocol.consumer import OffsetSpec
 from kafka.structs import TopicPartition
 
-from klag_collector import localkafka
+from devtools import localkafka
 
 from kafkahelp import commit, create_topic, produce
 

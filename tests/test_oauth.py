@@ -597,7 +597,7 @@ def oauth_cluster(tmp_path_factory) -> Iterator[OAuthCluster]:
     from kafka import KafkaAdminClient, TopicPartition
 
     from kafkahelp import commit, create_topic, produce
-    from klag_collector.localkafka import Listener, LocalBroker
+    from devtools.localkafka import Listener, LocalBroker
 
     server = TokenServer()
     idp = Idp(server)

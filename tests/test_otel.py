@@ -20,10 +20,14 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import pytest
 
-pb = pytest.importorskip("opentelemetry.proto.collector.metrics.v1.metrics_service_pb2")
-pb_grpc = pytest.importorskip("opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc")
-grpc = pytest.importorskip("grpc")
-pytest.importorskip("opentelemetry.sdk.metrics")
+# The test extra brings the otel extra; only an install without it skips (make test fails then).
+WITHOUT_OTEL = "the otel extra is not installed (pip install '.[test]' brings it)"
+pb = pytest.importorskip("opentelemetry.proto.collector.metrics.v1.metrics_service_pb2",
+                         reason=WITHOUT_OTEL)
+pb_grpc = pytest.importorskip("opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc",
+                              reason=WITHOUT_OTEL)
+grpc = pytest.importorskip("grpc", reason=WITHOUT_OTEL)
+pytest.importorskip("opentelemetry.sdk.metrics", reason=WITHOUT_OTEL)
 
 from kafka import TopicPartition  # noqa: E402
 from opentelemetry.proto.metrics.v1 import metrics_pb2  # noqa: E402
@@ -37,7 +41,7 @@ from klag_collector import metrics, otel  # noqa: E402
 from klag_collector.collector import LagCollector  # noqa: E402
 from klag_collector.config import OtelConfig  # noqa: E402
 from klag_collector.model import ClusterData, GroupInfo  # noqa: E402
-from klag_collector.testing import FakeSource, one_partition_data, pollers_on_clock  # noqa: E402
+from fakes import FakeSource, one_partition_data, pollers_on_clock  # noqa: E402
 
 Key = Tuple[str, FrozenSet[Tuple[str, str]]]
 

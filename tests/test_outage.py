@@ -10,7 +10,7 @@ from kafka import KafkaAdminClient, TopicPartition
 
 from exporter import ExporterProcess, cluster_toml, config_toml, free_port, now_ms
 from kafkahelp import commit, create_topic, produce
-from klag_collector.localkafka import LocalBroker
+from devtools.localkafka import LocalBroker
 
 pytestmark = pytest.mark.kafka
 

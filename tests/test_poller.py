@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from klag_collector.model import ClusterData, GroupInfo
 from klag_collector.poller import FAILING, OK, STALE, STARTING, ClusterPoller
-from klag_collector.testing import FakeSource, HeldRunner, one_partition_data, pollers_on_clock, run_now
+from fakes import FakeSource, HeldRunner, one_partition_data, pollers_on_clock, run_now
 
 T0 = 1_700_000_000.0
 

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 from twisted.trial.unittest import SynchronousTestCase
 
 from klag_collector.render import MetricsRenderer, Rendered, render
-from klag_collector.testing import HeldRunner, run_now
+from fakes import HeldRunner, run_now
 
 
 class _Cycles(Collector):

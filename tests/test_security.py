@@ -33,7 +33,7 @@ from kafka.errors import KafkaConnectionError, KafkaTimeoutError, SaslAuthentica
 from exporter import ExporterProcess, cluster_toml, config_toml, free_port, now_ms
 from kafkahelp import commit, create_topic, produce
 from klag_collector import kafka_clients, logs
-from klag_collector.localkafka import Listener, LocalBroker
+from devtools.localkafka import Listener, LocalBroker
 from tls import Certs, make_certs
 
 USER = "klag-reader"

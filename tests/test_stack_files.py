@@ -174,13 +174,14 @@ def test_compose_creates_the_seed_topics(compose):
 
 
 def test_compose_traffic_script_fits_the_traffic_module(compose):
-    """The traffic service runs compose/traffic.py, which calls Traffic(bootstrap, speed, allow_remote=)."""
+    """The traffic service runs compose/traffic.py beside devtools/, which calls Traffic(bootstrap, speed, allow_remote=)."""
     svc = compose["services"]["traffic"]
-    assert svc["volumes"] == ["./compose/traffic.py:/opt/klag/traffic.py:ro"]
+    assert svc["volumes"] == ["./compose/traffic.py:/opt/klag/traffic.py:ro",
+                              "./devtools:/opt/klag/devtools:ro"]
     assert svc["entrypoint"] == ["python", "/opt/klag/traffic.py"]
     source = (REPO / "compose" / "traffic.py").read_text()
     compile(source, "compose/traffic.py", "exec")
-    traffic = pytest.importorskip("klag_collector.traffic")
+    from devtools import traffic
     params = inspect.signature(traffic.Traffic).parameters
     assert {"bootstrap", "speed", "allow_remote"} <= set(params)
     assert dict(traffic.TOPICS) == {"test-topic": 6, "high-volume-topic": 3}

@@ -28,7 +28,7 @@ from klag_collector import __version__
 from klag_collector.collector import LagCollector
 from klag_collector.model import ClusterData, GroupInfo, Member
 from klag_collector.render import OPENMETRICS_TYPE, TEXT_TYPE, MetricsRenderer
-from klag_collector.testing import FakeSource, one_partition_data, pollers_on_clock, run_now
+from fakes import FakeSource, one_partition_data, pollers_on_clock, run_now
 from klag_collector.web import make_root
 
 T0 = 1_700_000_000.0

@@ -1,4 +1,4 @@
-"""Test doubles at interfaces klag-collector owns, for embedders' tests and ours.
+"""Test doubles at interfaces klag-collector owns.
 
 `FakeSource` stands in for the Kafka edge in clock-driven tests of the poller. It is
 never evidence that a Kafka feature works: that is shown on a real broker.
@@ -13,9 +13,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
-from .config import Config, parse_config
-from .model import ClusterData, GroupInfo, RecordKey
-from .poller import ClusterPoller, RunInThread, Source
+from klag_collector.config import Config, parse_config
+from klag_collector.model import ClusterData, GroupInfo, RecordKey
+from klag_collector.poller import ClusterPoller, RunInThread, Source
 
 
 class FakeSource:

@@ -3,9 +3,9 @@
 Used by the integration tests and by the demo command. The broker listens on
 127.0.0.1 only; its jars are cached per version so that only the first use downloads.
 
-    python -m klag_collector.localkafka fetch
-    python -m klag_collector.localkafka start --dir D [--port P]   # prints the bootstrap
-    python -m klag_collector.localkafka stop --dir D
+    python -m devtools.localkafka fetch
+    python -m devtools.localkafka start --dir D [--port P]   # prints the bootstrap
+    python -m devtools.localkafka stop --dir D
 """
 
 from __future__ import annotations
@@ -418,7 +418,7 @@ def _tail_text(text: str, lines: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m klag_collector.localkafka",
+    parser = argparse.ArgumentParser(prog="python -m devtools.localkafka",
                                      description="Run a local single-node Kafka for tests/demos.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     start = sub.add_parser("start", help="start a broker in DIR, detached; print its bootstrap")

@@ -1,12 +1,12 @@
 """A self-contained demo: local Kafka + the test stack's traffic + the exporter + Prometheus.
 
-    python -m klag_collector.demo [--port 8000] [--speed 1] [--dir DIR] [--minutes N]
+    python -m devtools.demo [--port 8000] [--speed 1] [--dir DIR] [--minutes N]
         [--bootstrap HOST:PORT] [--poll-interval 5s]
         [--no-prometheus] [--prometheus-port 9090] [--scrape-interval 10s]
 
 It starts a single-node Kafka from Maven jars (no Docker) in DIR (reused between runs),
 or uses the loopback broker given by --bootstrap; plays the klag-exporter test stack's
-producer and consumer schedules against it (klag_collector.traffic); writes an exporter
+producer and consumer schedules against it (devtools.traffic); writes an exporter
 config for it to DIR/klag-config.toml and serves the metrics on
 http://127.0.0.1:PORT/metrics; and, when `prometheus` is on PATH (Debian's package),
 runs it with DIR/prometheus.yml scraping the exporter and evaluating the repo's
@@ -32,7 +32,7 @@ import urllib.parse
 import urllib.request
 from typing import Optional, Sequence
 
-from .durations import parse_duration
+from klag_collector.durations import parse_duration
 
 DEFAULT_DIR = pathlib.Path.home() / ".cache" / "klag-collector" / "demo"
 DEFAULT_KAFKA_PORT = 9092
@@ -49,7 +49,7 @@ def config_text(bootstrap: str, http_port: int = 8000, *, poll_interval: str = "
                 cluster: str = "local") -> str:
     """The exporter config (klag-exporter TOML) for the demo broker at `bootstrap`."""
     return f"""\
-# Written by `python -m klag_collector.demo`; rewritten on every start.
+# Written by `python -m devtools.demo`; rewritten on every start.
 [exporter]
 poll_interval = "{poll_interval}"
 http_host = "127.0.0.1"
@@ -84,7 +84,7 @@ def prometheus_config_text(exporter_port: int, scrape_interval: float = 10.0,
     interval = _prom_duration(scrape_interval)
     rules = "".join(f"  - {json.dumps(str(p))}\n" for p in rule_files)
     return f"""\
-# Written by `python -m klag_collector.demo`; rewritten on every start.
+# Written by `python -m devtools.demo`; rewritten on every start.
 global:
   scrape_interval: {interval}
   evaluation_interval: {interval}
@@ -118,7 +118,7 @@ def _port_arg(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m klag_collector.demo",
+        prog="python -m devtools.demo",
         description="Run a local Kafka with demo traffic, serve its lag metrics, scrape "
                     "them with Prometheus.")
     p.add_argument("--port", type=_port_arg, default=8000,
@@ -286,9 +286,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.minutes < 0:
         parser().error("--minutes must be >= 0")
 
-    from . import cli, localkafka, logs
-    from .config import load_config
-    from .errors import ConfigError
+    from klag_collector import cli, logs
+    from klag_collector.config import load_config
+    from klag_collector.errors import ConfigError
+
+    from . import localkafka
     from .traffic import Traffic
 
     if args.bootstrap:
@@ -389,7 +391,7 @@ def _show_traffic_logs() -> None:
     """Show the traffic threads' phase changes on stderr, next to the exporter's log lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)-5s %(name)s: %(message)s"))
-    logger = logging.getLogger("klag_collector.traffic")
+    logger = logging.getLogger("devtools.traffic")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
