@@ -10,9 +10,13 @@ from kafka.structs import TopicPartition
 
 from devtools import localkafka
 
+from exporter import now_ms
 from kafkahelp import commit, create_topic, produce
 
-T0 = 1_700_000_000_000
+
+def recent_ms() -> int:
+    """A record time a minute ago: well inside the broker's retention, whatever today's date."""
+    return now_ms() - 60_000
 
 
 def _forbid_subprocess(monkeypatch):
@@ -102,13 +106,14 @@ def test_broker_stores_records_and_group_offsets(kafka, admin, unique):
     topic, group = f"{unique}-t", f"{unique}-g"
     create_topic(admin, topic, 2)
     tp = TopicPartition(topic, 1)
-    assert produce(kafka.bootstrap, topic, 1, [T0, T0 + 1000, T0 + 2000]) == [0, 1, 2]
+    t0 = recent_ms()
+    assert produce(kafka.bootstrap, topic, 1, [t0, t0 + 1000, t0 + 2000]) == [0, 1, 2]
     commit(admin, group, {tp: 1})
     committed = admin.list_group_offsets({group: [tp]})[group]
     assert committed[tp].offset == 1
     latest = admin.list_partition_offsets({tp: OffsetSpec.LATEST})
     assert latest[tp].offset == 3
-    by_time = admin.list_partition_offsets({tp: T0 + 1000})
+    by_time = admin.list_partition_offsets({tp: t0 + 1000})
     assert by_time[tp].offset == 1
 
 
@@ -124,7 +129,7 @@ def test_broker_data_survives_restart(kafka, unique):
     before = KafkaAdminClient(bootstrap_servers=kafka.bootstrap, request_timeout_ms=15000)
     try:
         create_topic(before, topic, 1)
-        produce(kafka.bootstrap, topic, 0, [T0, T0 + 1])
+        produce(kafka.bootstrap, topic, 0, [recent_ms(), recent_ms() + 1])
         commit(before, group, {tp: 2})
     finally:
         before.close()
