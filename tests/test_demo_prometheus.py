@@ -192,7 +192,7 @@ class Demo:
         """When each (consumer cycle, phase name) began, from the traffic log."""
         started = {}
         for when, line in list(self.lines):
-            m = re.search(r"klag_collector\.traffic: consumer cycle (\d+): (.+)$", line)
+            m = re.search(r"devtools\.traffic: consumer cycle (\d+): (.+)$", line)
             if m:
                 started.setdefault((int(m.group(1)), m.group(2)), when)
         return started
