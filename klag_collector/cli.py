@@ -70,7 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(summary(config))
         sys.exit(EXIT_OK)
     # --once prints its result on stdout; progress lines would only get in the way.
-    start_logging(args.log_level or ("warn" if args.once else "info"), args.log_format)
+    start_logging(args.log_level or ("warn" if args.once else "info"), args.log_format,
+                  quiet_kafka=args.once)
     if args.once:
         sys.exit(run_once(config, args.format))
     sys.exit(run_forever(config))
@@ -114,29 +115,26 @@ def run_forever(config: Config) -> int:
     from twisted.internet import reactor
     from twisted.logger import Logger
 
-    from .service import make_service
+    from .service import ListenFailed, make_service
 
     log = Logger(namespace="klag_collector")
     svc = make_service(config, reactor)
+    try:
+        # Listen before the reactor runs, as twistd does: a taken port is then one line and
+        # exit 1, before any poller has contacted Kafka.
+        svc.privilegedStartService()
+    except ListenFailed as e:
+        log.critical("{error}", error=e)
+        return EXIT_FAILED
     failed: List[str] = []
 
     def start() -> None:
-        # Fail at once when the port is taken, instead of running without HTTP.
-        svc.http._raiseSynchronously = True  # type: ignore[attr-defined]
         try:
             svc.startService()
         except Exception as e:
             failed.append(str(e))
             log.critical("cannot start: {error}", error=e)
             reactor.stop()  # type: ignore[attr-defined]
-            return
-        log.info(
-            "klag-collector {version} serving http://{host}:{port}/metrics for {n} cluster(s)",
-            version=__version__,
-            host=config.exporter.http_host,
-            port=config.exporter.http_port,
-            n=len(config.clusters),
-        )
 
     def stop():  # type: ignore[no-untyped-def]
         if svc.running:

@@ -9,7 +9,8 @@ class ConfigError(ValueError):
     """A bad configuration, located by file and key path.
 
     It carries the path and a reason, never the offending value, so that secrets read
-    from the file cannot end up in a log line.
+    from the file cannot end up in a log line. The one exception is a file location that
+    cannot be opened: its reason names the file, and no such key holds a secret.
     """
 
     def __init__(self, source: str, key: str, reason: str) -> None:

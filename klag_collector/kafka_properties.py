@@ -4,6 +4,10 @@
 Every keyword in it is accepted by both ``KafkaAdminClient`` and ``KafkaConsumer`` (a test checks
 this against their ``DEFAULT_CONFIG``), since both are built from the same arguments.
 
+A row whose value names a file converts it with ``_file`` (or ``_file_or_directory``): the file
+must open when the config is loaded, so that a wrong path fails ``--check`` and start-up rather
+than the first connection.
+
 A property missing from the table is an error naming it; nothing is dropped silently. The only
 exceptions are listed in ``IGNORED``, each with the reason it cannot matter to a lag reader.
 ``UNSUPPORTED`` holds known properties that cannot be translated, with what to do instead.
@@ -17,7 +21,9 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -72,6 +78,42 @@ def _path(text: str) -> str:
     if text.strip().lower() == "probe":
         raise ValueError('"probe" is librdkafka-only; give the path of a PEM file')
     return text
+
+
+def _opened_is_directory(path: str) -> bool:
+    """Whether *path*, opened for reading, is a directory; OSError when it cannot be opened."""
+    # Opening is the one true test of readability: os.access answers for the real uid and
+    # knows nothing of, say, NFS root squashing. O_NONBLOCK keeps a FIFO from hanging the check.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return stat.S_ISDIR(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+
+
+def _readable(text: str, directory_ok: bool) -> str:
+    # The error names the path: it says where to look, and no property naming a file is a
+    # secret (a test checks).
+    path = _path(text)
+    try:
+        is_directory = _opened_is_directory(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"{path}: not readable ({e.strerror})") from None
+    if is_directory and not directory_ok:
+        raise ValueError(f"{path}: is a directory; kafka-python needs a PEM file")
+    return path
+
+
+def _file(text: str) -> str:
+    """A PEM file the clients will read: it must exist and open now, not at the first connect."""
+    return _readable(text, directory_ok=False)
+
+
+def _file_or_directory(text: str) -> str:
+    """A CA file, or a directory of them (OpenSSL's capath), for the token endpoint."""
+    return _readable(text, directory_ok=True)
 
 
 def _bool(text: str) -> bool:
@@ -223,11 +265,11 @@ TRANSLATED: Dict[str, Translation] = {
     "sasl.password": Translation("sasl_plain_password", _text),
     "sasl.kerberos.service.name": Translation("sasl_kerberos_service_name", _text),
     "sasl.kerberos.domain.name": Translation("sasl_kerberos_domain_name", _text),
-    "ssl.ca.location": Translation("ssl_cafile", _path),
-    "ssl.certificate.location": Translation("ssl_certfile", _path),
-    "ssl.key.location": Translation("ssl_keyfile", _path),
+    "ssl.ca.location": Translation("ssl_cafile", _file),
+    "ssl.certificate.location": Translation("ssl_certfile", _file),
+    "ssl.key.location": Translation("ssl_keyfile", _file),
     "ssl.key.password": Translation("ssl_password", _text),
-    "ssl.crl.location": Translation("ssl_crlfile", _path),
+    "ssl.crl.location": Translation("ssl_crlfile", _file),
     "ssl.endpoint.identification.algorithm": Translation("ssl_check_hostname", _hostname_check),
     "enable.ssl.certificate.verification": Translation(None, _certificate_verification, bool),
     "client.id": Translation("client_id", _text),
@@ -263,7 +305,7 @@ TRANSLATED: Dict[str, Translation] = {
     "sasl.oauthbearer.extensions": _provider("extensions", _extensions),
     "sasl.oauthbearer.grant.type": _provider("grant_type", _grant_type),
     "sasl.oauthbearer.header.urlencode": _provider("urlencode_credentials", _bool, bool),  # Java
-    "https.ca.location": _provider("ca_location", _path),
+    "https.ca.location": _provider("ca_location", _file_or_directory),
     "enable.sasl.oauthbearer.unsecure.jwt": _provider("unsecure_jwt", _bool, bool),
     # Parsed by _token_provider, and only for the unsecured JWT: librdkafka's oidc ignores it.
     "sasl.oauthbearer.config": _provider("config"),
@@ -577,7 +619,7 @@ def _token_provider(
             scope=parts.get("scope"), extensions=parts.get("extensions"),
             ca_location=parts.get("ca_location"), urlencode_credentials=urlencode,
         )
-    except OSError as e:  # an unreadable or invalid https.ca.location (ssl.SSLError included)
+    except OSError as e:  # https.ca.location opens (_file_or_directory) but is no CA (ssl.SSLError)
         reason = re.sub(r"\s*\(_ssl\.c:\d+\)", "", e.strerror or type(e).__name__)
         fail_part("ca_location", f"cannot be loaded: {reason}")
     args[_PROVIDER] = provider

@@ -105,8 +105,15 @@ def default_format(stream: IO[str]) -> str:
     return TEXT if stream.isatty() else JSON
 
 
-def start_logging(level: str = "info", fmt: Optional[str] = None, out: IO[str] = sys.stderr) -> None:
-    """Send Twisted's and kafka-python's logs to `out` at `level` and above."""
+def start_logging(
+    level: str = "info", fmt: Optional[str] = None, out: IO[str] = sys.stderr,
+    quiet_kafka: bool = False,
+) -> None:
+    """Send Twisted's and kafka-python's logs to `out` at `level` and above.
+
+    With `quiet_kafka`, kafka-python says nothing unless `level` is debug or info: a one-shot
+    run's own error line per cluster already gives the reason.
+    """
     fmt = fmt or default_format(out)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
     observer = FilteringLogObserver(LineObserver(out, fmt), [predicate])
@@ -114,7 +121,16 @@ def start_logging(level: str = "info", fmt: Optional[str] = None, out: IO[str] =
     handler = _ToTwisted()
     kafka_logger = logging.getLogger("kafka")
     kafka_logger.handlers[:] = [handler]
+    kafka_logger.setLevel(kafka_threshold(level, quiet_kafka))
+    kafka_logger.propagate = False
+
+
+def kafka_threshold(level: str, quiet: bool) -> int:
+    """The stdlib level from which kafka-python's records are passed on."""
+    if level == "debug":
+        return logging.DEBUG
+    if quiet and level != "info":
+        return logging.CRITICAL + 1
     # kafka-python logs every reconnect attempt at INFO/WARNING; our own error line
     # per failed cycle says it once.
-    kafka_logger.setLevel(logging.ERROR if level != "debug" else logging.DEBUG)
-    kafka_logger.propagate = False
+    return logging.ERROR

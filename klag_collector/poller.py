@@ -257,27 +257,34 @@ class ClusterPoller(service.Service):
 
     def _failed(self, error: Exception, start: float) -> None:
         failures = self.health.consecutive_failures + 1
-        delay = backoff_delay(failures, self._jitter)
         now = self.clock.seconds()
         reason = describe_error(error)
-        self.log.error(
-            "cluster {cluster}: collection failed ({reason}); retry in {delay:.1f}s",
-            cluster=self.name,
-            reason=reason,
-            delay=delay,
-        )
+        # Only a started poller retries: a one-shot cycle (collect_once) has no next attempt.
+        delay = backoff_delay(failures, self._jitter) if self.running else None
+        if delay is None:
+            self.log.error(
+                "cluster {cluster}: collection failed ({reason})", cluster=self.name, reason=reason
+            )
+        else:
+            self.log.error(
+                "cluster {cluster}: collection failed ({reason}); retry in {delay:.1f}s",
+                cluster=self.name,
+                reason=reason,
+                delay=delay,
+            )
         self.health = replace(
             self.health,
             last_duration=now - start,
             consecutive_failures=failures,
             failures_total=self.health.failures_total + 1,
             last_error=reason,
-            next_attempt_at=now + delay,
+            next_attempt_at=None if delay is None else now + delay,
             cache=self.cache.stats(),
         )
         # Reconnect from scratch next time: a client that timed out may be wedged.
         self._run(self.source.reset).addErrback(lambda f: None)
-        self._retry = self.clock.callLater(delay, self._retry_now)
+        if delay is not None:
+            self._retry = self.clock.callLater(delay, self._retry_now)
 
     def cancel_retry(self) -> None:
         """Forget a pending backoff retry (a one-shot collection has no next attempt)."""

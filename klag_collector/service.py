@@ -11,13 +11,20 @@ from prometheus_client.registry import CollectorRegistry
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
+from zope.interface import implementer
 
+from . import __version__
 from .collector import LagCollector
 from .config import Config
+from .errors import describe_error
 from .kafka_source import KafkaSource
 from .poller import ClusterPoller
 from .render import MetricsRenderer
@@ -26,6 +33,8 @@ from .web import make_root
 
 # Seconds stopService waits for each thread pool's threads to finish.
 STOP_JOIN_TIMEOUT = 10.0
+
+log = Logger(namespace="klag_collector")
 
 
 def _maybe_global_reactor(reactor: Any) -> Any:
@@ -43,6 +52,58 @@ def http_endpoint(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
     return endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
 
 
+def host_port(host: str, port: object) -> str:
+    """``host:port``, with an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ListenFailed(Exception):
+    """The site could not listen; the message is one line: where, and why."""
+
+
+def listen_failed(error: BaseException) -> ListenFailed:
+    """An endpoint's listen error as the line the runners log."""
+    # TCP's carries the interface and the OSError; a UNIX socket's has no interface.
+    if isinstance(error, CannotListenError) and error.interface is not None:
+        where = host_port(error.interface or "0.0.0.0", error.port)  # "": every IPv4 address
+        return ListenFailed(f"cannot listen on {where}: {error.socketError.strerror.lower()}")
+    return ListenFailed(f"cannot listen: {describe_error(error)}")
+
+
+def served_at(address: object) -> str:
+    """Where /metrics is served: a URL on TCP, else the address as Twisted names it."""
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return f"http://{host_port(address.host, address.port)}/metrics"
+    return str(address)
+
+
+@implementer(IStreamServerEndpoint)
+class _AnnouncingEndpoint:
+    """An endpoint whose listen says where it serves, or fails with a ListenFailed."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, clusters: int) -> None:
+        self._endpoint = endpoint
+        self._clusters = clusters
+
+    def listen(self, factory: Any) -> "defer.Deferred[IListeningPort]":
+        return self._endpoint.listen(factory).addCallbacks(self._listening, self._failed)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        log.info(
+            "klag-collector {version} serving {url} for {n} cluster(s)",
+            version=__version__,
+            url=served_at(port.getHost()),
+            n=self._clusters,
+        )
+        return port
+
+    def _failed(self, failure: Failure) -> Failure:
+        # A listen still pending when the service stops is cancelled: that is no failure.
+        if failure.check(defer.CancelledError):
+            return failure
+        raise listen_failed(failure.value)
+
+
 class QuietSite(Site):
     """A Site without per-request access lines: scrapes every few seconds would flood the log."""
 
@@ -53,7 +114,11 @@ class QuietSite(Site):
 
 
 class KlagService(service.MultiService):
-    """Holds one poller per cluster, then the HTTP site, so HTTP stops first."""
+    """Holds one poller per cluster, then the HTTP site, so HTTP stops first.
+
+    The site listens first, though, in privilegedStartService (startService calls it when the
+    runner did not): a port that cannot be bound raises ListenFailed before any poller starts.
+    """
 
     def __init__(
         self,
@@ -90,10 +155,16 @@ class KlagService(service.MultiService):
         self.collector = LagCollector(self.pollers, exporter.granularity, reactor)
         self.registry.register(self.collector)
         self.root = make_root(self.renderer, self.pollers, exporter.ready_requires, reactor)
+        self._privileged_started = False
         if serve_http:
             if endpoint is None:
                 endpoint = http_endpoint(reactor, exporter.http_host, exporter.http_port)
-            self.http = StreamServerEndpointService(endpoint, QuietSite(self.root))
+            self.http = StreamServerEndpointService(
+                _AnnouncingEndpoint(endpoint, len(config.clusters)), QuietSite(self.root)
+            )
+            # As twisted.application.strports.service does: a port that cannot be bound raises
+            # from startService, rather than being logged while the process runs without HTTP.
+            self.http._raiseSynchronously = True
             self.http.setServiceParent(self)
         self.otel: Any = None
         if exporter.otel.enabled:
@@ -131,7 +202,13 @@ class KlagService(service.MultiService):
     def _run_default(self, f: Callable[..., Any]) -> "defer.Deferred[Any]":
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f)
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._privileged_started = True
+
     def startService(self) -> None:
+        if not self._privileged_started:
+            self.privilegedStartService()
         for pool in self._pools:
             pool.start()
         super().startService()

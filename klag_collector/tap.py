@@ -6,11 +6,14 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.logger import Logger
 from twisted.python import usage
 
 from .config import load_config
 from .errors import ConfigError
-from .service import make_service
+from .service import ListenFailed, make_service
+
+log = Logger(namespace="klag_collector")
 
 
 class Options(usage.Options):
@@ -36,6 +39,30 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
+class StartFailed(SystemExit, Exception):
+    """Ends twistd with status 1, its message the one line already logged.
+
+    twistd has no exit status of its own to set (Twisted issue #11335). As an Exception,
+    twistd's start-up catches it, removes its pidfile and tells a daemon's parent; re-raised
+    from there, as a SystemExit it ends the process with `code` and no traceback.
+    """
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.code = 1
+
+
+class TwistdService(service.MultiService):
+    """The exporter's service under twistd: a port that cannot be bound ends twistd."""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenFailed as e:
+            log.critical("{error}", error=e)
+            raise StartFailed(str(e)) from None
+
+
 def makeService(options: Options) -> service.IService:
     """The exporter's service, listening where the config (or --listen) says."""
     from twisted.internet import reactor
@@ -43,4 +70,6 @@ def makeService(options: Options) -> service.IService:
     endpoint: Any = None
     if options["listen"]:
         endpoint = endpoints.serverFromString(reactor, options["listen"])
-    return make_service(options["parsed"], reactor, endpoint=endpoint)
+    top = TwistdService()
+    make_service(options["parsed"], reactor, endpoint=endpoint).setServiceParent(top)
+    return top

@@ -7,6 +7,7 @@ functions are fed pollers built on a task.Clock with fake Kafka edges.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -20,9 +21,12 @@ import pytest
 from twisted.internet import task
 
 from klag_collector import __version__
+from klag_collector.logs import kafka_threshold
 from klag_collector.model import ClusterData, GroupInfo, Member
 from klag_collector.output import TABLE_COLUMNS, as_dict, as_json, as_table
+from exporter import ExporterProcess
 from fakes import FakeSource, pollers_on_clock
+from kafkahelp import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-Pa55w0rd"
@@ -205,7 +209,13 @@ ONCE_BOUND = 20.0
 
 
 @pytest.fixture(scope="module")
-def once_runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Run]:
+def dead_port() -> int:
+    """The port the --once runs' cluster is at, where nobody listens."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def once_runs(tmp_path_factory: pytest.TempPathFactory, dead_port: int) -> Dict[str, Run]:
     """--once in each format against a dead port, run side by side to save time."""
     config = f"""
 [exporter]
@@ -213,7 +223,7 @@ def once_runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Run]:
 kafka_timeout = "2s"
 [[clusters]]
 name = "dead"
-bootstrap_servers = "127.0.0.1:{free_port()}"
+bootstrap_servers = "127.0.0.1:{dead_port}"
 """
     path = write(tmp_path_factory.mktemp("once"), config)
     start = time.monotonic()
@@ -373,3 +383,130 @@ def test_json_has_groups_partitions_and_failures(pollers) -> None:
     assert billing["partitions"][1]["lag_seconds"] is None
     assert c1["groups"]["idle"]["partitions"][0]["lag_seconds"] == 0.0
     assert doc["clusters"]["c2"] == {"ok": False, "error": "ConnectionError: broker down"}
+
+
+# -- one-line failures and the startup line of a long-running process ------------------
+
+
+def once_log_lines(run: Run) -> List[dict]:
+    """stderr of a --once run, one JSON log record per line."""
+    return [json.loads(line) for line in run.err.splitlines()]
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "prometheus"])
+def test_once_stderr_is_our_one_line_per_failing_cluster(
+    once_runs: Dict[str, Run], dead_port: int, fmt: str
+) -> None:
+    """At the default level --once writes one error line for the dead cluster: no kafka-python
+    line, and no retry wording, since a one-shot run has no next attempt."""
+    run = once_runs[fmt]
+    # The reason is the client's own bootstrap error, which ends at 0.8 x kafka_timeout, or
+    # our kafka_timeout itself on a machine too busy for the client to end first.
+    reasons = (f"KafkaTimeoutError: Unable to bootstrap from ['127.0.0.1:{dead_port}']",
+               "timed out")
+    (record,) = once_log_lines(run)
+    assert (record["level"], record["logger"]) == ("error", "klag_collector.poller.ClusterPoller")
+    assert record["message"] in [f"cluster dead: collection failed ({r})" for r in reasons]
+    assert "retry" not in run.err
+    assert "kafka." not in run.err
+
+
+@pytest.mark.parametrize(
+    "level, quiet, threshold",
+    [
+        ("warn", True, logging.CRITICAL + 1),
+        ("error", True, logging.CRITICAL + 1),
+        ("info", True, logging.ERROR),
+        ("debug", True, logging.DEBUG),
+        ("warn", False, logging.ERROR),
+        ("info", False, logging.ERROR),
+        ("debug", False, logging.DEBUG),
+    ],
+)
+def test_kafka_python_is_quiet_in_one_shot_runs_unless_asked(level: str, quiet: bool,
+                                                             threshold: int) -> None:
+    """kafka-python's records pass from ERROR, none with --once unless -l info or debug."""
+    assert kafka_threshold(level, quiet) == threshold
+
+
+def occupied_port() -> socket.socket:
+    """A socket listening on 127.0.0.1, on a port of its own; close it when done."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+def serving_config(tmp_path: Path, http_port: int) -> str:
+    """A config serving on 127.0.0.1:`http_port`, polling a cluster nobody answers for."""
+    return write(tmp_path, f"""
+[exporter]
+http_host = "127.0.0.1"
+http_port = {http_port}
+[exporter.performance]
+kafka_timeout = "2s"
+[[clusters]]
+name = "dead"
+bootstrap_servers = "127.0.0.1:{free_port()}"
+""")
+
+
+# Interpreter start-up and imports take a second or two on a busy machine; nothing else should.
+PROMPT_EXIT = 10.0
+
+
+def test_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """With its port taken, klag-collector exits 1 at once with one line naming host, port and
+    reason, in either log format, before any poller has contacted Kafka."""
+    taken = occupied_port()
+    try:
+        port = taken.getsockname()[1]
+        path = serving_config(tmp_path, port)
+        line = f"cannot listen on 127.0.0.1:{port}: address already in use"
+        as_json = klag("-c", path, "--log-format", "json")
+        as_text = klag("-c", path, "--log-format", "text")
+    finally:
+        taken.close()
+    assert (as_json.code, as_json.out) == (1, ""), as_json.err
+    (record,) = once_log_lines(as_json)
+    assert (record["level"], record["logger"], record["message"]) == (
+        "critical", "klag_collector", line)
+    assert (as_text.code, as_text.out, as_text.err) == (1, "", f"CRITICAL klag_collector: {line}\n")
+    assert max(as_json.seconds, as_text.seconds) < PROMPT_EXIT
+
+
+def test_the_startup_line_names_the_url_served(tmp_path: Path) -> None:
+    """A long-running klag-collector logs one line with its version and the /metrics URL, and
+    serves there."""
+    port = free_port()
+    exporter = ExporterProcess(tmp_path, Path(serving_config(tmp_path, port)).read_text(), port)
+    expected = (f"klag-collector {__version__} serving http://127.0.0.1:{port}/metrics "
+                "for 1 cluster(s)")
+
+    def startup_lines() -> List[str]:
+        records = [json.loads(line) for line in exporter.log.read_text().splitlines()]
+        return [r["message"] for r in records
+                if r["logger"] == "klag_collector" and r["message"].startswith("klag-collector ")]
+
+    try:
+        wait_until(lambda: startup_lines() or None, timeout=30, what="the startup line")
+        assert startup_lines() == [expected]
+        assert exporter.get("/health")[::2] == (200, b"OK\n")
+    finally:
+        code = exporter.stop()
+    assert code == 0, exporter.log.read_text()[-2000:]
+
+
+# -- files named by the config ---------------------------------------------------------
+
+
+def test_a_missing_ca_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """--check, --once and a normal start refuse a config whose ssl.ca.location names no file."""
+    missing = tmp_path / "absent-ca.pem"
+    path = write(tmp_path, CLUSTER + '[clusters.consumer_properties]\n"security.protocol" = "SSL"\n'
+                           f'"ssl.ca.location" = "{missing}"\n')
+    line = (f'klag-collector: {path}: clusters[0].consumer_properties["ssl.ca.location"]: '
+            f"{missing}: no such file\n")
+    for mode in (["--check"], ["--once"], []):
+        run = klag("-c", path, *mode)
+        assert (run.code, run.out, run.err) == (2, "", line), mode

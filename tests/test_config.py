@@ -106,6 +106,20 @@ clusters:
 """
 
 MINIMAL = '[[clusters]]\nname = "c"\nbootstrap_servers = "k:9092"\n'
+SPEC_CA = "/etc/kafka/ca.pem"
+
+
+@pytest.fixture
+def ca(tmp_path) -> str:
+    """A CA file that exists, to stand for the SPEC example's: the loader opens every named file."""
+    path = tmp_path / "ca.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\n")
+    return str(path)
+
+
+def spec(text: str, ca: str) -> str:
+    """A SPEC example with its ssl.ca.location at *ca*."""
+    return text.replace(SPEC_CA, ca)
 
 
 def toml(text: str, environ: dict | None = None) -> Config:
@@ -118,9 +132,9 @@ def error_of(text: str, fmt: str = "toml", environ: dict | None = None) -> Confi
     return info.value
 
 
-def test_spec_example_parses_to_the_documented_values() -> None:
+def test_spec_example_parses_to_the_documented_values(ca: str) -> None:
     """The SPEC §2 example gives exactly the values it documents, with the password translated."""
-    config = toml(SPEC_TOML, ENV)
+    config = toml(spec(SPEC_TOML, ca), ENV)
     assert config.exporter == ExporterConfig(
         poll_interval=30.0,
         http_host="0.0.0.0",
@@ -140,24 +154,24 @@ def test_spec_example_parses_to_the_documented_values() -> None:
         "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "alice",
         "sasl_plain_password": PASSWORD,
-        "ssl_cafile": "/etc/kafka/ca.pem",
+        "ssl_cafile": ca,
     }
     assert dict(cluster.labels) == {"environment": "test"}
 
 
-def test_yaml_with_the_same_tree_gives_an_equal_config() -> None:
+def test_yaml_with_the_same_tree_gives_an_equal_config(ca: str) -> None:
     """YAML with the TOML file's tree parses to an equal Config, secrets included."""
-    from_toml = parse_config(SPEC_TOML, "same", "toml", ENV)
-    from_yaml = parse_config(SPEC_YAML, "same", "yaml", ENV)
+    from_toml = parse_config(spec(SPEC_TOML, ca), "same", "toml", ENV)
+    from_yaml = parse_config(spec(SPEC_YAML, ca), "same", "yaml", ENV)
     assert from_yaml == from_toml
     assert hash(from_yaml) == hash(from_toml)
 
 
-def test_load_config_picks_the_format_by_extension(tmp_path) -> None:
+def test_load_config_picks_the_format_by_extension(tmp_path, ca: str) -> None:
     """load_config reads .toml, .yaml and .yml files and records the path as the source."""
     for name, text in (("c.toml", SPEC_TOML), ("c.yaml", SPEC_YAML), ("c.YML", SPEC_YAML)):
         path = tmp_path / name
-        path.write_text(text, encoding="utf-8")
+        path.write_text(spec(text, ca), encoding="utf-8")
         config = load_config(str(path), ENV)
         assert config.source == str(path)
         assert config.clusters[0].kafka_args["sasl_plain_password"] == PASSWORD
@@ -383,9 +397,9 @@ def test_config_is_immutable() -> None:
         config.clusters[0].labels["x"] = "y"  # type: ignore[index]
 
 
-def test_secrets_stay_out_of_errors_and_reprs() -> None:
+def test_secrets_stay_out_of_errors_and_reprs(ca: str) -> None:
     """The SASL password appears in neither a validation error nor repr(config)."""
-    config = toml(SPEC_TOML, ENV)
+    config = toml(spec(SPEC_TOML, ca), ENV)
     assert PASSWORD not in repr(config) and PASSWORD not in str(config)
     assert "sasl_plain_password" in repr(config.clusters[0])
     assert PASSWORD not in repr(config.clusters[0].kafka_args)
@@ -737,3 +751,80 @@ def test_unknown_extension_is_an_error(tmp_path) -> None:
     path.write_text("{}")
     with pytest.raises(ConfigError, match=r"unknown file extension; use \.toml, \.yaml or \.yml"):
         load_config(str(path))
+
+
+# -- files named by consumer properties -------------------------------------------------
+
+# Every property naming a file the clients read (kafka_properties marks them in TRANSLATED).
+FILE_PROPERTIES = (
+    "ssl.ca.location", "ssl.certificate.location", "ssl.key.location", "ssl.crl.location",
+    "https.ca.location",
+)
+
+
+def with_property(tmp_path, name: str, value: str) -> str:
+    """A config file whose one cluster sets `name` to `value` (and a SASL password)."""
+    path = tmp_path / "klag.toml"
+    path.write_text(MINIMAL + "[clusters.consumer_properties]\n"
+                    '"security.protocol" = "SASL_SSL"\n"sasl.mechanism" = "PLAIN"\n'
+                    '"sasl.username" = "u"\n"sasl.password" = "${KAFKA_PASSWORD}"\n'
+                    f"\"{name}\" = '{value}'\n")
+    return str(path)
+
+
+def file_error(tmp_path, name: str, value: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(with_property(tmp_path, name, value), ENV)
+    return info.value
+
+
+@pytest.mark.parametrize("name", FILE_PROPERTIES)
+def test_a_missing_named_file_is_one_line_with_key_and_file(tmp_path, name: str) -> None:
+    """A property naming a file that does not exist fails loading: the file, the key path, the
+    file's path and "no such file", on one line, and no secret."""
+    missing = tmp_path / "absent.pem"
+    error = file_error(tmp_path, name, str(missing))
+    path = str(tmp_path / "klag.toml")
+    key = f'clusters[0].consumer_properties["{name}"]'
+    assert (error.source, error.key, error.reason) == (path, key, f"{missing}: no such file")
+    assert str(error) == f"{path}: {key}: {missing}: no such file"
+    assert PASSWORD not in str(error)
+
+
+@pytest.mark.parametrize("name", FILE_PROPERTIES[:4])
+def test_a_directory_is_refused_where_the_client_needs_a_file(tmp_path, name: str) -> None:
+    """kafka-python reads each ssl.*.location as one PEM file (librdkafka also takes a CA
+    directory): a directory is refused."""
+    error = file_error(tmp_path, name, str(tmp_path))
+    assert error.reason == f"{tmp_path}: is a directory; kafka-python needs a PEM file"
+
+
+def test_https_ca_location_may_be_a_directory_of_cas(tmp_path) -> None:
+    """The token endpoint's CA may be a directory (OpenSSL's capath), as in librdkafka."""
+    cas = tmp_path / "cas"
+    cas.mkdir()
+    config = toml(MINIMAL + "[clusters.consumer_properties]\n"
+                  '"security.protocol" = "SASL_SSL"\n"sasl.mechanism" = "OAUTHBEARER"\n'
+                  '"sasl.oauthbearer.token.endpoint.url" = "https://idp.example/token"\n'
+                  '"sasl.oauthbearer.client.id" = "klag"\n'
+                  '"sasl.oauthbearer.client.secret" = "${KAFKA_PASSWORD}"\n'
+                  f"\"https.ca.location\" = '{cas}'\n", ENV)
+    assert config.clusters[0].kafka_args["sasl_oauth_token_provider"].ca_location == str(cas)
+
+
+@pytest.mark.parametrize("name", FILE_PROPERTIES)
+def test_a_file_that_cannot_be_opened_is_not_readable(tmp_path, name: str) -> None:
+    """A file that cannot be opened is "not readable", with the system's reason. A symbolic
+    link loop stands for it: root opens files whatever their mode, and the tests run as root."""
+    loop = tmp_path / "loop.pem"
+    loop.symlink_to(tmp_path / "loop.pem")
+    error = file_error(tmp_path, name, str(loop))
+    assert error.reason == f"{loop}: not readable (Too many levels of symbolic links)"
+
+
+def test_a_readable_named_file_loads(tmp_path) -> None:
+    """Files that open load; their contents are the clients' to read at connect time."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    config = load_config(with_property(tmp_path, "ssl.ca.location", str(ca)), ENV)
+    assert config.clusters[0].kafka_args["ssl_cafile"] == str(ca)

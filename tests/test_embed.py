@@ -6,15 +6,21 @@ broker; SIGTERM must stop the host and the embedded exporter together, exit stat
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import List
 
 import pytest
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import CannotListenError
 
 from exporter import REPO, env_with_repo, free_port, get, refused, terminate, wait_for_up, write_config
+from klag_collector.config import parse_config
+from klag_collector.service import ListenFailed, listen_failed, make_service, served_at
 
 EXAMPLE = REPO / "contrib" / "embed_example.py"
 
@@ -95,3 +101,58 @@ def test_example_refuses_a_bad_config_with_status_2(tmp_path):
     assert log.startswith("embed_example: ") and "clusters[0].name" in log
     assert len(log.strip().splitlines()) == 1
     assert refused(port)
+
+
+def test_a_taken_port_raises_from_start_service_and_starts_nothing():
+    """Embedded, a site that cannot listen raises ListenFailed from startService, as a Twisted
+    service does: nothing is started, and the host's process is left to decide."""
+    from twisted.internet import endpoints, reactor
+
+    config = parse_config(
+        f'[[clusters]]\nname = "c"\nbootstrap_servers = "127.0.0.1:{free_port()}"\n',
+        "embedded.toml", "toml")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
+        klag = make_service(config, reactor, endpoint=endpoint)
+        with pytest.raises(ListenFailed) as info:
+            klag.startService()
+    assert str(info.value) == f"cannot listen on 127.0.0.1:{port}: address already in use"
+    assert not klag.running
+    assert [p.running for p in klag.pollers] == [0]
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (CannotListenError("127.0.0.1", 8000, OSError(errno.EADDRINUSE, "Address already in use")),
+         "cannot listen on 127.0.0.1:8000: address already in use"),
+        (CannotListenError("", 80, OSError(errno.EACCES, "Permission denied")),
+         "cannot listen on 0.0.0.0:80: permission denied"),
+        (CannotListenError("::1", 8000,
+                           OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")),
+         "cannot listen on [::1]:8000: cannot assign requested address"),
+        (CannotListenError(None, b"/run/klag.sock", "Cannot acquire lock"),
+         "cannot listen: CannotListenError: Couldn't listen on any:b'/run/klag.sock': "
+         "Cannot acquire lock."),
+        (KeyError("LISTEN_FDS"), "cannot listen: KeyError: 'LISTEN_FDS'"),
+    ],
+)
+def test_listen_failures_are_one_line(error, line):
+    """Where the site failed to listen, and why, in one line: host:port on TCP, else the error."""
+    assert str(listen_failed(error)) == line
+
+
+@pytest.mark.parametrize(
+    "address, where",
+    [
+        (IPv4Address("TCP", "127.0.0.1", 8000), "http://127.0.0.1:8000/metrics"),
+        (IPv6Address("TCP", "::", 9100), "http://[::]:9100/metrics"),
+        (UNIXAddress(b"/run/klag.sock"), "UNIXAddress('/run/klag.sock')"),
+    ],
+)
+def test_the_startup_line_names_where_metrics_are_served(address, where):
+    """A TCP port's /metrics URL, brackets around IPv6; another address as Twisted names it."""
+    assert served_at(address) == where

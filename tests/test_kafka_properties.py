@@ -39,6 +39,15 @@ SASL_SSL_ARGS = {
 }
 
 
+@pytest.fixture
+def pem_files(tmp_path, monkeypatch) -> None:
+    """ca.pem, c.pem, k.pem and crl.pem in the working directory, where the tables' relative
+    paths find them: the translation opens every file a property names."""
+    for name in ("ca.pem", "c.pem", "k.pem", "crl.pem"):
+        (tmp_path / name).write_text("-----BEGIN PLACEHOLDER-----\n")
+    monkeypatch.chdir(tmp_path)
+
+
 def run(properties: dict) -> dict:
     return translate(properties, "test.toml", PREFIX)
 
@@ -81,19 +90,19 @@ def test_the_three_sets_do_not_overlap() -> None:
         (
             {
                 "security.protocol": "SSL",
-                "ssl.ca.location": "/ca.pem",
-                "ssl.certificate.location": "/c.pem",
-                "ssl.key.location": "/k.pem",
+                "ssl.ca.location": "ca.pem",
+                "ssl.certificate.location": "c.pem",
+                "ssl.key.location": "k.pem",
                 "ssl.key.password": "kp",
-                "ssl.crl.location": "/crl.pem",
+                "ssl.crl.location": "crl.pem",
             },
             {
                 "security_protocol": "SSL",
-                "ssl_cafile": "/ca.pem",
-                "ssl_certfile": "/c.pem",
-                "ssl_keyfile": "/k.pem",
+                "ssl_cafile": "ca.pem",
+                "ssl_certfile": "c.pem",
+                "ssl_keyfile": "k.pem",
                 "ssl_password": "kp",
-                "ssl_crlfile": "/crl.pem",
+                "ssl_crlfile": "crl.pem",
             },
         ),
         ({"client.id": "klag"}, {"client_id": "klag"}),
@@ -118,6 +127,7 @@ def test_the_three_sets_do_not_overlap() -> None:
         ({"enable.ssl.certificate.verification": True}, {}),
     ],
 )
+@pytest.mark.usefixtures("pem_files")
 def test_translation_table(properties: dict, expected: dict) -> None:
     """Properties become kafka-python keywords, with ints for *.ms and normalised names."""
     assert run(properties) == expected
@@ -230,7 +240,7 @@ def test_ignored_properties_are_accepted_and_produce_nothing() -> None:
             "sasl.mechanism",
             "use SASL_SSL or SASL_PLAINTEXT",
         ),
-        ({"ssl.ca.location": "/ca.pem"}, "ssl.ca.location", "use SSL or SASL_SSL"),
+        ({"ssl.ca.location": "ca.pem"}, "ssl.ca.location", "use SSL or SASL_SSL"),
         ({"security.protocol": "SASL_SSL"}, "security.protocol", "sasl.mechanism is not set"),
         (
             {
@@ -247,12 +257,13 @@ def test_ignored_properties_are_accepted_and_produce_nothing() -> None:
             "SASL_SSL",
         ),
         (
-            {"security.protocol": "SSL", "ssl.key.location": "/k.pem"},
+            {"security.protocol": "SSL", "ssl.key.location": "k.pem"},
             "ssl.key.location",
             "without ssl.certificate.location",
         ),
     ],
 )
+@pytest.mark.usefixtures("pem_files")
 def test_bad_properties_name_the_property(properties: dict, name: str, fragment: str) -> None:
     """An untranslatable, unknown, badly valued or pointless property is an error naming it."""
     error = error_of(properties)
@@ -368,7 +379,7 @@ def test_oidc_https_ca_location(tmp_path) -> None:
     assert p.ca_location == str(certs.ca)
     error = error_of({**OIDC, "https.ca.location": str(tmp_path / "missing.pem")})
     assert error.key == f'{PREFIX}["https.ca.location"]'
-    assert "cannot be loaded: No such file or directory" in error.reason
+    assert error.reason == f"{tmp_path / 'missing.pem'}: no such file"
 
 
 def test_oidc_config_is_accepted_and_unused() -> None:
@@ -425,7 +436,7 @@ def test_oauthbearer_defaults_are_harmless_without_oauthbearer() -> None:
         ({**OIDC, "sasl.oauthbearer.client.id": "a:b"}, "sasl.oauthbearer.client.id",
          "sasl.oauthbearer.header.urlencode"),
         ({**OIDC, "sasl.oauthbearer.token.endpoint.url": "http://idp/token",
-          "https.ca.location": "/ca.pem"}, "https.ca.location", "not https"),
+          "https.ca.location": "ca.pem"}, "https.ca.location", "not https"),
         ({**OIDC, "enable.sasl.oauthbearer.unsecure.jwt": "true"},
          "enable.sasl.oauthbearer.unsecure.jwt", 'cannot be true with sasl.oauthbearer.method'),
         ({**OIDC, "sasl.oauthbearer.client.credentials.client.id": "x"},
@@ -454,6 +465,7 @@ def test_oauthbearer_defaults_are_harmless_without_oauthbearer() -> None:
          "sasl.oauthbearer.assertion.private.key.file", "jwt-bearer grant is not supported"),
     ],
 )
+@pytest.mark.usefixtures("pem_files")
 def test_bad_oauthbearer_properties(properties: dict, name: str, fragment: str) -> None:
     """Missing, conflicting or untranslatable OAUTHBEARER settings are errors naming a key."""
     error = error_of({k: v for k, v in properties.items() if v is not None})
@@ -502,3 +514,21 @@ def test_oauthbearer_token_provider_is_accepted_by_both_clients() -> None:
     assert {TRANSLATED[name].arg for name in parts} == {"sasl_oauth_token_provider"}
     assert "sasl_oauth_token_provider" in KafkaAdminClient.DEFAULT_CONFIG
     assert "sasl_oauth_token_provider" in KafkaConsumer.DEFAULT_CONFIG
+
+
+def test_no_property_naming_a_file_is_secret(tmp_path) -> None:
+    """The properties whose errors name their file, found by giving each a missing one, are
+    exactly the file locations, and none is a secret: naming the path leaks nothing."""
+    missing = str(tmp_path / "absent")
+
+    def names_the_file(name: str) -> bool:
+        try:
+            run({name: missing})
+        except ConfigError as e:
+            return e.reason == f"{missing}: no such file"
+        return False
+
+    named = {name for name in TRANSLATED if names_the_file(name)}
+    assert named == {"ssl.ca.location", "ssl.certificate.location", "ssl.key.location",
+                     "ssl.crl.location", "https.ca.location"}
+    assert not named & SECRET_PROPERTIES

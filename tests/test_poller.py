@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import task
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from klag_collector.model import ClusterData, GroupInfo
@@ -220,6 +221,39 @@ class FailureTests(PollerTestCase):
         self.assertGreater(self.changes, changes)
         self.flushLoggedErrors()
         self.stop()
+
+    def failure_messages(self) -> list:
+        """The poller's error lines logged while the test runs."""
+        messages: list = []
+
+        def observe(event: dict) -> None:
+            if event.get("log_namespace") == "klag_collector.poller.ClusterPoller":
+                messages.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return messages
+
+    def test_a_started_poller_says_when_it_retries(self) -> None:
+        """A failed cycle of the running loop names its reason and the backoff wait."""
+        messages = self.failure_messages()
+        self.fail_reads()
+        p = self.make()
+        p.startService()
+        self.assertEqual(messages, ["cluster c1: collection failed (ConnectionError: broker down); "
+                                    "retry in 1.0s"])
+        self.stop()
+
+    def test_a_one_shot_failure_schedules_and_announces_no_retry(self) -> None:
+        """poll_now on a poller not started (collect_once) fails without a next attempt."""
+        messages = self.failure_messages()
+        self.fail_reads()
+        p = self.make()
+        self.successResultOf(p.poll_now())
+        self.assertEqual(messages, ["cluster c1: collection failed (ConnectionError: broker down)"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIsNone(p.next_attempt_in(self.clock.seconds()))
+        self.assertEqual(p.state(self.clock.seconds()), FAILING)
 
     def test_next_attempt_is_reported(self) -> None:
         """next_attempt_in is the backoff wait while failing, the tick otherwise."""
