@@ -128,3 +128,50 @@ class ClusterHealth:
     last_error: str = ""
     next_attempt_at: Optional[float] = None
     cache: CacheStats = CacheStats()
+
+
+# -- What Kafka answered, before the cluster's policy is applied ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDescriptions:
+    """What DescribeGroups answered for the groups asked about."""
+
+    described: Mapping[str, GroupInfo]
+    # groups the coordinator answered with an error instead of a description
+    failed: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedOffsets:
+    """What OffsetFetch answered: group -> partition -> offset, -1 where none is committed."""
+
+    by_group: Mapping[str, Mapping[TP, int]]
+    # groups whose offsets could not be fetched, even when asked for on their own
+    unavailable: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TopicDescription:
+    """One topic of the cluster metadata."""
+
+    name: str
+    # 0 when the metadata answered the topic without an error
+    error_code: int
+    # partition -> node id of its leader, -1 while it has none
+    leaders: Mapping[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRead:
+    """One cycle's answers from Kafka, in the order they were asked for.
+
+    Groups were filtered by name before being described; everything else is as Kafka said it.
+    Watermarks are those of the partitions asked for, -1 where the broker gave none.
+    """
+
+    groups: GroupDescriptions
+    offsets: CommittedOffsets
+    topics: Tuple[TopicDescription, ...]
+    earliest: Mapping[TP, int]
+    latest: Mapping[TP, int]

@@ -1,8 +1,9 @@
-"""Granularity, custom labels and group/topic filters, checked on /metrics of a real exporter.
+"""Granularity, custom labels and group/topic filters, end to end on /metrics of a real exporter.
 
-One data set on the session broker (names unique to this module) is watched by two
-exporter processes with the same filters and labels: one at granularity "topic", one at
-"partition".
+One case per feature on the session broker; the rules themselves are unit-tested without
+one: the filters in test_selection, granularity and custom labels in test_families.
+One data set (names unique to this module) is watched by two exporter processes with the
+same filters and labels: one at granularity "topic", one at "partition".
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def _collected(n: Names, with_seconds: bool):
 
 
 @pytest.mark.kafka
-def test_topic_granularity_has_aggregates_and_watermarks_only(watched):
-    """granularity "topic": group aggregates and partition watermarks, no per-partition group series."""
+def test_topic_and_partition_granularity(watched):
+    """Granularity "topic": aggregates and watermarks only; "partition": per-partition series too."""
     n, exporters = watched
     s = exporters["topic"].wait_for(_collected(n, True), timeout=60, what="topic-granularity data")
     for name in PARTITION_ONLY:
@@ -139,11 +140,6 @@ def test_topic_granularity_has_aggregates_and_watermarks_only(watched):
     assert s.get("kafka_consumergroup_group_members", group=n.a) == 0
     assert s.get("kafka_lag_exporter_up", cluster_name=CLUSTER) == 1
 
-
-@pytest.mark.kafka
-def test_partition_granularity_has_partition_series(watched):
-    """granularity "partition": per-partition offset, lag, time lag, loss and retention series too."""
-    n, exporters = watched
     s = exporters["partition"].wait_for(_collected(n, True), timeout=60, what="partition-granularity data")
     p0 = dict(group=n.a, topic=n.t1, partition="0")
     p1 = dict(group=n.a, topic=n.t1, partition="1")

@@ -1,0 +1,304 @@
+"""Kafka I/O: the blocking kafka-python calls of one cluster, answered as plain typed data.
+
+Nothing here decides what to keep: names are not filtered, leaderless partitions and
+topics with errors are returned, -1 offsets are passed on. That policy is `selection`'s.
+What is here is about the wire: how requests are batched, and asking again group by
+group when one group's error fails a batched request.
+
+Every method here blocks and must run in a worker thread, never on the reactor.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from kafka.admin import (  # type: ignore[import-untyped]
+    ConfigResource,
+    ConfigResourceType,
+    KafkaAdminClient,
+    OffsetSpec,
+)
+from kafka.errors import BrokerResponseError  # type: ignore[import-untyped]
+
+from . import kafka_clients
+from .config import Performance
+from .model import (
+    TP,
+    CommittedOffsets,
+    GroupDescriptions,
+    GroupInfo,
+    Member,
+    RecordKey,
+    TopicDescription,
+)
+from .timestamps import FetchItem
+
+# Groups per DescribeGroups call: bounds one request's size on clusters with thousands of groups.
+DESCRIBE_BATCH = 500
+# Bytes fetched per partition when sampling timestamps: one small batch is all we need.
+SAMPLE_FETCH_BYTES = 16 * 1024
+# Empty polls in a row after which the fetch looks for partitions read to their end.
+IDLE_POLLS_BEFORE_END_CHECK = 2
+# Records one poll may return: enough to answer thousands of partitions in a few polls.
+SAMPLE_POLL_RECORDS = 20_000
+
+
+def _member(raw: Mapping[str, Any]) -> Member:
+    return Member(
+        consumer_id=raw.get("member_id") or "",
+        client_id=raw.get("client_id") or "",
+        # The coordinator reports hosts as "/1.2.3.4"; the slash is noise in a label.
+        host=(raw.get("client_host") or "").lstrip("/"),
+    )
+
+
+def group_info(name: str, raw: Mapping[str, Any]) -> GroupInfo:
+    """A GroupInfo from one entry of kafka-python's describe_groups() result."""
+    assignments: Dict[TP, Member] = {}
+    members = raw.get("members") or []
+    for m in members:
+        member = _member(m)
+        assignment = m.get("member_assignment") or {}
+        if not isinstance(assignment, Mapping):  # undecodable: the group uses another protocol
+            continue
+        for entry in assignment.get("assigned_partitions") or []:
+            for partition in entry["partitions"]:
+                assignments[(entry["topic"], partition)] = member
+    return GroupInfo(
+        name=name,
+        state=raw.get("group_state") or "Unknown",
+        members=len(members),
+        assignments=assignments,
+    )
+
+
+class AdminReads:
+    """The admin requests of one cycle's read, all on one admin client."""
+
+    def __init__(self, admin: KafkaAdminClient, offset_fetch_timeout: float) -> None:
+        self._admin = admin
+        self._offset_fetch_timeout_ms = int(offset_fetch_timeout * 1000)
+
+    def group_names(self) -> List[str]:
+        """Every consumer group the cluster lists."""
+        return [g["group_id"] for g in self._admin.list_groups()]
+
+    def describe_groups(self, names: Sequence[str]) -> GroupDescriptions:
+        """The description of each named group, or that it came back with an error."""
+        described: Dict[str, GroupInfo] = {}
+        failed: List[str] = []
+        for start in range(0, len(names), DESCRIBE_BATCH):
+            answered = self._admin.describe_groups(names[start : start + DESCRIBE_BATCH])
+            for name, raw in answered.items():
+                if raw.get("error"):
+                    failed.append(name)
+                else:
+                    described[name] = group_info(name, raw)
+        return GroupDescriptions(described=described, failed=tuple(failed))
+
+    def committed_offsets(self, names: Sequence[str]) -> CommittedOffsets:
+        """Every committed offset of the named groups, -1 (none committed) included."""
+        if not names:
+            return CommittedOffsets(by_group={})
+        unavailable: List[str] = []
+        try:
+            raw = self._admin.list_group_offsets(list(names))
+        except BrokerResponseError:
+            # One group's error fails the whole batched request; ask group by group so
+            # the others are still answered and only the broken one is left out.
+            raw = {}
+            for name in names:
+                try:
+                    raw.update(self._admin.list_group_offsets([name]))
+                except BrokerResponseError:
+                    unavailable.append(name)
+        by_group = {
+            name: {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+            for name, offsets in raw.items()
+        }
+        return CommittedOffsets(by_group=by_group, unavailable=tuple(unavailable))
+
+    def describe_topics(self) -> Tuple[TopicDescription, ...]:
+        """Every topic of the cluster metadata, with its error code and partition leaders."""
+        return tuple(
+            TopicDescription(
+                name=topic["name"],
+                error_code=topic.get("error_code") or 0,
+                leaders={p["partition_index"]: p["leader_id"] for p in topic["partitions"]},
+            )
+            for topic in self._admin.describe_topics()
+        )
+
+    def earliest_offsets(self, partitions: Sequence[TP]) -> Dict[TP, int]:
+        """Each partition's earliest offset as the broker answered it."""
+        return self._list_offsets(partitions, OffsetSpec.EARLIEST)
+
+    def latest_offsets(self, partitions: Sequence[TP]) -> Dict[TP, int]:
+        """Each partition's end offset as the broker answered it."""
+        return self._list_offsets(partitions, OffsetSpec.LATEST)
+
+    def _list_offsets(self, partitions: Sequence[TP], spec: OffsetSpec) -> Dict[TP, int]:
+        if not partitions:
+            return {}
+        found = self._admin.list_partition_offsets(
+            {TopicPartition(topic, partition): spec for topic, partition in partitions},
+            timeout_ms=self._offset_fetch_timeout_ms,
+        )
+        return {(tp.topic, tp.partition): o.offset for tp, o in found.items()}
+
+    def cleanup_policies(self, topics: Sequence[str]) -> Dict[str, str]:
+        """Each named topic's cleanup.policy value, "" when the broker gave none."""
+        if not topics:
+            return {}
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, t, {"cleanup.policy": None}) for t in topics
+        ]
+        found = self._admin.describe_configs(resources, config_filter="all").get("topic", {})
+        return {
+            topic: found.get(topic, {}).get("cleanup.policy", {}).get("value") or ""
+            for topic in topics
+        }
+
+
+class KafkaIO:
+    """One cluster's kafka-python clients: the admin client, and a consumer per timestamp fetch."""
+
+    def __init__(
+        self,
+        bootstrap_servers: Iterable[str],
+        kafka_args: Mapping[str, Any],
+        performance: Performance,
+    ) -> None:
+        self.performance = performance
+        self._args: Dict[str, Any] = dict(kafka_args)
+        self._args["bootstrap_servers"] = list(bootstrap_servers)
+        timeout_ms = int(performance.kafka_timeout * 1000)
+        self._args.setdefault("request_timeout_ms", timeout_ms)
+        # kafka-python's own 30 s bootstrap default would outlast our cycle timeout; ending a
+        # little before it lets a failed bootstrap report its cause (kafka_clients.build)
+        # instead of losing the race to the cycle's "timed out".
+        self._args.setdefault("bootstrap_timeout_ms", int(timeout_ms * 0.8))
+        self._admin: Optional[KafkaAdminClient] = None
+        self._consumers: List[KafkaConsumer] = []
+        self._lock = threading.Lock()
+
+    # -- clients ------------------------------------------------------------
+
+    def admin(self) -> KafkaAdminClient:
+        """The cluster's admin client, created on first use."""
+        with self._lock:
+            if self._admin is not None:
+                return self._admin
+        # The constructor blocks until a broker answers: outside the lock, so that reset()
+        # after a timed-out cycle never waits for it.
+        admin = kafka_clients.build(KafkaAdminClient, self._args)
+        with self._lock:
+            if self._admin is None:
+                self._admin = admin
+                return admin
+        admin.close()
+        return self._admin
+
+    def admin_reads(self) -> AdminReads:
+        """The reads of one cycle, on the admin client of that moment.
+
+        Every request of a cycle goes to that one client: a reset() while the cycle still
+        runs never makes the rest of it connect a new one.
+        """
+        return AdminReads(self.admin(), self.performance.offset_fetch_timeout)
+
+    def reset(self) -> None:
+        """Drop the clients after a failure, so the next cycle reconnects from scratch."""
+        with self._lock:
+            admin, self._admin = self._admin, None
+            consumers, self._consumers = self._consumers, []
+        for client in [admin, *consumers]:
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # closing a broken client may fail; it is gone either way
+                    pass
+
+    # -- timestamps -----------------------------------------------------------
+
+    def fetch_timestamps(self, items: List[FetchItem]) -> Dict[RecordKey, Optional[int]]:
+        """Timestamps of the first record at or after each offset, in one batched fetch.
+
+        A key whose partition ends before any record is found maps to None (a miss);
+        a key not answered in time is left out (unknown).
+        """
+        # A fresh consumer per fetch: a reused kafka-python consumer keeps records it
+        # buffered for a paused partition and then never fetches that partition again.
+        consumer = kafka_clients.build(KafkaConsumer, dict(
+            self._args,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=SAMPLE_FETCH_BYTES,
+            fetch_max_wait_ms=100,
+            max_poll_records=SAMPLE_POLL_RECORDS,
+        ))
+        with self._lock:
+            self._consumers.append(consumer)
+        try:
+            return self._sample(consumer, items)
+        finally:
+            with self._lock:
+                if consumer in self._consumers:
+                    self._consumers.remove(consumer)
+            consumer.close()
+
+    def _sample(
+        self, consumer: KafkaConsumer, items: List[FetchItem]
+    ) -> Dict[RecordKey, Optional[int]]:
+        # Groups at different offsets of one partition share a batch: each partition
+        # has a queue of wanted offsets, read in ascending order by re-seeking.
+        pending: Dict[TopicPartition, List[Tuple[RecordKey, int]]] = {}
+        for key, end in sorted(items):
+            pending.setdefault(TopicPartition(key[0], key[1]), []).append((key, end))
+        sought: Dict[TopicPartition, int] = {}
+        consumer.assign(list(pending))
+        for tp, wanted in pending.items():
+            sought[tp] = wanted[0][0][2]
+            consumer.seek(tp, sought[tp])
+        found: Dict[RecordKey, Optional[int]] = {}
+        # Return what was found a little before the cycle's own timeout gives up on us.
+        deadline = time.monotonic() + 0.8 * self.performance.kafka_timeout
+        idle = 0
+        while pending and time.monotonic() < deadline:
+            records = consumer.poll(timeout_ms=200)
+            idle = 0 if records else idle + 1
+            for tp, batch in records.items():
+                queue = pending.get(tp)
+                # Records from before the last seek are not the ones asked for.
+                run = [r for r in batch if r.offset >= sought[tp]] if queue else []
+                if not run:
+                    continue
+                # `run` is contiguous from the sought offset: it answers every wanted
+                # offset up to its last record (the first record at or after each).
+                while queue and queue[0][0][2] <= run[-1].offset:
+                    key, _ = queue.pop(0)
+                    stamp = next(r for r in run if r.offset >= key[2]).timestamp
+                    found[key] = stamp if stamp is not None and stamp >= 0 else None
+                if queue:
+                    sought[tp] = queue[0][0][2]
+                    consumer.seek(tp, sought[tp])
+                else:
+                    del pending[tp]
+                    consumer.pause(tp)
+            if idle < IDLE_POLLS_BEFORE_END_CHECK:
+                continue
+            # Nothing arrives any more: the partitions still pending may have no data record
+            # left. position() walks every assigned partition in kafka-python, so checking
+            # after every poll (the first ones are empty while fetches are in flight) would
+            # cost O(partitions^2).
+            for tp in [tp for tp, queue in pending.items() if consumer.position(tp) >= queue[0][1]]:
+                # Read up to the end without a data record (transaction markers, or
+                # compaction removed the rest): there is nothing to date the lag by.
+                for key, _ in pending.pop(tp):
+                    found[key] = None
+                consumer.pause(tp)
+        return found

@@ -1,0 +1,172 @@
+"""The wire rules of the Kafka I/O, on a recording stand-in for kafka-python's admin client.
+
+These check how requests are batched and how answers are turned into plain data; that
+the requests work against Kafka is shown on a real broker (test_integration and others).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import pytest
+from kafka import TopicPartition
+from kafka.admin import OffsetSpec
+from kafka.errors import GroupAuthorizationFailedError
+from kafka.structs import OffsetAndMetadata
+
+from klag_collector.kafka_io import DESCRIBE_BATCH, AdminReads, group_info
+from klag_collector.model import Member, TopicDescription
+
+
+class RecordingAdmin:
+    """Answers like KafkaAdminClient from canned data and records every request."""
+
+    def __init__(
+        self,
+        groups: Optional[Dict[str, Dict[str, Any]]] = None,
+        offsets: Optional[Dict[str, Dict[TopicPartition, int]]] = None,
+        broken_offsets: AbstractSet[str] = frozenset(),
+        configs: Optional[Dict[str, Dict[str, Any]]] = None,
+    ) -> None:
+        self.groups = groups or {}
+        self.offsets = offsets or {}
+        self.broken_offsets = broken_offsets
+        self.configs = configs or {}
+        self.calls: List[Tuple[Any, ...]] = []
+
+    def describe_groups(self, names: List[str]) -> Dict[str, Dict[str, Any]]:
+        self.calls.append(("describe_groups", list(names)))
+        return {n: self.groups.get(n, {"error": None}) for n in names}
+
+    def list_group_offsets(self, names: List[str]) -> Dict[str, Dict[TopicPartition, Any]]:
+        self.calls.append(("list_group_offsets", list(names)))
+        if self.broken_offsets & set(names):
+            # kafka-python raises for the whole request when one group's answer has an error.
+            raise GroupAuthorizationFailedError("OffsetFetchResponse failed")
+        return {
+            n: {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.offsets.get(n, {}).items()}
+            for n in names
+        }
+
+    def list_partition_offsets(self, specs: Mapping[TopicPartition, Any], timeout_ms: int) -> Any:
+        self.calls.append(("list_partition_offsets", dict(specs), timeout_ms))
+        return {tp: SimpleNamespace(offset=-1 if tp.partition == 9 else 10) for tp in specs}
+
+    def describe_configs(self, resources: Sequence[Any], config_filter: str) -> Any:
+        self.calls.append(("describe_configs", [r.name for r in resources], config_filter))
+        return {"topic": self.configs}
+
+
+def reads(admin: RecordingAdmin) -> AdminReads:
+    return AdminReads(admin, offset_fetch_timeout=2.5)
+
+
+def test_groups_are_described_in_batches() -> None:
+    names = [f"g{i:04}" for i in range(2 * DESCRIBE_BATCH + 1)]
+    admin = RecordingAdmin()
+    described = reads(admin).describe_groups(names)
+    assert [len(call[1]) for call in admin.calls] == [DESCRIBE_BATCH, DESCRIBE_BATCH, 1]
+    assert list(described.described) == names
+    assert described.failed == ()
+
+
+def test_a_group_described_with_an_error_is_returned_as_failed() -> None:
+    admin = RecordingAdmin(groups={"bad": {"error": "CoordinatorNotAvailableError"}})
+    described = reads(admin).describe_groups(["bad", "good"])
+    assert described.failed == ("bad",)
+    assert list(described.described) == ["good"]
+
+
+def test_offsets_are_returned_as_kafka_said_them() -> None:
+    """-1 (nothing committed) and every topic are passed on: leaving them out is policy."""
+    tp0, tp1 = TopicPartition("t", 0), TopicPartition("__x", 1)
+    admin = RecordingAdmin(offsets={"g": {tp0: -1, tp1: 4}})
+    offsets = reads(admin).committed_offsets(["g"])
+    assert offsets.by_group == {"g": {("t", 0): -1, ("__x", 1): 4}}
+    assert offsets.unavailable == ()
+    assert admin.calls == [("list_group_offsets", ["g"])]
+
+
+def test_one_broken_group_is_asked_alone_and_the_others_are_still_answered() -> None:
+    tp = TopicPartition("t", 0)
+    admin = RecordingAdmin(offsets={"a": {tp: 1}, "c": {tp: 3}}, broken_offsets={"b"})
+    offsets = reads(admin).committed_offsets(["a", "b", "c"])
+    assert admin.calls == [
+        ("list_group_offsets", ["a", "b", "c"]),
+        ("list_group_offsets", ["a"]),
+        ("list_group_offsets", ["b"]),
+        ("list_group_offsets", ["c"]),
+    ]
+    assert offsets.by_group == {"a": {("t", 0): 1}, "c": {("t", 0): 3}}
+    assert offsets.unavailable == ("b",)
+
+
+def test_nothing_is_asked_for_no_groups_partitions_or_topics() -> None:
+    admin = RecordingAdmin()
+    r = reads(admin)
+    assert r.committed_offsets([]).by_group == {}
+    assert r.earliest_offsets([]) == {}
+    assert r.cleanup_policies([]) == {}
+    assert admin.calls == []
+
+
+def test_watermarks_are_asked_by_spec_with_the_offset_fetch_timeout() -> None:
+    admin = RecordingAdmin()
+    r = reads(admin)
+    assert r.latest_offsets([("t", 0), ("t", 9)]) == {("t", 0): 10, ("t", 9): -1}
+    assert r.earliest_offsets([("t", 0)]) == {("t", 0): 10}
+    latest_call, earliest_call = admin.calls
+    assert latest_call == (
+        "list_partition_offsets",
+        {TopicPartition("t", 0): OffsetSpec.LATEST, TopicPartition("t", 9): OffsetSpec.LATEST},
+        2500,
+    )
+    assert earliest_call[1] == {TopicPartition("t", 0): OffsetSpec.EARLIEST}
+
+
+def test_a_topic_the_broker_gave_no_cleanup_policy_for_answers_empty() -> None:
+    admin = RecordingAdmin(configs={
+        "c": {"cleanup.policy": {"value": "compact,delete"}},
+        "n": {"cleanup.policy": {"value": None}},
+    })
+    policies = reads(admin).cleanup_policies(["c", "n", "missing"])
+    assert policies == {"c": "compact,delete", "n": "", "missing": ""}
+    assert admin.calls == [("describe_configs", ["c", "n", "missing"], "all")]
+
+
+def test_topics_are_returned_with_errors_and_leaderless_partitions() -> None:
+    admin = SimpleNamespace(describe_topics=lambda: [
+        {"name": "t", "error_code": 0,
+         "partitions": [{"partition_index": 0, "leader_id": 1},
+                        {"partition_index": 1, "leader_id": -1}]},
+        {"name": "broken", "error_code": 3, "partitions": []},
+        {"name": "quiet", "partitions": []},
+    ])
+    assert AdminReads(admin, 1.0).describe_topics() == (
+        TopicDescription("t", 0, {0: 1, 1: -1}),
+        TopicDescription("broken", 3, {}),
+        TopicDescription("quiet", 0, {}),
+    )
+
+
+def test_group_info_maps_partitions_to_members_and_skips_other_protocols() -> None:
+    raw = {
+        "group_state": "Stable",
+        "members": [
+            {"member_id": "m1", "client_id": "c1", "client_host": "/10.0.0.1",
+             "member_assignment": {"assigned_partitions": [{"topic": "t", "partitions": [0, 2]}]}},
+            {"member_id": "m2", "client_id": "c2", "client_host": "/10.0.0.2",
+             "member_assignment": b"\x00undecodable"},
+        ],
+    }
+    info = group_info("g", raw)
+    m1 = Member(consumer_id="m1", client_id="c1", host="10.0.0.1")
+    assert (info.name, info.state, info.members) == ("g", "Stable", 2)
+    assert info.assignments == {("t", 0): m1, ("t", 2): m1}
+
+
+@pytest.mark.parametrize("raw", [{}, {"group_state": "", "members": None}])
+def test_group_info_of_an_empty_answer_is_unknown_with_no_members(raw: Dict[str, Any]) -> None:
+    info = group_info("g", raw)
+    assert (info.state, info.members, dict(info.assignments)) == ("Unknown", 0, {})

@@ -1,0 +1,119 @@
+"""KafkaSource's composition: Kafka I/O and the cluster's policy called in turn, on stand-in I/O.
+
+What each read answers is in-memory here; the order of the requests, and which names each
+one carries, is what is checked. End-to-end reads are shown on a real broker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence, Tuple
+
+from klag_collector.config import Performance, parse_config
+from klag_collector.kafka_source import KafkaSource
+from klag_collector.model import (
+    TP,
+    CommittedOffsets,
+    GroupDescriptions,
+    GroupInfo,
+    TopicDescription,
+)
+from klag_collector.selection import OFFSETS_UNAVAILABLE
+
+CONFIG = """
+[[clusters]]
+name = "c"
+bootstrap_servers = "127.0.0.1:9"
+group_whitelist = ["^app-"]
+group_blacklist = ["-skip$"]
+topic_whitelist = ["^orders", "^compact"]
+"""
+
+
+class RecordingReads:
+    """Stands in for AdminReads: canned answers, every request recorded with its names."""
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[str, Any]] = []
+        self.policies = {"compact-t": "compact", "orders": "delete"}
+
+    def group_names(self) -> List[str]:
+        self.calls.append(("group_names", None))
+        return ["app-a", "app-b-skip", "other", "app-broken"]
+
+    def describe_groups(self, names: Sequence[str]) -> GroupDescriptions:
+        self.calls.append(("describe_groups", list(names)))
+        return GroupDescriptions({n: GroupInfo(n, "Empty") for n in names})
+
+    def committed_offsets(self, names: Sequence[str]) -> CommittedOffsets:
+        self.calls.append(("committed_offsets", list(names)))
+        offsets = {("orders", 0): 3, ("compact-t", 0): 1, ("internal", 0): 2}
+        return CommittedOffsets({"app-a": offsets}, unavailable=("app-broken",))
+
+    def describe_topics(self) -> Tuple[TopicDescription, ...]:
+        self.calls.append(("describe_topics", None))
+        return (
+            TopicDescription("orders", 0, {0: 1, 1: -1}),
+            TopicDescription("compact-t", 0, {0: 2}),
+            TopicDescription("internal", 0, {0: 1}),
+        )
+
+    def earliest_offsets(self, partitions: Sequence[TP]) -> Dict[TP, int]:
+        self.calls.append(("earliest_offsets", list(partitions)))
+        return {tp: 0 for tp in partitions}
+
+    def latest_offsets(self, partitions: Sequence[TP]) -> Dict[TP, int]:
+        self.calls.append(("latest_offsets", list(partitions)))
+        return {tp: 5 for tp in partitions}
+
+    def cleanup_policies(self, topics: Sequence[str]) -> Dict[str, str]:
+        self.calls.append(("cleanup_policies", list(topics)))
+        return {t: self.policies[t] for t in topics}
+
+
+class RecordingIO:
+    def __init__(self) -> None:
+        self.reads = RecordingReads()
+
+    def admin_reads(self) -> RecordingReads:
+        return self.reads
+
+
+def source_on(io: RecordingIO, cache_ttl: float = 300) -> KafkaSource:
+    cluster = parse_config(CONFIG, "t.toml", "toml").clusters[0]
+    source = KafkaSource(cluster, Performance(compacted_topics_cache_ttl=cache_ttl))
+    source._kafka = io  # type: ignore[assignment]
+    return source
+
+
+def test_a_read_asks_only_for_what_the_policy_keeps() -> None:
+    """Filtered group names are described; watermarks of kept topics; policies of involved ones."""
+    io = RecordingIO()
+    data = source_on(io).read(now=1000)
+    kept = ["app-a", "app-broken"]
+    partitions = [("orders", 0), ("orders", 1), ("compact-t", 0)]
+    assert io.reads.calls == [
+        ("group_names", None),
+        ("describe_groups", kept),
+        ("committed_offsets", kept),
+        ("describe_topics", None),
+        ("earliest_offsets", partitions),
+        ("latest_offsets", partitions),
+        ("cleanup_policies", ["compact-t", "orders"]),
+    ]
+    assert set(data.groups) == {"app-a"}
+    assert data.committed == {"app-a": {("orders", 0): 3, ("compact-t", 0): 1}}
+    assert data.leaders == {("orders", 0): 1, ("compact-t", 0): 2}
+    assert data.compacted_topics == frozenset({"compact-t"})
+    assert data.skipped_groups == {OFFSETS_UNAVAILABLE: 1}
+
+
+def test_cleanup_policies_are_read_again_only_after_the_ttl() -> None:
+    io = RecordingIO()
+    source = source_on(io, cache_ttl=300)
+    source.read(now=1000)
+    io.reads.policies["orders"] = "compact"
+    io.reads.calls.clear()
+    assert source.read(now=1299).compacted_topics == frozenset({"compact-t"})
+    assert [c for c in io.reads.calls if c[0] == "cleanup_policies"] == [("cleanup_policies", [])]
+    assert source.read(now=1300).compacted_topics == frozenset({"compact-t", "orders"})
+    assert io.reads.calls[-1] == ("cleanup_policies", ["compact-t", "orders"])
