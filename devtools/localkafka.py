@@ -238,10 +238,6 @@ class LocalBroker:
         self.pid_file.unlink(missing_ok=True)
         self._proc = None
 
-    def restart(self, timeout: float = 90) -> "LocalBroker":
-        self.stop()
-        return self.start(timeout)
-
     @property
     def running(self) -> bool:
         return self._alive(self._pid())

@@ -301,7 +301,7 @@ def _exporter(r: Reader, raw: Any) -> ExporterConfig:
         http_host=s.get("http_host", d.http_host, r.host),
         http_port=s.get("http_port", d.http_port, r.integer, 1, 65535),
         granularity=Granularity(
-            s.get("granularity", d.granularity.value, r.choice, ("topic", "partition"))
+            s.get("granularity", d.granularity.value, r.choice, tuple(g.value for g in Granularity))
         ),
         staleness_threshold=staleness,
         ready_requires=s.get("ready_requires", d.ready_requires, r.choice, ("any", "all")),

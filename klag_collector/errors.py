@@ -1,4 +1,4 @@
-"""Typed errors raised at the edges: config files and Kafka brokers."""
+"""The config error we raise, and the one-line text any failure is reported with."""
 
 from __future__ import annotations
 
@@ -19,22 +19,6 @@ class ConfigError(ValueError):
         self.reason = reason
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {reason}")
-
-
-class KafkaError(Exception):
-    """A failure talking to a cluster; the subclasses say which kind."""
-
-
-class BrokerUnreachable(KafkaError):
-    """No broker of the cluster answered."""
-
-
-class BrokerTimeout(KafkaError):
-    """A Kafka call did not finish within its time limit."""
-
-
-class BrokerAuthError(KafkaError):
-    """The cluster refused our credentials or certificate."""
 
 
 def describe_error(error: BaseException) -> str:

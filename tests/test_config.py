@@ -1,4 +1,4 @@
-"""Loading and validating configuration files (SPEC §2)."""
+"""Loading and validating configuration files (README, "Configuration")."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from klag_collector.metrics import Granularity
 PASSWORD = "pa$$w\"rd\\with'quotes"
 ENV = {"KAFKA_USER": "alice", "KAFKA_PASSWORD": PASSWORD}
 
-SPEC_TOML = """\
+README_TOML = """\
 [exporter]
 poll_interval = "30s"          # durations: "500ms", "10s", "1m", "1h 30m"
 http_host = "0.0.0.0"          # a host name or an IP literal; "::" for IPv6
@@ -68,7 +68,7 @@ topic_blacklist = ["^__.*"]
 environment = "test"
 """
 
-SPEC_YAML = """\
+README_YAML = """\
 exporter:
   poll_interval: 30s
   http_host: "0.0.0.0"
@@ -106,20 +106,20 @@ clusters:
 """
 
 MINIMAL = '[[clusters]]\nname = "c"\nbootstrap_servers = "k:9092"\n'
-SPEC_CA = "/etc/kafka/ca.pem"
+README_CA = "/etc/kafka/ca.pem"
 
 
 @pytest.fixture
 def ca(tmp_path) -> str:
-    """A CA file that exists, to stand for the SPEC example's: the loader opens every named file."""
+    """A CA file that exists, to stand for the README example's: the loader opens every named file."""
     path = tmp_path / "ca.pem"
     path.write_text("-----BEGIN CERTIFICATE-----\n")
     return str(path)
 
 
 def spec(text: str, ca: str) -> str:
-    """A SPEC example with its ssl.ca.location at *ca*."""
-    return text.replace(SPEC_CA, ca)
+    """A README example with its ssl.ca.location at *ca*."""
+    return text.replace(README_CA, ca)
 
 
 def toml(text: str, environ: dict | None = None) -> Config:
@@ -133,8 +133,8 @@ def error_of(text: str, fmt: str = "toml", environ: dict | None = None) -> Confi
 
 
 def test_spec_example_parses_to_the_documented_values(ca: str) -> None:
-    """The SPEC §2 example gives exactly the values it documents, with the password translated."""
-    config = toml(spec(SPEC_TOML, ca), ENV)
+    """The README's configuration example gives exactly the values it documents, with the password translated."""
+    config = toml(spec(README_TOML, ca), ENV)
     assert config.exporter == ExporterConfig(
         poll_interval=30.0,
         http_host="0.0.0.0",
@@ -161,15 +161,15 @@ def test_spec_example_parses_to_the_documented_values(ca: str) -> None:
 
 def test_yaml_with_the_same_tree_gives_an_equal_config(ca: str) -> None:
     """YAML with the TOML file's tree parses to an equal Config, secrets included."""
-    from_toml = parse_config(spec(SPEC_TOML, ca), "same", "toml", ENV)
-    from_yaml = parse_config(spec(SPEC_YAML, ca), "same", "yaml", ENV)
+    from_toml = parse_config(spec(README_TOML, ca), "same", "toml", ENV)
+    from_yaml = parse_config(spec(README_YAML, ca), "same", "yaml", ENV)
     assert from_yaml == from_toml
     assert hash(from_yaml) == hash(from_toml)
 
 
 def test_load_config_picks_the_format_by_extension(tmp_path, ca: str) -> None:
     """load_config reads .toml, .yaml and .yml files and records the path as the source."""
-    for name, text in (("c.toml", SPEC_TOML), ("c.yaml", SPEC_YAML), ("c.YML", SPEC_YAML)):
+    for name, text in (("c.toml", README_TOML), ("c.yaml", README_YAML), ("c.YML", README_YAML)):
         path = tmp_path / name
         path.write_text(spec(text, ca), encoding="utf-8")
         config = load_config(str(path), ENV)
@@ -313,7 +313,7 @@ def test_env_default_works_outside_strings() -> None:
 
 def test_unset_env_variable_is_an_error_naming_it_and_its_line() -> None:
     """${VAR} with VAR unset and no default fails, naming VAR and the line."""
-    error = error_of(SPEC_TOML, environ={"KAFKA_USER": "alice"})
+    error = error_of(README_TOML, environ={"KAFKA_USER": "alice"})
     assert error.key == "line 36"
     assert "KAFKA_PASSWORD is not set" in error.reason
 
@@ -399,17 +399,17 @@ def test_config_is_immutable() -> None:
 
 def test_secrets_stay_out_of_errors_and_reprs(ca: str) -> None:
     """The SASL password appears in neither a validation error nor repr(config)."""
-    config = toml(spec(SPEC_TOML, ca), ENV)
+    config = toml(spec(README_TOML, ca), ENV)
     assert PASSWORD not in repr(config) and PASSWORD not in str(config)
     assert "sasl_plain_password" in repr(config.clusters[0])
     assert PASSWORD not in repr(config.clusters[0].kafka_args)
     assert PASSWORD not in str(config.clusters[0].kafka_args)
     assert dict(config.clusters[0].kafka_args)["sasl_plain_password"] == PASSWORD
-    broken = SPEC_TOML.replace('"SCRAM-SHA-512"', '"SCRAM-SHA-1"')
+    broken = README_TOML.replace('"SCRAM-SHA-512"', '"SCRAM-SHA-1"')
     error = error_of(broken, environ=ENV)
     assert error.key == 'clusters[0].consumer_properties["sasl.mechanism"]'
     assert PASSWORD not in str(error)
-    misplaced = SPEC_TOML.replace(
+    misplaced = README_TOML.replace(
         'name = "test-cluster"', 'name = "test-cluster"\npassword = "${KAFKA_PASSWORD}"'
     )
     error = error_of(misplaced, environ=ENV)
