@@ -27,7 +27,7 @@ TEXT, JSON = "text", "json"
 # configuration and the SASL PLAIN request bytes at debug level.
 # Longest first, so a secret containing another is masked whole; replaced, never mutated, so
 # that logging threads can read it without the lock.
-_secrets: tuple = ()
+_secrets: tuple[str, ...] = ()
 _secrets_lock = threading.Lock()
 
 

@@ -50,7 +50,7 @@ class ClusterData:
     committed: Mapping[str, Mapping[TP, int]]
     earliest: Mapping[TP, int]
     latest: Mapping[TP, int]
-    compacted_topics: frozenset = frozenset()
+    compacted_topics: frozenset[str] = frozenset()
     # partition -> node id of its leader, to batch requests per broker
     leaders: Mapping[TP, int] = field(default_factory=dict)
     # reason -> number of groups whose offsets or description could not be read

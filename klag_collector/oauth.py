@@ -28,7 +28,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
+from email.message import Message
+from typing import IO, Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from kafka.net.sasl.oauth import AbstractTokenProvider
 
@@ -79,7 +80,7 @@ def refresh_delay(lifetime: float) -> float:
     return max(min(_REFRESH_FRACTION * lifetime, lifetime - _REFRESH_MARGIN), lifetime / 2)
 
 
-class _CachingProvider(AbstractTokenProvider):
+class _CachingProvider(AbstractTokenProvider):  # type: ignore[misc]  # kafka-python is untyped
     """A token fetched under a lock, reused until its refresh time, kept while still valid.
 
     After a failed fetch, the next one waits ``RETRY_AFTER`` seconds: kafka-python reconnects
@@ -113,7 +114,7 @@ class _CachingProvider(AbstractTokenProvider):
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._settings() == other._settings()  # type: ignore[attr-defined]
+        return self._settings() == other._settings()
 
     def __hash__(self) -> int:
         return hash(self._settings())
@@ -151,7 +152,10 @@ class _CachingProvider(AbstractTokenProvider):
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     """urllib would follow a redirect with the Authorization header: a secret sent elsewhere."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
+    def redirect_request(  # noqa: D102
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+        headers: Message, newurl: str,
+    ) -> None:
         return None  # urllib then raises the 3xx as an HTTPError
 
 
