@@ -10,6 +10,7 @@ harmless (see ``_KLAG_ONLY``), so that its config files load unchanged.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 from dataclasses import dataclass
@@ -92,6 +93,13 @@ class OtelConfig:
     export_interval: float = 60.0
 
 
+class ReadyRequires(str, enum.Enum):
+    """``ready_requires``: which clusters /ready needs fresh (a str, so it compares as its value)."""
+
+    ANY = "any"
+    ALL = "all"
+
+
 @dataclass(frozen=True)
 class ExporterConfig:
     """The ``[exporter]`` table; durations are in seconds."""
@@ -101,7 +109,7 @@ class ExporterConfig:
     http_port: int = 8000
     granularity: Granularity = Granularity.TOPIC
     staleness_threshold: float = 90.0
-    ready_requires: str = "any"
+    ready_requires: ReadyRequires = ReadyRequires.ANY
     timestamp_sampling: TimestampSampling = TimestampSampling()
     performance: Performance = Performance()
     otel: OtelConfig = OtelConfig()
@@ -255,129 +263,144 @@ _MATCH_ALL = (re.compile(".*"),)
 _INTERNAL_TOPICS = (re.compile("^__.*"),)
 
 
-def _build(r: Reader, tree: Any) -> Config:
-    top = r.table(tree, "", _TOP_KEYS)
-    exporter = _exporter(r, top.get("exporter"))
+def _build(reader: Reader, tree: Any) -> Config:
+    top = reader.table(tree, "", _TOP_KEYS)
+    exporter = _exporter(reader, top.get("exporter"))
     raw_clusters = top.get("clusters")
     if raw_clusters is None or raw_clusters == []:
-        r.fail("clusters", "at least one cluster is required ([[clusters]] with name and servers)")
+        reader.fail(
+            "clusters", "at least one cluster is required ([[clusters]] with name and servers)"
+        )
     if not isinstance(raw_clusters, list):
-        r.fail("clusters", f"must be a list of tables ([[clusters]]), not {kind(raw_clusters)}")
+        reader.fail(
+            "clusters", f"must be a list of tables ([[clusters]]), not {kind(raw_clusters)}"
+        )
     clusters: List[ClusterConfig] = []
     seen: Dict[str, int] = {}
     for i, raw in enumerate(raw_clusters):
-        cluster = _cluster(r, raw, f"clusters[{i}]")
+        cluster = _cluster(reader, raw, f"clusters[{i}]")
         if cluster.name in seen:
             first = f"clusters[{seen[cluster.name]}].name"
-            r.fail(f"clusters[{i}].name", f"duplicate cluster name (also {first})")
+            reader.fail(f"clusters[{i}].name", f"duplicate cluster name (also {first})")
         seen[cluster.name] = i
         clusters.append(cluster)
-    return Config(r.source, exporter, tuple(clusters))
+    return Config(reader.source, exporter, tuple(clusters))
 
 
-def _section(r: Reader, raw: Any, path: str, keys: Tuple[str, ...]) -> Section:
+def _section(reader: Reader, raw: Any, path: str, keys: Tuple[str, ...]) -> Section:
     """The table at *path*, its unknown keys refused and its klag-exporter-only keys checked."""
     klag_only = _KLAG_ONLY.get(path, {})
-    section = Section(r, r.table(raw, path, keys + tuple(klag_only)), path)
+    section = Section(reader, reader.table(raw, path, keys + tuple(klag_only)), path)
     for key, (method, args) in klag_only.items():
-        section.get(key, None, getattr(r, method), *args)
+        section.get(key, None, getattr(reader, method), *args)
     return section
 
 
-def _exporter(r: Reader, raw: Any) -> ExporterConfig:
-    s = _section(r, raw, "exporter", _EXPORTER_KEYS)
-    d = ExporterConfig()
-    poll = s.get("poll_interval", d.poll_interval, r.duration)
-    staleness = s.get("staleness_threshold", 3 * poll, r.duration)
+def _exporter(reader: Reader, raw: Any) -> ExporterConfig:
+    section = _section(reader, raw, "exporter", _EXPORTER_KEYS)
+    defaults = ExporterConfig()
+    poll = section.get("poll_interval", defaults.poll_interval, reader.duration)
+    staleness = section.get("staleness_threshold", 3 * poll, reader.duration)
     if staleness <= poll:
-        r.fail(
+        reader.fail(
             "exporter.staleness_threshold",
             f"must be longer than poll_interval ({poll:g}s), or data would go stale between cycles",
         )
-    if _section(r, s.table.get("leadership"), "exporter.leadership", ()).table.get("enabled"):
-        r.fail("exporter.leadership.enabled", "leader election is not supported; run one replica")
+    leadership = _section(reader, section.table.get("leadership"), "exporter.leadership", ())
+    if leadership.table.get("enabled"):
+        reader.fail(
+            "exporter.leadership.enabled", "leader election is not supported; run one replica"
+        )
     return ExporterConfig(
         poll_interval=poll,
-        http_host=s.get("http_host", d.http_host, r.host),
-        http_port=s.get("http_port", d.http_port, r.integer, 1, 65535),
-        granularity=Granularity(
-            s.get("granularity", d.granularity.value, r.choice, tuple(g.value for g in Granularity))
-        ),
+        http_host=section.get("http_host", defaults.http_host, reader.host),
+        http_port=section.get("http_port", defaults.http_port, reader.integer, 1, 65535),
+        granularity=Granularity(section.get(
+            "granularity", defaults.granularity.value, reader.choice,
+            tuple(g.value for g in Granularity),
+        )),
         staleness_threshold=staleness,
-        ready_requires=s.get("ready_requires", d.ready_requires, r.choice, ("any", "all")),
+        ready_requires=ReadyRequires(section.get(
+            "ready_requires", defaults.ready_requires.value, reader.choice,
+            tuple(r.value for r in ReadyRequires),
+        )),
         timestamp_sampling=_fields(
-            r, s.table.get("timestamp_sampling"), "exporter.timestamp_sampling",
+            reader, section.table.get("timestamp_sampling"), "exporter.timestamp_sampling",
             TimestampSampling, _SAMPLING,
         ),
         performance=_fields(
-            r, s.table.get("performance"), "exporter.performance", Performance, _PERFORMANCE
+            reader, section.table.get("performance"), "exporter.performance",
+            Performance, _PERFORMANCE,
         ),
-        otel=_fields(r, s.table.get("otel"), "exporter.otel", OtelConfig, _OTEL),
+        otel=_fields(reader, section.table.get("otel"), "exporter.otel", OtelConfig, _OTEL),
     )
 
 
 _T = TypeVar("_T")
 
 
-def _fields(r: Reader, raw: Any, path: str, cls: Type[_T], readers: _Readers) -> _T:
+def _fields(reader: Reader, raw: Any, path: str, cls: Type[_T], readers: _Readers) -> _T:
     """A *cls* from the table at *path*: each key read as *readers* say, else *cls*'s default."""
-    s = _section(r, raw, path, tuple(readers))
+    section = _section(reader, raw, path, tuple(readers))
     default = cls()
     return cls(**{
-        key: s.get(key, getattr(default, key), getattr(r, method), *args)
+        key: section.get(key, getattr(default, key), getattr(reader, method), *args)
         for key, (method, args) in readers.items()
     })
 
 
-def _cluster(r: Reader, raw: Any, p: str) -> ClusterConfig:
-    s = Section(r, r.table(raw, p, _CLUSTER_KEYS), p)
+def _cluster(reader: Reader, raw: Any, path: str) -> ClusterConfig:
+    section = Section(reader, reader.table(raw, path, _CLUSTER_KEYS), path)
     for required in ("name", "bootstrap_servers"):
-        if required not in s.table:
-            r.fail(f"{p}.{required}", "required key is missing")
-    name = s.get("name", None, r.string)
-    properties = r.table(s.table.get("consumer_properties"), f"{p}.consumer_properties", None)
-    kafka_args = kafka_properties.translate(properties, r.source, f"{p}.consumer_properties")
-    if "aws_msk_iam" in s.table:
-        msk = r.table(s.table["aws_msk_iam"], f"{p}.aws_msk_iam", None)
-        kafka_args = kafka_properties.msk_iam_args(msk, kafka_args, r.source, f"{p}.aws_msk_iam")
+        if required not in section.table:
+            reader.fail(f"{path}.{required}", "required key is missing")
+    name = section.get("name", None, reader.string)
+    properties_path = f"{path}.consumer_properties"
+    properties = reader.table(section.table.get("consumer_properties"), properties_path, None)
+    kafka_args = kafka_properties.translate(properties, reader.source, properties_path)
+    if "aws_msk_iam" in section.table:
+        msk = reader.table(section.table["aws_msk_iam"], f"{path}.aws_msk_iam", None)
+        kafka_args = kafka_properties.msk_iam_args(
+            msk, kafka_args, reader.source, f"{path}.aws_msk_iam"
+        )
     return ClusterConfig(
         name=name,
-        bootstrap_servers=_servers(r, s.table["bootstrap_servers"], f"{p}.bootstrap_servers"),
+        bootstrap_servers=_servers(reader, section.table["bootstrap_servers"], f"{path}.bootstrap_servers"),
         groups=NameFilter(
-            s.get("group_whitelist", _MATCH_ALL, r.patterns),
-            s.get("group_blacklist", (), r.patterns),
+            section.get("group_whitelist", _MATCH_ALL, reader.patterns),
+            section.get("group_blacklist", (), reader.patterns),
         ),
         topics=NameFilter(
-            s.get("topic_whitelist", _MATCH_ALL, r.patterns),
-            s.get("topic_blacklist", _INTERNAL_TOPICS, r.patterns),
+            section.get("topic_whitelist", _MATCH_ALL, reader.patterns),
+            section.get("topic_blacklist", _INTERNAL_TOPICS, reader.patterns),
         ),
         kafka_args=_KafkaArgs(kafka_args),
-        labels=_labels(r, s.table.get("labels"), f"{p}.labels"),
+        labels=_labels(reader, section.table.get("labels"), f"{path}.labels"),
     )
 
 
-def _servers(r: Reader, raw: Any, path: str) -> Tuple[str, ...]:
+def _servers(reader: Reader, raw: Any, path: str) -> Tuple[str, ...]:
     if isinstance(raw, str):
         items: List[Any] = raw.split(",") if raw.strip() else []
     elif isinstance(raw, list):
         items = raw
     else:
-        r.fail(path, f"must be a string (comma-separated host:port) or a list, not {kind(raw)}")
+        reader.fail(path, f"must be a string (comma-separated host:port) or a list, not {kind(raw)}")
     if not items:
-        r.fail(path, "must not be empty")
-    return tuple(r.server(item, f"{path}[{i}]") for i, item in enumerate(items))
+        reader.fail(path, "must not be empty")
+    return tuple(reader.server(item, f"{path}[{i}]") for i, item in enumerate(items))
 
 
-def _labels(r: Reader, raw: Any, path: str) -> Mapping[str, str]:
-    table = r.table(raw, path, None)
+def _labels(reader: Reader, raw: Any, path: str) -> Mapping[str, str]:
+    table = reader.table(raw, path, None)
     for name, value in table.items():
         key = join(path, name)
         if not _LABEL_NAME.fullmatch(name):
-            r.fail(key, "is not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            reader.fail(key, "is not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
         if name.startswith("__"):
-            r.fail(key, "label names starting with __ are reserved by Prometheus")
+            reader.fail(key, "label names starting with __ are reserved by Prometheus")
         if name in BUILTIN_LABELS:
-            r.fail(key, "clashes with a label the exporter sets itself")
+            reader.fail(key, "clashes with a label the exporter sets itself")
         if not isinstance(value, str):
-            r.fail(key, f"label values must be strings, not {kind(value)}")
+            reader.fail(key, f"label values must be strings, not {kind(value)}")
     return FrozenMap(table)
