@@ -94,7 +94,7 @@ class OtelConfig:
 
 
 class ReadyRequires(str, enum.Enum):
-    """``ready_requires``: which clusters /ready needs fresh (a str, so it compares as its value)."""
+    """``ready_requires``: which clusters /ready needs fresh (a str: it equals its value)."""
 
     ANY = "any"
     ALL = "all"
@@ -365,7 +365,9 @@ def _cluster(reader: Reader, raw: Any, path: str) -> ClusterConfig:
         )
     return ClusterConfig(
         name=name,
-        bootstrap_servers=_servers(reader, section.table["bootstrap_servers"], f"{path}.bootstrap_servers"),
+        bootstrap_servers=_servers(
+            reader, section.table["bootstrap_servers"], f"{path}.bootstrap_servers"
+        ),
         groups=NameFilter(
             section.get("group_whitelist", _MATCH_ALL, reader.patterns),
             section.get("group_blacklist", (), reader.patterns),
@@ -385,7 +387,9 @@ def _servers(reader: Reader, raw: Any, path: str) -> Tuple[str, ...]:
     elif isinstance(raw, list):
         items = raw
     else:
-        reader.fail(path, f"must be a string (comma-separated host:port) or a list, not {kind(raw)}")
+        reader.fail(
+            path, f"must be a string (comma-separated host:port) or a list, not {kind(raw)}"
+        )
     if not items:
         reader.fail(path, "must not be empty")
     return tuple(reader.server(item, f"{path}[{i}]") for i, item in enumerate(items))
