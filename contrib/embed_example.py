@@ -14,8 +14,11 @@ exporter's service to its own service tree:
     curl http://127.0.0.1:8080/klag/ready  # the exporter's readiness
 
 SIGTERM or SIGINT stops both gracefully (the exporter stops polling and closes its Kafka
-clients) and the process exits 0. The exporter's LagCollector (`klag.collector`) can also
-be registered in a CollectorRegistry of the host's own, if the host already serves one.
+clients) and the process exits 0. The exporter's Collector (`klag.collector`) can also be
+registered in a CollectorRegistry of the host's own, if the host already serves one.
+
+Only the embedding API is used: make_service() and, of the service it returns,
+`root`, `metrics_resource()` and the IService methods.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ except ImportError:  # run from a source checkout that is not installed
 from klag_collector.config import load_config
 from klag_collector.errors import ConfigError
 from klag_collector.service import make_service
-from klag_collector.web import MetricsResource
 
 log = Logger(namespace="host")
 
@@ -52,6 +54,23 @@ class HostPage(resource.Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"host daemon: see /metrics for Kafka consumer lag, /klag/ for the exporter\n"
+
+
+class ExporterPath(resource.Resource):
+    """One path of the exporter's tree (`klag.root`), served where the host wants it.
+
+    It asks the tree for that child through IResource, as twisted.web itself would.
+    """
+
+    isLeaf = True
+
+    def __init__(self, tree: resource.IResource, path: bytes) -> None:
+        super().__init__()
+        self._tree = tree
+        self._path = path
+
+    def render(self, request: Request) -> bytes:
+        return self._tree.getChildWithDefault(self._path, request).render(request)
 
 
 def make_host(config_path: str, port: int, host: str, exporter_port: Optional[int],
@@ -70,9 +89,10 @@ def make_host(config_path: str, port: int, host: str, exporter_port: Optional[in
     root = resource.Resource()
     root.putChild(b"", HostPage())
     root.putChild(b"health", static.Data(b"host OK\n", "text/plain; charset=utf-8"))
-    # The exporter's resources, mounted where the host wants them.
-    root.putChild(b"metrics", MetricsResource(klag.renderer))
-    root.putChild(b"ready", klag.root.getStaticEntity(b"ready"))
+    # The exporter's resources, mounted where the host wants them: its pre-rendered
+    # /metrics, its /ready, and its whole tree (status page too) under /klag/.
+    root.putChild(b"metrics", klag.metrics_resource())
+    root.putChild(b"ready", ExporterPath(klag.root, b"ready"))
     root.putChild(b"klag", klag.root)
     strports.service(f"tcp:{port}:interface={host}", Site(root)).setServiceParent(top)
     return top

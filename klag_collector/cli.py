@@ -79,27 +79,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 def run_once(config: Config, fmt: str) -> int:
     """Collect each cluster once and print the result in `fmt`."""
-    from prometheus_client.exposition import generate_latest
     from twisted.internet import task
 
     from . import output
-    from .service import make_service
+    from .service import Collected, make_service
 
     result: List[int] = []
 
     def once(reactor):  # type: ignore[no-untyped-def]
-        svc = make_service(config, reactor, serve_http=False)
-
-        def show(_: object) -> None:
+        def show(collected: Collected) -> None:
             if fmt == "json":
-                print(output.as_json(svc.pollers))
+                print(output.as_json(collected.clusters))
             elif fmt == "prometheus":
-                sys.stdout.write(generate_latest(svc.registry).decode())
+                # The renderer's bytes: what /metrics serves, byte for byte.
+                sys.stdout.write(output.as_prometheus(collected.rendered))
             else:
-                print(output.as_table(svc.pollers))
-            ok = all(p.snapshot is not None for p in svc.pollers)
-            result.append(EXIT_OK if ok else EXIT_FAILED)
+                print(output.as_table(collected.clusters))
+            result.append(EXIT_OK if collected.ok else EXIT_FAILED)
 
+        svc = make_service(config, reactor, serve_http=False)
         return svc.collect_once().addCallback(show)
 
     try:

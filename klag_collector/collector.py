@@ -1,20 +1,58 @@
-"""A prometheus_client Collector over the pollers' current snapshots.
+"""What the pollers show, read once per cluster, and a prometheus_client Collector over it.
 
-`collect()` does no Kafka call and no lag computation: it joins families that each cycle
-already built, so a host daemon can register it in any CollectorRegistry.
+`read_clusters()` is the one place that turns the pollers' current state into what is
+reported: the renderer reads through it on the reactor thread, before each render, and
+`LagCollector.collect()` whenever a registry asks. Neither makes a Kafka call or computes
+lag: they join families that each cycle already built, so a host daemon can register the
+collector in any CollectorRegistry.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 
 from . import metrics
-from .families import Families, empty_family, health_families, merge
-from .poller import ClusterPoller
+from .families import Families, Labels, empty_family, health_families, merge
+from .model import ClusterHealth
+from .poller import ClusterPoller, ClusterSnapshot
+
+
+class ClusterReport(NamedTuple):
+    """One cluster as reported at one moment, read from its poller in one go."""
+
+    name: str
+    base_labels: Labels
+    health: ClusterHealth
+    # The snapshot being reported: None before the first success and once it is stale.
+    snapshot: Optional[ClusterSnapshot]
+    # starting | ok | failing | stale, as /ready and the status page show it.
+    state: str
+
+    def health_families(self) -> Families:
+        """The cluster's own families: up is 1 only while a snapshot is reported."""
+        return health_families(self.health, self.base_labels, self.snapshot is not None)
+
+
+def read_clusters(pollers: Sequence[ClusterPoller], now: float) -> Tuple[ClusterReport, ...]:
+    """Every cluster's report at `now`: a few references per cluster, no row is touched."""
+    return tuple(
+        ClusterReport(
+            poller.name, poller.base_labels, poller.health, poller.fresh_snapshot(now),
+            poller.state(now),
+        )
+        for poller in pollers
+    )
+
+
+def _families_of(reports: Iterable[ClusterReport]) -> Iterator[Families]:
+    for report in reports:
+        yield report.health_families()
+        if report.snapshot is not None:
+            yield report.snapshot.families
 
 
 class LagCollector(Collector):
@@ -27,19 +65,13 @@ class LagCollector(Collector):
         clock: IReactorTime,
     ) -> None:
         self.pollers = list(pollers)
-        self.defs = metrics.families_for(granularity)
+        self.definitions = metrics.families_for(granularity)
         self.clock = clock
 
     def describe(self) -> Iterable[Metric]:
         """The declared families without samples, so registering never runs collect()."""
-        return [empty_family(d) for d in self.defs]
+        return [empty_family(definition) for definition in self.definitions]
 
     def collect(self) -> Iterable[Metric]:
-        now = self.clock.seconds()
-        parts: List[Families] = []
-        for poller in self.pollers:
-            snapshot = poller.fresh_snapshot(now)
-            parts.append(health_families(poller.health, poller.base_labels, snapshot is not None))
-            if snapshot is not None:
-                parts.append(snapshot.families)
-        return merge(parts, self.defs)
+        reports = read_clusters(self.pollers, self.clock.seconds())
+        return merge(_families_of(reports), self.definitions)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Protocol, Sequence
 
-from .poller import ClusterPoller
+from .model import ClusterHealth, LagView, PartitionLag
+from .poller import ClusterSnapshot
+from .render import Rendered
 
 TABLE_COLUMNS = (
     "CLUSTER",
@@ -23,84 +25,116 @@ TABLE_COLUMNS = (
 )
 
 
+class ClusterResult(Protocol):
+    """A cluster's outcome: a collector.ClusterReport, or a poller itself."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def health(self) -> ClusterHealth: ...
+
+    @property
+    def snapshot(self) -> Optional[ClusterSnapshot]: ...
+
+
 def _seconds(value: Optional[float]) -> str:
     # "-" rather than 0: an unknown time lag must not read as "caught up".
     return "-" if value is None else f"{value:.1f}"
 
 
-def as_dict(pollers: Sequence[ClusterPoller]) -> Dict[str, Any]:
+def _partition_entry(row: PartitionLag) -> Dict[str, Any]:
+    return {
+        "topic": row.topic,
+        "partition": row.partition,
+        "committed": row.committed,
+        "earliest": row.earliest,
+        "latest": row.latest,
+        "lag": row.lag,
+        "lag_seconds": row.lag_seconds,
+        "messages_lost": row.messages_lost,
+        "data_loss": row.data_loss,
+        "compacted": row.compacted,
+        "consumer_id": row.member.consumer_id,
+        "host": row.member.host,
+        "client_id": row.member.client_id,
+    }
+
+
+def _groups_entry(view: LagView) -> Dict[str, Any]:
+    groups: Dict[str, Any] = {
+        group.group: {
+            "state": group.state,
+            "members": group.members,
+            "sum_lag": group.sum_lag,
+            "max_lag": group.max_lag,
+            "max_lag_seconds": group.max_lag_seconds,
+            "partitions": [],
+        }
+        for group in view.groups
+    }
+    for row in view.partitions:
+        groups[row.group]["partitions"].append(_partition_entry(row))
+    return groups
+
+
+def as_dict(clusters: Sequence[ClusterResult]) -> Dict[str, Any]:
     """Every cluster's result as plain data (what --format json prints)."""
-    clusters: Dict[str, Any] = {}
-    for p in pollers:
-        entry: Dict[str, Any] = {"ok": p.snapshot is not None, "error": p.health.last_error}
-        if p.snapshot is not None:
-            view = p.snapshot.view
-            entry["groups"] = {
-                g.group: {
-                    "state": g.state,
-                    "members": g.members,
-                    "sum_lag": g.sum_lag,
-                    "max_lag": g.max_lag,
-                    "max_lag_seconds": g.max_lag_seconds,
-                    "partitions": [],
-                }
-                for g in view.groups
-            }
-            for r in view.partitions:
-                entry["groups"][r.group]["partitions"].append(
-                    {
-                        "topic": r.topic,
-                        "partition": r.partition,
-                        "committed": r.committed,
-                        "earliest": r.earliest,
-                        "latest": r.latest,
-                        "lag": r.lag,
-                        "lag_seconds": r.lag_seconds,
-                        "messages_lost": r.messages_lost,
-                        "data_loss": r.data_loss,
-                        "compacted": r.compacted,
-                        "consumer_id": r.member.consumer_id,
-                        "host": r.member.host,
-                        "client_id": r.member.client_id,
-                    }
-                )
-            entry["skipped"] = dict(view.skipped)
-        clusters[p.name] = entry
-    return {"clusters": clusters}
+    entries: Dict[str, Any] = {}
+    for cluster in clusters:
+        entry: Dict[str, Any] = {
+            "ok": cluster.snapshot is not None,
+            "error": cluster.health.last_error,
+        }
+        if cluster.snapshot is not None:
+            entry["groups"] = _groups_entry(cluster.snapshot.view)
+            entry["skipped"] = dict(cluster.snapshot.view.skipped)
+        entries[cluster.name] = entry
+    return {"clusters": entries}
 
 
-def as_json(pollers: Sequence[ClusterPoller]) -> str:
+def as_json(clusters: Sequence[ClusterResult]) -> str:
     """JSON text of as_dict()."""
-    return json.dumps(as_dict(pollers), indent=2, sort_keys=True)
+    return json.dumps(as_dict(clusters), indent=2, sort_keys=True)
 
 
-def as_table(pollers: Sequence[ClusterPoller]) -> str:
+def _table_rows(name: str, view: LagView) -> List[Sequence[str]]:
+    state = {group.group: group.state for group in view.groups}
+    return [
+        (
+            name,
+            row.group,
+            state[row.group],
+            row.topic,
+            str(row.partition),
+            str(row.committed),
+            str(row.latest),
+            str(row.lag),
+            _seconds(row.lag_seconds),
+            row.member.consumer_id or "-",
+            row.member.host or "-",
+            row.member.client_id or "-",
+        )
+        for row in view.partitions
+    ]
+
+
+def as_table(clusters: Sequence[ClusterResult]) -> str:
     """An aligned table in the manner of kafka-consumer-groups --describe, with time lag."""
     rows: List[Sequence[str]] = [TABLE_COLUMNS]
     errors: List[str] = []
-    for p in pollers:
-        if p.snapshot is None:
-            errors.append(f"cluster {p.name}: not collected: {p.health.last_error}")
-            continue
-        view = p.snapshot.view
-        state = {g.group: g.state for g in view.groups}
-        for r in view.partitions:
-            rows.append(
-                (
-                    p.name,
-                    r.group,
-                    state[r.group],
-                    r.topic,
-                    str(r.partition),
-                    str(r.committed),
-                    str(r.latest),
-                    str(r.lag),
-                    _seconds(r.lag_seconds),
-                    r.member.consumer_id or "-",
-                    r.member.host or "-",
-                    r.member.client_id or "-",
-                )
-            )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    for cluster in clusters:
+        if cluster.snapshot is None:
+            errors.append(f"cluster {cluster.name}: not collected: {cluster.health.last_error}")
+        else:
+            rows.extend(_table_rows(cluster.name, cluster.snapshot.view))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(TABLE_COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+    ]
     return "\n".join(lines + errors)
+
+
+def as_prometheus(rendered: Optional[Rendered]) -> str:
+    """The text exposition of a render: what /metrics serves; nothing if rendering failed."""
+    return "" if rendered is None else rendered.body(False, False).decode()

@@ -1,12 +1,11 @@
 """HTTP resources: /metrics, /health, /ready and a status page at /.
 
-All answers come from state the pollers and the renderer already hold: no Kafka call,
-no rendering, no gzip on the reactor thread.
+/metrics and / serve the bytes of the renderer's last pass; /ready reads the pollers'
+state when asked. No Kafka call, no rendering, no gzip on the reactor thread.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from typing import Any, Dict, Sequence
 
@@ -15,11 +14,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web import pages, resource
 from twisted.web.server import Request
 
-from . import __version__
 from .poller import ClusterPoller
 from .render import OPENMETRICS_TYPE, TEXT_TYPE, MetricsRenderer
 
-READY_ANY, READY_ALL = "any", "all"
+# ready_requires = "all": every cluster must be fresh; otherwise ("any") one is enough.
+READY_ALL = "all"
 
 
 class _Leaf(resource.Resource):
@@ -39,29 +38,34 @@ class _Leaf(resource.Resource):
         return super().render(request)
 
 
+def _not_rendered(request: Request, what: bytes) -> bytes:
+    request.setResponseCode(503)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return what + b" not rendered yet\n"
+
+
 class MetricsResource(_Leaf):
     """Serves the latest pre-rendered exposition in the format and encoding asked for."""
 
     def __init__(self, renderer: MetricsRenderer) -> None:
         super().__init__()
-        self.renderer = renderer
+        self._renderer = renderer
 
     def render_GET(self, request: Request) -> bytes:
-        rendered = self.renderer.current
+        rendered = self._renderer.current
         request.setHeader(b"vary", b"Accept, Accept-Encoding")
         if rendered is None:
-            request.setResponseCode(503)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"metrics are not rendered yet\n"
+            return _not_rendered(request, b"metrics are")
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")
         _, chosen = exposition.choose_encoder(accept)
-        om = chosen.startswith("application/openmetrics-text")
-        encoding = (request.getHeader(b"accept-encoding") or b"").decode("latin-1")
-        gz = exposition.gzip_accepted(encoding)
-        request.setHeader(b"content-type", (OPENMETRICS_TYPE if om else TEXT_TYPE).encode())
-        if gz:
+        openmetrics = chosen.startswith("application/openmetrics-text")
+        encodings = (request.getHeader(b"accept-encoding") or b"").decode("latin-1")
+        gzipped = exposition.gzip_accepted(encodings)
+        content_type = OPENMETRICS_TYPE if openmetrics else TEXT_TYPE
+        request.setHeader(b"content-type", content_type.encode())
+        if gzipped:
             request.setHeader(b"content-encoding", b"gzip")
-        return rendered.body(om, gz)
+        return rendered.body(openmetrics, gzipped)
 
 
 class HealthResource(_Leaf):
@@ -74,93 +78,62 @@ class HealthResource(_Leaf):
 
 def cluster_status(poller: ClusterPoller, now: float) -> Dict[str, Any]:
     """One cluster's entry in /ready."""
-    h = poller.health
+    health = poller.health
     return {
         "state": poller.state(now),
-        "last_success": h.last_success,
-        "consecutive_failures": h.consecutive_failures,
-        "last_error": h.last_error,
+        "last_success": health.last_success,
+        "consecutive_failures": health.consecutive_failures,
+        "last_error": health.last_error,
         "next_attempt_in": poller.next_attempt_in(now),
     }
 
 
 def is_ready(pollers: Sequence[ClusterPoller], requires: str, now: float) -> bool:
     """Ready when any (or, with requires="all", every) cluster has fresh data."""
-    fresh = [p.is_fresh(now) for p in pollers]
+    fresh = [poller.fresh_snapshot(now) is not None for poller in pollers]
     return all(fresh) if requires == READY_ALL else any(fresh)
 
 
 class ReadyResource(_Leaf):
-    """Readiness with each cluster's state; 200 when ready, else 503."""
+    """Readiness with each cluster's state; 200 when ready, else 503.
+
+    Computed when asked: it is a few fields per cluster, and its states must be those of
+    the moment even between renders.
+    """
 
     def __init__(
         self, pollers: Sequence[ClusterPoller], requires: str, clock: IReactorTime
     ) -> None:
         super().__init__()
-        self.pollers = pollers
-        self.requires = requires
-        self.clock = clock
+        self._pollers = pollers
+        self._requires = requires
+        self._clock = clock
 
     def render_GET(self, request: Request) -> bytes:
-        now = self.clock.seconds()
-        ready = is_ready(self.pollers, self.requires, now)
-        body = {
+        now = self._clock.seconds()
+        ready = is_ready(self._pollers, self._requires, now)
+        answer = {
             "status": "ready" if ready else "not_ready",
-            "clusters": {p.name: cluster_status(p, now) for p in self.pollers},
+            "clusters": {poller.name: cluster_status(poller, now) for poller in self._pollers},
         }
         request.setResponseCode(200 if ready else 503)
         request.setHeader(b"content-type", b"application/json")
-        return json.dumps(body, indent=2).encode() + b"\n"
-
-
-# Rows in the status page's "most lag" table.
-TOP_GROUPS = 10
+        return json.dumps(answer, indent=2).encode() + b"\n"
 
 
 class StatusPage(_Leaf):
-    """A small HTML page for a person: version, cluster states, the most lagging groups."""
+    """The status page, as the last render pass made it (see render.status_page)."""
 
-    def __init__(self, pollers: Sequence[ClusterPoller], clock: IReactorTime) -> None:
+    def __init__(self, renderer: MetricsRenderer) -> None:
         super().__init__()
-        self.pollers = pollers
-        self.clock = clock
+        self._renderer = renderer
 
     def render_GET(self, request: Request) -> bytes:
-        now = self.clock.seconds()
-        e = html.escape
-        states = "".join(
-            f"<tr><td>{e(p.name)}</td><td>{e(p.state(now))}</td>"
-            f"<td>{e(p.health.last_error)}</td></tr>"
-            for p in self.pollers
-        )
-        rows = []
-        for p in self.pollers:
-            snap = p.fresh_snapshot(now)
-            if snap is None:
-                continue
-            for g in snap.view.groups:
-                if g.sum_lag is not None:
-                    rows.append((g.max_lag_seconds, g.sum_lag, p.name, g.group))
-        # Unknown time lag sorts below every known one and shows as "-", never as 0.0.
-        rows.sort(key=lambda r: (-1.0 if r[0] is None else r[0],) + r[1:], reverse=True)
-        lag_rows = "".join(
-            f"<tr><td>{e(c)}</td><td>{e(g)}</td><td>{s}</td>"
-            f"<td>{'-' if secs is None else f'{secs:.1f}'}</td></tr>"
-            for secs, s, c, g in rows[:TOP_GROUPS]
-        )
-        # Relative links, so the page still works when a host daemon mounts it under a sub-path.
-        page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>klag-collector</title></head>
-<body><h1>klag-collector {e(__version__)}</h1>
-<h2>Clusters</h2>
-<table border="1"><tr><th>cluster</th><th>state</th><th>last error</th></tr>{states}</table>
-<h2>Most lagging groups</h2>
-<table border="1"><tr><th>cluster</th><th>group</th><th>sum lag</th><th>max lag (s)</th></tr>{lag_rows}</table>
-<p><a href="metrics">metrics</a> <a href="health">health</a> <a href="ready">ready</a></p>
-</body></html>
-"""
+        rendered = self._renderer.current
+        if rendered is None:
+            return _not_rendered(request, b"the status page is")
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return page.encode()
+        return rendered.status_page
 
 
 class Root(resource.Resource):
@@ -184,7 +157,7 @@ def make_root(
     """The exporter's whole HTTP tree."""
     return Root(
         {
-            b"": StatusPage(pollers, clock),
+            b"": StatusPage(renderer),
             b"metrics": MetricsResource(renderer),
             b"health": HealthResource(),
             b"ready": ReadyResource(pollers, ready_requires, clock),

@@ -140,7 +140,7 @@ class CollectTests(CollectorTestCase):
         collector = self.make()
         self.sources["b"].error = ConnectionError("down")
         self.clock.pump([1.0] * 31)
-        self.assertFalse(self.pollers[1].is_fresh(self.clock.seconds()))
+        self.assertIsNone(self.pollers[1].fresh_snapshot(self.clock.seconds()))
         fams = by_name(list(collector.collect()))
         with_b: Set[str] = {name for name, f in fams.items() if "b" in clusters_in(f)}
         self.assertTrue(with_b)

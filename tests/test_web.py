@@ -13,7 +13,6 @@ import json
 import re
 from typing import Dict, List, Optional, Tuple
 
-from prometheus_client.registry import CollectorRegistry
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -25,7 +24,6 @@ from twisted.web.test._util import _render
 from twisted.web.test.requesthelper import DummyRequest
 
 from klag_collector import __version__
-from klag_collector.collector import LagCollector
 from klag_collector.model import ClusterData, GroupInfo, Member
 from klag_collector.render import OPENMETRICS_TYPE, TEXT_TYPE, MetricsRenderer
 from fakes import FakeSource, one_partition_data, pollers_on_clock, run_now
@@ -61,7 +59,7 @@ def good_data() -> ClusterData:
 
 
 class WebTestCase(SynchronousTestCase):
-    """Builds the two pollers, the collector, the renderer and the root on one Clock."""
+    """Builds the two pollers, the renderer and the root on one Clock."""
 
     def setUp(self) -> None:
         self.clock = task.Clock()
@@ -73,14 +71,12 @@ class WebTestCase(SynchronousTestCase):
 
     def build(self, extra: str = "") -> None:
         """(Re)build everything from CONFIG with `extra` lines in [exporter]."""
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.renderer = MetricsRenderer(self.registry, run_now)
         cfg, self.pollers = pollers_on_clock(
             CONFIG.format(extra=extra), {"good": self.good_source, "bad": self.bad_source},
-            self.clock, on_change=self.renderer.invalidate,
+            self.clock, on_change=lambda: self.renderer.invalidate(),
         )
         self.good, self.bad = self.pollers
-        self.registry.register(LagCollector(self.pollers, cfg.exporter.granularity, self.clock))
+        self.renderer = MetricsRenderer(self.pollers, cfg.exporter.granularity, self.clock, run_now)
         self.root = make_root(self.renderer, self.pollers, cfg.exporter.ready_requires, self.clock)
 
     def start(self) -> None:
@@ -409,6 +405,20 @@ class StatusPageTests(WebTestCase):
         self.assertEqual(code(request), 200)
         self.assertEqual(header(request, b"content-type"), b"text/html; charset=utf-8")
         return body(request).decode()
+
+    def test_before_the_first_render_the_page_answers_503(self) -> None:
+        """The page is made by the render pass: until the first one, / says 503 as /metrics does."""
+        request = self.request(b"/")
+        self.assertEqual(code(request), 503)
+        self.assertEqual(header(request, b"content-type"), b"text/plain; charset=utf-8")
+        self.assertEqual(body(request), b"the status page is not rendered yet\n")
+
+    def test_the_page_is_the_bytes_of_the_last_render(self) -> None:
+        """A request serves the page the last render pass made, and builds nothing itself."""
+        self.start()
+        first = body(self.request(b"/"))
+        self.assertIs(first, self.renderer.current.status_page)
+        self.assertIs(body(self.request(b"/")), first)
 
     def test_page_shows_version_and_cluster_states(self) -> None:
         """The page names the version and each cluster with its state and last error."""
