@@ -14,11 +14,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web import pages, resource
 from twisted.web.server import Request
 
+from .config import ReadyRequires
 from .poller import ClusterPoller
 from .render import OPENMETRICS_TYPE, TEXT_TYPE, MetricsRenderer
 
-# ready_requires = "all": every cluster must be fresh; otherwise ("any") one is enough.
-READY_ALL = "all"
 
 
 class _Leaf(resource.Resource):
@@ -88,10 +87,10 @@ def cluster_status(poller: ClusterPoller, now: float) -> Dict[str, Any]:
     }
 
 
-def is_ready(pollers: Sequence[ClusterPoller], requires: str, now: float) -> bool:
-    """Ready when any (or, with requires="all", every) cluster has fresh data."""
+def is_ready(pollers: Sequence[ClusterPoller], requires: ReadyRequires, now: float) -> bool:
+    """Ready when any (or, with ReadyRequires.ALL, every) cluster has fresh data."""
     fresh = [poller.fresh_snapshot(now) is not None for poller in pollers]
-    return all(fresh) if requires == READY_ALL else any(fresh)
+    return all(fresh) if requires is ReadyRequires.ALL else any(fresh)
 
 
 class ReadyResource(_Leaf):
@@ -102,7 +101,7 @@ class ReadyResource(_Leaf):
     """
 
     def __init__(
-        self, pollers: Sequence[ClusterPoller], requires: str, clock: IReactorTime
+        self, pollers: Sequence[ClusterPoller], requires: ReadyRequires, clock: IReactorTime
     ) -> None:
         super().__init__()
         self._pollers = pollers
@@ -151,7 +150,7 @@ class Root(resource.Resource):
 def make_root(
     renderer: MetricsRenderer,
     pollers: Sequence[ClusterPoller],
-    ready_requires: str,
+    ready_requires: ReadyRequires,
     clock: IReactorTime,
 ) -> Root:
     """The exporter's whole HTTP tree."""
