@@ -34,24 +34,30 @@ def parser() -> argparse.ArgumentParser:
 
 def summary(config: Config) -> str:
     """What --check prints: what would be monitored, without secrets."""
-    e = config.exporter
+    exporter = config.exporter
+    sampling = exporter.timestamp_sampling
     lines = [
         f"config {config.source} is valid",
-        f"listen on {e.http_host}:{e.http_port}, poll every {e.poll_interval:g}s, "
-        f"granularity {e.granularity.value}, stale after {e.staleness_threshold:g}s",
+        f"listen on {exporter.http_host}:{exporter.http_port}, "
+        f"poll every {exporter.poll_interval:g}s, granularity {exporter.granularity.value}, "
+        f"stale after {exporter.staleness_threshold:g}s",
         "timestamp sampling: "
         + (
-            f"on (cache {e.timestamp_sampling.cache_ttl:g}s, "
-            f"{e.timestamp_sampling.max_concurrent_fetches} concurrent fetches)"
-            if e.timestamp_sampling.enabled
+            f"on (cache {sampling.cache_ttl:g}s, {sampling.max_concurrent_fetches} concurrent fetches)"
+            if sampling.enabled
             else "off"
         ),
     ]
-    for c in config.clusters:
-        labels = ", ".join(f"{k}={v}" for k, v in c.labels.items()) or "none"
-        security = c.kafka_args.get("security_protocol", "PLAINTEXT")
+    for cluster in config.clusters:
+        labels = ", ".join(f"{name}={value}" for name, value in cluster.labels.items()) or "none"
+        security = cluster.kafka_args.get("security_protocol", "PLAINTEXT")
         lines.append(
-            f"cluster {c.name}: {','.join(c.bootstrap_servers)} ({security}), labels: {labels}"
+            f"cluster {cluster.name}: {','.join(cluster.bootstrap_servers)} ({security}), "
+            f"labels: {labels}"
+        )
+    if config.ignored_keys:
+        lines.append(
+            "ignored (klag-exporter keys with no effect here): " + ", ".join(config.ignored_keys)
         )
     return "\n".join(lines)
 

@@ -79,7 +79,6 @@ class Performance:
 
     kafka_timeout: float = 30.0
     offset_fetch_timeout: float = 10.0
-    max_concurrent_groups: int = 10
     compacted_topics_cache_ttl: float = 300.0
 
 
@@ -151,6 +150,8 @@ class Config:
     source: str
     exporter: ExporterConfig
     clusters: Tuple[ClusterConfig, ...]
+    # Key paths of klag-exporter keys the file sets that have no effect here (--check lists them).
+    ignored_keys: Tuple[str, ...] = ()
 
 
 _FORMATS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml"}
@@ -204,7 +205,6 @@ _SAMPLING: _Readers = {
 _PERFORMANCE: _Readers = {
     "kafka_timeout": ("duration", ()),
     "offset_fetch_timeout": ("duration", ()),
-    "max_concurrent_groups": ("integer", (1,)),
     "compacted_topics_cache_ttl": ("duration", ()),
 }
 _OTEL: _Readers = {
@@ -238,6 +238,8 @@ _KLAG_ONLY: Dict[str, _Readers] = {
         "rate_min_msgs_per_sec": ("number", (0.0,)),
     },
     "exporter.performance": {
+        # Committed offsets of all groups come in one request per coordinator: nothing to bound.
+        "max_concurrent_groups": ("integer", (1,)),
         "max_concurrent_watermarks": ("integer", (1,)),
         "client_recycle_interval": ("integer", (0,)),
         "max_blocking_threads": ("integer", (1,)),
@@ -284,7 +286,7 @@ def _build(reader: Reader, tree: Any) -> Config:
             reader.fail(f"clusters[{i}].name", f"duplicate cluster name (also {first})")
         seen[cluster.name] = i
         clusters.append(cluster)
-    return Config(reader.source, exporter, tuple(clusters))
+    return Config(reader.source, exporter, tuple(clusters), tuple(reader.ignored))
 
 
 def _section(reader: Reader, raw: Any, path: str, keys: Tuple[str, ...]) -> Section:
@@ -292,7 +294,8 @@ def _section(reader: Reader, raw: Any, path: str, keys: Tuple[str, ...]) -> Sect
     klag_only = _KLAG_ONLY.get(path, {})
     section = Section(reader, reader.table(raw, path, keys + tuple(klag_only)), path)
     for key, (method, args) in klag_only.items():
-        section.get(key, None, getattr(reader, method), *args)
+        if section.get(key, None, getattr(reader, method), *args) is not None:
+            reader.ignored.append(join(path, key))
     return section
 
 

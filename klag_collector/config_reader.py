@@ -13,6 +13,7 @@ from typing import (
     Dict,
     Iterable,
     Iterator,
+    List,
     Mapping,
     NoReturn,
     Optional,
@@ -130,6 +131,8 @@ class Reader:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        # Key paths read only to be type-checked and dropped (klag-exporter keys of no use here).
+        self.ignored: List[str] = []
 
     def fail(self, path: str, reason: str) -> NoReturn:
         raise ConfigError(self.source, path, reason)

@@ -122,6 +122,18 @@ def test_check_never_prints_the_password(tmp_path: Path) -> None:
     assert SECRET not in run.out + run.err
 
 
+def test_check_lists_the_klag_exporter_keys_it_ignores(tmp_path: Path) -> None:
+    """klag-exporter keys of no use here load, and --check says, in one line, that they do nothing."""
+    text = ('[exporter.performance]\nmax_concurrent_groups = 20\n'
+            '[exporter.timestamp_sampling]\nmode = "rate"\n'
+            '[[clusters]]\nname = "c"\nbootstrap_servers = "h:9092"\n')
+    run = klag("-c", write(tmp_path, text), "--check")
+    assert run.code == 0, run.err
+    assert run.out.splitlines()[-1] == (
+        "ignored (klag-exporter keys with no effect here): "
+        "exporter.timestamp_sampling.mode, exporter.performance.max_concurrent_groups")
+
+
 def test_check_works_on_yaml_too(tmp_path: Path) -> None:
     """A YAML file with the same tree is checked the same way."""
     yaml = "clusters:\n  - name: y1\n    bootstrap_servers: 'h:9092'\n"

@@ -143,7 +143,7 @@ def test_spec_example_parses_to_the_documented_values(ca: str) -> None:
         staleness_threshold=90.0,
         ready_requires="any",
         timestamp_sampling=TimestampSampling(True, 60.0, 10),
-        performance=Performance(30.0, 10.0, 10),
+        performance=Performance(30.0, 10.0),
         otel=OtelConfig(False, "http://localhost:4317", "grpc", 60.0),
     )
     (cluster,) = config.clusters
@@ -157,6 +157,7 @@ def test_spec_example_parses_to_the_documented_values(ca: str) -> None:
         "ssl_cafile": ca,
     }
     assert dict(cluster.labels) == {"environment": "test"}
+    assert config.ignored_keys == ("exporter.performance.max_concurrent_groups",)
 
 
 def test_yaml_with_the_same_tree_gives_an_equal_config(ca: str) -> None:
