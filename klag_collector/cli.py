@@ -116,7 +116,7 @@ def run_once(config: Config, fmt: str) -> int:
 
 def run_forever(config: Config) -> int:
     """Serve until SIGINT or SIGTERM, then stop gracefully."""
-    from twisted.internet import reactor
+    from twisted.internet import defer, reactor
     from twisted.logger import Logger
 
     from .service import ListenFailed, make_service
@@ -138,15 +138,15 @@ def run_forever(config: Config) -> int:
         except Exception as e:
             failed.append(str(e))
             log.critical("cannot start: {error}", error=e)
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
 
-    def stop():  # type: ignore[no-untyped-def]
+    def stop() -> Optional[defer.Deferred[None]]:
         if svc.running:
             log.info("stopping")
             return svc.stopService()
         return None
 
-    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger("before", "shutdown", stop)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    reactor.run()
     return EXIT_FAILED if failed else EXIT_OK

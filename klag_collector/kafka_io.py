@@ -14,14 +14,14 @@ import threading
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
-from kafka.admin import (  # type: ignore[import-untyped]
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import (
     ConfigResource,
     ConfigResourceType,
     KafkaAdminClient,
     OffsetSpec,
 )
-from kafka.errors import BrokerResponseError  # type: ignore[import-untyped]
+from kafka.errors import BrokerResponseError
 
 from . import kafka_clients
 from .config import Performance

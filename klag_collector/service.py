@@ -6,7 +6,7 @@ embedding API is make_service() and the public attributes of what it returns.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple, cast
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -102,7 +102,7 @@ class _AnnouncingEndpoint:
         # A listen still pending when the service stops is cancelled: that is no failure.
         if failure.check(defer.CancelledError):
             return failure
-        raise listen_failed(failure.value)
+        raise listen_failed(cast(BaseException, failure.value))
 
 
 class QuietSite(Site):

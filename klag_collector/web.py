@@ -7,7 +7,7 @@ state when asked. No Kafka call, no rendering, no gzip on the reactor thread.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Sequence, cast
 
 from prometheus_client import exposition
 from twisted.internet.interfaces import IReactorTime
@@ -26,15 +26,15 @@ class _Leaf(resource.Resource):
     isLeaf = True
 
     def render(self, request: Request) -> bytes:
-        if any(request.postpath):
-            return pages.notFound().render(request)
+        if any(request.postpath or ()):
+            return cast(bytes, pages.notFound().render(request))
         if request.method not in (b"GET", b"HEAD"):
             # twisted.web gives 405 only to the verbs it knows (GET, HEAD, POST) and 501 to
             # PUT, DELETE and the rest; any other verb on a known path is a 405 here.
             request.setHeader(b"allow", b"GET, HEAD")
             page = pages.errorPage(405, "Method Not Allowed", "Only GET and HEAD are allowed here.")
-            return page.render(request)
-        return super().render(request)
+            return cast(bytes, page.render(request))
+        return cast(bytes, super().render(request))
 
 
 def _not_rendered(request: Request, what: bytes) -> bytes:
@@ -143,7 +143,7 @@ class Root(resource.Resource):
         for path, child in children.items():
             self.putChild(path, child)
 
-    def getChild(self, path: bytes, request: Request) -> resource.Resource:
+    def getChild(self, path: bytes, request: Request) -> resource.IResource:
         return pages.notFound()
 
 
