@@ -24,8 +24,8 @@ import importlib.util
 import os
 import re
 import stat
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NoReturn, Optional, Tuple
 
 from klag_collector import oauth
 from klag_collector.errors import ConfigError
@@ -542,6 +542,28 @@ _OIDC_REQUIRED = (
 )
 
 
+@dataclass(frozen=True)
+class _OauthSettings:
+    """The sasl.oauthbearer.* settings of one cluster, and where each came from, for errors."""
+
+    parts: Mapping[str, Any]
+    part_origin: Mapping[str, str]
+    source: str
+    key_prefix: str
+    # The property that chose OAUTHBEARER ("sasl.mechanism"), blamed for what is missing.
+    mechanism_origin: str = ""
+
+    def fail_part(self, part: str, reason: str) -> NoReturn:
+        raise ConfigError(self.source, property_key(self.key_prefix, self.part_origin[part]), reason)
+
+    def fail(self, reason: str) -> NoReturn:
+        raise ConfigError(self.source, property_key(self.key_prefix, self.mechanism_origin), reason)
+
+    def given(self, names: Iterable[str]) -> List[str]:
+        """The settings among *names* set to something else than librdkafka's default."""
+        return [p for p in names if p in self.parts and self.parts[p] != _PART_DEFAULTS.get(p, ...)]
+
+
 def _token_provider(
     args: Dict[str, Any],
     origin: Dict[str, str],
@@ -559,71 +581,78 @@ def _token_provider(
     "oidc" when any OIDC setting is given (Java configs have no such property), else "default".
     """
     mechanism = args.get("sasl_mechanism")
-
-    def fail_part(part: str, reason: str) -> None:
-        raise ConfigError(source, property_key(key_prefix, part_origin[part]), reason)
-
+    settings = _OauthSettings(parts, part_origin, source, key_prefix)
     if mechanism != "OAUTHBEARER":
         # Settings left at librdkafka's defaults (configs often spell them out) are harmless.
-        for part in part_origin:
-            if parts[part] != _PART_DEFAULTS.get(part, ...):
-                fail_part(part, f"is an OAUTHBEARER setting but sasl.mechanism is "
-                                f"{mechanism or 'not set'}, so it would be ignored")
+        for part in settings.given(part_origin):
+            settings.fail_part(part, f"is an OAUTHBEARER setting but sasl.mechanism is "
+                                     f"{mechanism or 'not set'}, so it would be ignored")
         return
     # "sasl.mechanism" set it, and _check_coherence already required a SASL protocol.
-    where = origin["sasl_mechanism"]
-
-    def fail(reason: str) -> None:
-        raise ConfigError(source, property_key(key_prefix, where), reason)
-
-    oidc_given = [p for p in _OIDC_PARTS if p in parts and parts[p] != _PART_DEFAULTS.get(p, ...)]
+    settings = replace(settings, mechanism_origin=origin["sasl_mechanism"])
+    oidc_given = settings.given(_OIDC_PARTS)
     method = parts.get("method") or ("oidc" if oidc_given else "default")
     if method == "default":
         if oidc_given:
-            fail_part(oidc_given[0], 'is only used with sasl.oauthbearer.method "oidc"')
-        if not parts.get("unsecure_jwt"):
-            fail('OAUTHBEARER needs sasl.oauthbearer.method = "oidc" with '
-                 "sasl.oauthbearer.token.endpoint.url, sasl.oauthbearer.client.id and "
-                 'sasl.oauthbearer.client.secret (method "default" takes a token from '
-                 "application code, or an unsecured test token with "
-                 'enable.sasl.oauthbearer.unsecure.jwt = "true")')
-        if "config" not in parts:
-            fail("OAUTHBEARER with enable.sasl.oauthbearer.unsecure.jwt needs "
-                 'sasl.oauthbearer.config ("principal=NAME ..."), which is not set')
-        try:
-            config = _unsecured_jwt_config(parts["config"])
-        except ValueError as e:
-            fail_part("config", str(e))
-        if "principal" not in config:
-            fail_part("config", 'has no "principal=NAME"')
-        args[_PROVIDER] = oauth.UnsecuredJwtTokenProvider(**config)
+            settings.fail_part(oidc_given[0], 'is only used with sasl.oauthbearer.method "oidc"')
+        args[_PROVIDER] = _unsecured_jwt_provider(settings)
         origin[_PROVIDER] = part_origin["config"]
-        return
+    else:
+        args[_PROVIDER] = _client_credentials_provider(settings)
+        origin[_PROVIDER] = part_origin["token_url"]
+
+
+def _unsecured_jwt_provider(settings: _OauthSettings) -> oauth.UnsecuredJwtTokenProvider:
+    """librdkafka's unsigned test tokens (method "default" with unsecure.jwt)."""
+    parts = settings.parts
+    if not parts.get("unsecure_jwt"):
+        settings.fail('OAUTHBEARER needs sasl.oauthbearer.method = "oidc" with '
+                      "sasl.oauthbearer.token.endpoint.url, sasl.oauthbearer.client.id and "
+                      'sasl.oauthbearer.client.secret (method "default" takes a token from '
+                      "application code, or an unsecured test token with "
+                      'enable.sasl.oauthbearer.unsecure.jwt = "true")')
+    if "config" not in parts:
+        settings.fail("OAUTHBEARER with enable.sasl.oauthbearer.unsecure.jwt needs "
+                      'sasl.oauthbearer.config ("principal=NAME ..."), which is not set')
+    try:
+        config = _unsecured_jwt_config(parts["config"])
+    except ValueError as e:
+        settings.fail_part("config", str(e))
+    if "principal" not in config:
+        settings.fail_part("config", 'has no "principal=NAME"')
+    return oauth.UnsecuredJwtTokenProvider(**config)
+
+
+def _client_credentials_provider(
+    settings: _OauthSettings,
+) -> oauth.ClientCredentialsTokenProvider:
+    """The OIDC client-credentials grant (method "oidc"), its settings checked first."""
+    parts = settings.parts
     if parts.get("unsecure_jwt"):
-        fail_part("unsecure_jwt", 'cannot be true with sasl.oauthbearer.method "oidc"')
+        settings.fail_part("unsecure_jwt", 'cannot be true with sasl.oauthbearer.method "oidc"')
     for part, name in _OIDC_REQUIRED:
         if part not in parts:
-            fail(f"OAUTHBEARER (sasl.oauthbearer.method oidc) needs {name}, which is not set")
+            settings.fail(
+                f"OAUTHBEARER (sasl.oauthbearer.method oidc) needs {name}, which is not set"
+            )
     if "ca_location" in parts and not parts["token_url"].lower().startswith("https:"):
-        fail_part("ca_location", "is set but sasl.oauthbearer.token.endpoint.url is not https, "
-                                 "so it would be ignored")
+        settings.fail_part("ca_location", "is set but sasl.oauthbearer.token.endpoint.url is "
+                                          "not https, so it would be ignored")
     urlencode = parts.get("urlencode_credentials", False)
     if ":" in parts["client_id"] and not urlencode:
-        fail_part("client_id", 'contains ":", which HTTP Basic authentication cannot carry; '
-                               'set "sasl.oauthbearer.header.urlencode" = "true" if the '
-                               "identity provider decodes it (RFC 6749 2.3.1)")
+        settings.fail_part("client_id", 'contains ":", which HTTP Basic authentication cannot '
+                                        'carry; set "sasl.oauthbearer.header.urlencode" = "true" '
+                                        "if the identity provider decodes it (RFC 6749 2.3.1)")
     # sasl.oauthbearer.config is accepted and unused here, as librdkafka's oidc method does.
     try:
-        provider = oauth.ClientCredentialsTokenProvider(
+        return oauth.ClientCredentialsTokenProvider(
             parts["token_url"], parts["client_id"], parts["client_secret"],
             scope=parts.get("scope"), extensions=parts.get("extensions"),
             ca_location=parts.get("ca_location"), urlencode_credentials=urlencode,
         )
     except OSError as e:  # https.ca.location opens (_file_or_directory) but is no CA (ssl.SSLError)
         reason = re.sub(r"\s*\(_ssl\.c:\d+\)", "", e.strerror or type(e).__name__)
-        fail_part("ca_location", f"cannot be loaded: {reason}")
-    args[_PROVIDER] = provider
-    origin[_PROVIDER] = part_origin["token_url"]
+        settings.fail_part("ca_location", f"cannot be loaded: {reason}")
 
 
 def msk_iam_args(
