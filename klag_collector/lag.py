@@ -11,7 +11,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Set
 
 from .model import (
     NO_MEMBER,
+    TP,
     ClusterData,
+    GroupInfo,
     GroupLag,
     LagView,
     PartitionLag,
@@ -88,47 +90,15 @@ def compute_lag(
     skipped: Dict[str, int] = defaultdict(int)
     partitions: List[PartitionLag] = []
     groups: List[GroupLag] = []
-    compaction = data_loss = 0
-
     for name in sorted(data.groups):
         info = data.groups[name]
         rows: List[PartitionLag] = []
-        for (topic, partition), committed in sorted(data.committed.get(name, {}).items()):
-            tp = (topic, partition)
-            earliest = data.earliest.get(tp)
-            latest = data.latest.get(tp)
-            if earliest is None or latest is None:
-                skipped[WATERMARK_UNAVAILABLE] += 1
-                continue
-            lag = offset_lag(committed, latest)
-            seconds: Optional[float] = None
-            if timestamps is not None:
-                key = (topic, partition, sampled_offset(committed, earliest))
-                seconds = time_lag(lag, timestamps.get(key), now)
-                if seconds is None:
-                    skipped[TIMESTAMP_UNAVAILABLE] += 1
-            row = PartitionLag(
-                group=name,
-                topic=topic,
-                partition=partition,
-                member=info.assignments.get(tp, NO_MEMBER),
-                committed=committed,
-                earliest=earliest,
-                latest=latest,
-                lag=lag,
-                lag_seconds=seconds,
-                messages_lost=max(0, earliest - committed),
-                retention_margin=committed - earliest,
-                retention_ratio=retention_ratio(lag, earliest, latest),
-                data_loss=committed < earliest,
-                compacted=topic in data.compacted_topics,
-            )
-            compaction += row.compacted
-            data_loss += row.data_loss
-            rows.append(row)
+        for tp, committed in sorted(data.committed.get(name, {}).items()):
+            row = _partition_lag(data, name, info, tp, committed, timestamps, now, skipped)
+            if row is not None:
+                rows.append(row)
         partitions.extend(rows)
         groups.append(_aggregate(name, info.state, info.members, rows))
-
     return LagView(
         partitions=tuple(partitions),
         groups=tuple(groups),
@@ -136,8 +106,50 @@ def compute_lag(
         latest=dict(data.latest),
         skipped=dict(skipped),
         skipped_groups=dict(data.skipped_groups),
-        compaction_partitions=compaction,
-        data_loss_partitions=data_loss,
+        compaction_partitions=sum(row.compacted for row in partitions),
+        data_loss_partitions=sum(row.data_loss for row in partitions),
+    )
+
+
+def _partition_lag(
+    data: ClusterData,
+    group: str,
+    info: GroupInfo,
+    tp: TP,
+    committed: int,
+    timestamps: Optional[Timestamps],
+    now: float,
+    skipped: Dict[str, int],
+) -> Optional[PartitionLag]:
+    """One group's figures on one partition; None (counted in *skipped*) without watermarks."""
+    topic, partition = tp
+    earliest = data.earliest.get(tp)
+    latest = data.latest.get(tp)
+    if earliest is None or latest is None:
+        skipped[WATERMARK_UNAVAILABLE] += 1
+        return None
+    lag = offset_lag(committed, latest)
+    seconds: Optional[float] = None
+    if timestamps is not None:
+        key = (topic, partition, sampled_offset(committed, earliest))
+        seconds = time_lag(lag, timestamps.get(key), now)
+        if seconds is None:
+            skipped[TIMESTAMP_UNAVAILABLE] += 1
+    return PartitionLag(
+        group=group,
+        topic=topic,
+        partition=partition,
+        member=info.assignments.get(tp, NO_MEMBER),
+        committed=committed,
+        earliest=earliest,
+        latest=latest,
+        lag=lag,
+        lag_seconds=seconds,
+        messages_lost=max(0, earliest - committed),
+        retention_margin=committed - earliest,
+        retention_ratio=retention_ratio(lag, earliest, latest),
+        data_loss=committed < earliest,
+        compacted=topic in data.compacted_topics,
     )
 
 
