@@ -16,5 +16,5 @@ def backoff_delay(failures: int, jitter: Callable[[], float]) -> float:
     """
     if failures < 1:
         return 0.0
-    delay = min(MAX_DELAY, FIRST_DELAY * 2 ** min(failures - 1, 30))
+    delay = min(MAX_DELAY, FIRST_DELAY * 2.0 ** min(failures - 1, 30))
     return delay * (1.0 - 0.2 * jitter())

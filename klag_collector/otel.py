@@ -35,16 +35,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, Iterable, List
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client.metrics_core import Metric
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import __version__
 from .config import OtelConfig
+from .loop import RunEnd, SerialLoop
 
 __all__ = ["OtelExporterService", "OtelUnavailable", "build_metrics_data", "http_metrics_url"]
 
@@ -65,6 +67,10 @@ MISSING_EXTRA = (
 
 class OtelUnavailable(RuntimeError):
     """otel is enabled but the ``otel`` extra is not installed (a one-line message)."""
+
+
+class ExportFailed(Exception):
+    """An export that did not reach the collector; the message says why, in one line."""
 
 
 def http_metrics_url(endpoint: str) -> str:
@@ -223,13 +229,22 @@ class OtelExporterService(service.Service):
         self.exporter: Any = None
         self.exports = 0  # successful exports
         self.failures = 0  # failed exports
-        self.skipped = 0  # ticks skipped because an export was still running
-        self._loop: Optional[task.LoopingCall] = None
-        self._running: Optional["defer.Deferred[Any]"] = None
+        self._loop: SerialLoop[None] = SerialLoop(
+            reactor,
+            config.export_interval,
+            self._export_once,
+            label="OTLP export",
+            on_end=self._export_ended,
+        )
         self._failing = False
         self._resource: Any = None
         self._scope: Any = None
         self._start_ns = 0
+
+    @property
+    def skipped(self) -> int:
+        """Ticks skipped because an export was still running."""
+        return self._loop.skipped_ticks
 
     # -- service ------------------------------------------------------------------
 
@@ -241,9 +256,7 @@ class OtelExporterService(service.Service):
         self._scope = InstrumentationScope(SCOPE_NAME, __version__)
         self._start_ns = time.time_ns()
         super().startService()
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = self.reactor
-        self._loop.start(self.config.export_interval, now=False).addErrback(self._loop_died)
+        self._loop.start(now=False)
         self.log.info(
             "pushing metrics over OTLP ({protocol}) to {endpoint} every {interval}s",
             protocol=self.config.protocol,
@@ -256,14 +269,10 @@ class OtelExporterService(service.Service):
             return self.config.endpoint
         return http_metrics_url(self.config.endpoint)
 
-    def _loop_died(self, failure: Any) -> None:
-        self.log.critical("OTLP export loop died: {failure}", failure=failure)
-
     @defer.inlineCallbacks
-    def stopService(self):  # type: ignore[no-untyped-def]
+    def stopService(self) -> Generator["defer.Deferred[Any]", Any, None]:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        self._loop.stop()
         if self.exporter is None:
             return
         # Let a running export end, then push the last values once more (unless the
@@ -271,8 +280,8 @@ class OtelExporterService(service.Service):
         # one deadline.
         deadline = self.reactor.seconds() + STOP_FLUSH_TIMEOUT
         try:
-            if self._running is not None:
-                yield self._idle().addTimeout(STOP_FLUSH_TIMEOUT, self.reactor)
+            if self._loop.busy:
+                yield self._loop.idle().addTimeout(STOP_FLUSH_TIMEOUT, self.reactor)
             left = deadline - self.reactor.seconds()
             if not self._failing and left > 0:
                 yield self.export_now().addTimeout(left, self.reactor)
@@ -293,38 +302,18 @@ class OtelExporterService(service.Service):
 
     # -- exports ------------------------------------------------------------------
 
-    def _tick(self) -> None:
-        if self._running is not None:
-            self.skipped += 1
-            return
-        self.export_now()
-
     def export_now(self) -> "defer.Deferred[bool]":
         """Start an export (unless one runs); fires with True when it reached the collector."""
-        if self._running is None:
-            exporter = self.exporter
-            if exporter is None:
-                return defer.succeed(False)
-            self._running = _in_daemon_thread(self.reactor, lambda: self._export(exporter))
-            self._running.addBoth(self._export_ended)
-        return self._idle()
+        if self.exporter is None:
+            return defer.succeed(False)
+        return self._loop.run_now().addCallback(lambda end: end.ok)
 
-    def _idle(self) -> "defer.Deferred[bool]":
-        waiting: "defer.Deferred[bool]" = defer.Deferred()
-        if self._running is None:
-            waiting.callback(False)
-        else:
+    def _export_once(self) -> "defer.Deferred[None]":
+        exporter = self.exporter
+        return _in_daemon_thread(self.reactor, lambda: self._export(exporter))
 
-            def fire(result: Any) -> Any:
-                if not waiting.called:  # a stop may have given up on it already
-                    waiting.callback(result is True)
-                return result
-
-            self._running.addBoth(fire)
-        return waiting
-
-    def _export(self, exporter: Any) -> Tuple[bool, str]:
-        """In the export thread: one collect(), converted and sent."""
+    def _export(self, exporter: Any) -> None:
+        """In the export thread: one collect(), converted and sent; ExportFailed if refused."""
         export = _sdk()[0]
         families = list(self.collector.collect())
         data = build_metrics_data(
@@ -332,30 +321,32 @@ class OtelExporterService(service.Service):
         )
         try:
             result = exporter.export(data)
-        except Exception as e:  # a transport bug must not kill the loop
-            return False, f"{type(e).__name__}: {e}"
-        if result is export.MetricExportResult.SUCCESS:
-            return True, ""
-        return False, "the collector did not accept the export (see the exporter's log)"
+        except Exception as e:  # a transport bug is a failed export, logged in one line
+            raise ExportFailed(f"{type(e).__name__}: {e}") from e
+        if result is not export.MetricExportResult.SUCCESS:
+            raise ExportFailed("the collector did not accept the export (see the exporter's log)")
 
-    def _export_ended(self, result: Any) -> bool:
-        self._running = None
-        if isinstance(result, tuple):
-            ok, reason = result
-        else:  # a Failure: a bug in collect() or the conversion
-            ok, reason = False, result.getErrorMessage()
-            self.log.failure("OTLP export failed", result)
-        if ok:
-            self.exports += 1
-            if self._failing:
-                self.log.info("OTLP export to {endpoint} works again", endpoint=self._target())
-        else:
+    def _export_ended(self, end: RunEnd[None]) -> None:
+        # Logged once per change: a collector down for hours is one warning, not thousands.
+        if isinstance(end.outcome, Failure):
             self.failures += 1
+            reason = self._failure_reason(end.outcome)
             if not self._failing:
                 self.log.warn(
                     "OTLP export to {endpoint} failed: {reason}",
                     endpoint=self._target(),
                     reason=reason,
                 )
-        self._failing = not ok
-        return ok
+            self._failing = True
+        else:
+            self.exports += 1
+            if self._failing:
+                self.log.info("OTLP export to {endpoint} works again", endpoint=self._target())
+            self._failing = False
+
+    def _failure_reason(self, failure: Failure) -> str:
+        if isinstance(failure.value, ExportFailed):
+            return str(failure.value)
+        # Anything else is a bug in collect() or the conversion: worth its traceback.
+        self.log.failure("OTLP export failed", failure)
+        return failure.getErrorMessage()

@@ -1,19 +1,19 @@
 """One cluster's collection loop as a Twisted service.
 
-A LoopingCall ticks every `poll_interval`; each tick starts a cycle unless one is still
-running (then the tick is skipped and counted) or a backoff wait is pending. A cycle
-reads Kafka in worker threads, computes lag and builds families off the reactor, then
-swaps in a new immutable snapshot with one attribute assignment.
+A SerialLoop runs a cycle every `poll_interval`, one at a time, retrying failed ones
+with backoff. A cycle reads Kafka, samples record timestamps, computes lag and builds
+families in worker threads, then swaps in a new immutable snapshot with one attribute
+assignment.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Generator, List, Mapping, Optional, Protocol, cast
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,10 +22,13 @@ from . import families
 from .backoff import backoff_delay
 from .config import ClusterConfig, ExporterConfig
 from .errors import describe_error
-from .lag import compute_lag
+from .lag import Timestamps, compute_lag
+from .loop import RunEnd, SerialLoop
 from .metrics import CLUSTER, Granularity
-from .model import ClusterData, ClusterHealth, LagView
-from .timestamps import FetchItem, TimestampCache, TimestampSampler
+from .model import ClusterData, ClusterHealth, LagView, RecordKey
+from .timestamps import FetchItem, RunInThread, TimestampCache, TimestampSampler
+
+__all__ = ["ClusterPoller", "ClusterSnapshot", "RunInThread", "Source", "build_snapshot"]
 
 # How long stopService waits for an in-flight cycle before giving up on it.
 STOP_GRACE = 5.0
@@ -38,13 +41,9 @@ class Source(Protocol):
 
     def read(self, now: float) -> ClusterData: ...
 
-    def fetch_timestamps(self, items: Any) -> Any: ...
+    def fetch_timestamps(self, items: List[FetchItem]) -> Mapping[RecordKey, Optional[int]]: ...
 
     def reset(self) -> None: ...
-
-
-# Runs a blocking callable off the reactor thread and returns a Deferred of its result.
-RunInThread = Callable[..., "defer.Deferred[Any]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +57,7 @@ class ClusterSnapshot:
 
 def build_snapshot(
     data: ClusterData,
-    timestamps: Any,
+    timestamps: Optional[Timestamps],
     now: float,
     base: families.Labels,
     granularity: Granularity,
@@ -72,6 +71,8 @@ class ClusterPoller(service.Service):
     """Polls one cluster; exposes the current snapshot and health to readers."""
 
     log = Logger()
+    # Service declares name Optional; a poller always has its cluster's.
+    name: str
 
     def __init__(
         self,
@@ -90,24 +91,29 @@ class ClusterPoller(service.Service):
         self.clock = clock
         self._run = run_in_thread
         self._on_change = on_change
-        self._jitter = jitter
         self.base_labels: families.Labels = ((CLUSTER, cluster.name),) + tuple(
             cluster.labels.items()
         )
         sampling = exporter.timestamp_sampling
+        # Used by the sampler's worker-thread steps only, never on the reactor.
         self.cache = TimestampCache(sampling.cache_ttl)
         self.sampler: Optional[TimestampSampler] = None
         if sampling.enabled:
             self.sampler = TimestampSampler(
-                self.cache, self._fetch_timestamps, sampling.max_concurrent_fetches
+                self.cache, self._fetch_timestamps, sampling.max_concurrent_fetches, run_in_thread
             )
         self.snapshot: Optional[ClusterSnapshot] = None
         self.health = ClusterHealth()
-        self._loop: Optional[task.LoopingCall] = None
-        self._running: Optional[defer.Deferred[None]] = None
-        self._retry: Optional[IDelayedCall] = None
-        self._stale_call: Optional[IDelayedCall] = None
-        self._next_tick_at: Optional[float] = None
+        self._loop: SerialLoop[ClusterSnapshot] = SerialLoop(
+            clock,
+            exporter.poll_interval,
+            self._cycle,
+            backoff=lambda failures: backoff_delay(failures, jitter),
+            label=f"cluster {cluster.name}",
+            on_end=self._cycle_ended,
+            on_skip=self._ticks_skipped,
+        )
+        self._stale_rerender: Optional[IDelayedCall] = None
 
     # -- what readers see -------------------------------------------------------
 
@@ -137,131 +143,90 @@ class ClusterPoller(service.Service):
 
     def next_attempt_in(self, now: float) -> Optional[float]:
         """Seconds until the next cycle starts: a backoff retry or the next tick."""
-        at = self.health.next_attempt_at if self._retry is not None else self._next_tick_at
+        at = self._loop.next_attempt_at()
         return None if at is None else max(0.0, at - now)
 
     # -- service ------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self._loop = task.LoopingCall.withCount(self._tick)
-        self._loop.clock = self.clock
-        done = self._loop.start(self.exporter.poll_interval, now=True)
-        done.addErrback(self._loop_died)
-
-    def _loop_died(self, failure: Any) -> None:
-        # _tick traps everything, so this means a bug; say so loudly rather than let
-        # the metrics freeze while the process looks healthy.
-        self.log.critical(
-            "poll loop of cluster {cluster} died: {failure}", cluster=self.name, failure=failure
-        )
+        self._loop.start(now=True)
 
     @defer.inlineCallbacks
-    def stopService(self):  # type: ignore[no-untyped-def]
+    def stopService(self) -> Generator["defer.Deferred[Any]", Any, None]:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        if self._running is not None:
+        self._loop.stop()
+        if self._loop.busy:
             try:
-                yield self._idle().addTimeout(STOP_GRACE, self.clock)
+                yield self._loop.idle().addTimeout(STOP_GRACE, self.clock)
             except defer.TimeoutError:
                 self.log.warn("cluster {cluster}: cycle still running at stop", cluster=self.name)
-        # After the last cycle ended, which may have scheduled a retry or a stale check.
-        self.cancel_retry()
+        # Scheduled by an earlier success: a cycle ending after the stop schedules none.
+        self._cancel_stale_rerender()
         yield self._run(self.source.reset)
 
-    # -- the loop -----------------------------------------------------------------
+    # -- cycles -------------------------------------------------------------------
 
-    def _tick(self, count: int) -> None:
-        try:
-            self._next_tick_at = self.clock.seconds() + self.exporter.poll_interval
-            missed = count - 1
-            if self._running is not None:
-                missed += 1
-            if missed:
-                self.health = replace(self.health, skipped_ticks=self.health.skipped_ticks + missed)
-                self._on_change()
-            if self._running is None and self._retry is None:
-                self.poll_now()
-        except Exception:
-            self.log.failure("cluster {cluster}: poll tick failed", cluster=self.name)
+    def poll_now(self) -> "defer.Deferred[bool]":
+        """Run a cycle unless one is running; fires with whether that cycle succeeded.
 
-    def poll_now(self) -> "defer.Deferred[None]":
-        """Start a cycle (unless one runs) and return a Deferred that fires when it ends."""
-        if self._running is None:
-            if self._retry is not None and self._retry.active():
-                self._retry.cancel()
-            self._retry = None
-            self._running = self._cycle()
-            self._running.addBoth(self._cycle_ended)
-        return self._idle()
-
-    def _idle(self) -> "defer.Deferred[None]":
-        waiting: defer.Deferred[None] = defer.Deferred()
-        if self._running is None:
-            waiting.callback(None)
-        else:
-            self._running.addBoth(lambda result: (waiting.callback(None), result)[1])
-        return waiting
-
-    def _cycle_ended(self, result: Any) -> None:
-        self._running = None
-        if isinstance(result, Failure):
-            # _cycle traps Kafka errors itself; reaching here is a bug, not an outage.
-            self.log.failure("cluster {cluster}: cycle bug", result, cluster=self.name)
+        Only a started poller follows a failure with a backoff retry and a success with
+        a re-render when its data turns stale: a poller never started (collect_once)
+        leaves nothing scheduled.
+        """
+        return self._loop.run_now().addCallback(lambda end: end.ok)
 
     @defer.inlineCallbacks
-    def _cycle(self):  # type: ignore[no-untyped-def]
-        start = self.clock.seconds()
+    def _cycle(self) -> Generator["defer.Deferred[Any]", Any, ClusterSnapshot]:
+        # A failure of any step fails the cycle; the loop then hands it to _cycle_ended.
         timeout = self.exporter.performance.kafka_timeout
-        try:
-            data = yield self._run(self.source.read, start).addTimeout(timeout, self.clock)
-            timestamps = None
-            if self.sampler is not None:
-                timestamps = yield self.sampler.sample(data, self.clock.seconds())
-            snapshot = yield self._run(
-                build_snapshot,
-                data,
-                timestamps,
-                self.clock.seconds(),
-                self.base_labels,
-                self.exporter.granularity,
-            )
-        except Exception as e:
-            self._failed(e, start)
-        else:
-            self._succeeded(snapshot, start)
-        self._on_change()
+        read = self._run(self.source.read, self.clock.seconds())
+        data = yield read.addTimeout(timeout, self.clock)
+        timestamps = None
+        if self.sampler is not None:
+            sample = yield self.sampler.sample(data, self.clock.seconds())
+            timestamps = sample.timestamps
+            self.health = replace(self.health, cache=sample.cache)
+        snapshot: ClusterSnapshot = yield self._run(
+            build_snapshot,
+            data,
+            timestamps,
+            self.clock.seconds(),
+            self.base_labels,
+            self.exporter.granularity,
+        )
+        return snapshot
 
-    def _fetch_timestamps(self, batch: "list[FetchItem]") -> "defer.Deferred[Any]":
+    def _fetch_timestamps(
+        self, batch: List[FetchItem]
+    ) -> "defer.Deferred[Mapping[RecordKey, Optional[int]]]":
         timeout = self.exporter.performance.kafka_timeout
         return self._run(self.source.fetch_timestamps, batch).addTimeout(timeout, self.clock)
 
-    def _succeeded(self, snapshot: ClusterSnapshot, start: float) -> None:
+    def _cycle_ended(self, end: RunEnd[ClusterSnapshot]) -> None:
+        if isinstance(end.outcome, Failure):
+            self._failed(end.outcome, end)
+        else:
+            self._succeeded(end.outcome, end)
+        self._on_change()
+
+    def _succeeded(self, snapshot: ClusterSnapshot, end: RunEnd[ClusterSnapshot]) -> None:
         self.snapshot = snapshot
         self.health = replace(
             self.health,
             last_success=snapshot.taken_at,
-            last_duration=self.clock.seconds() - start,
+            last_duration=end.ended_at - end.started_at,
             consecutive_failures=0,
             last_error="",
             next_attempt_at=None,
-            cache=self.cache.stats(),
         )
-        if self._stale_call is not None and self._stale_call.active():
-            self._stale_call.cancel()
-        # Data turns stale between cycles when Kafka is down; re-render at that moment
-        # so the series leave /metrics on time even while retries back off.
-        delay = self.exporter.staleness_threshold + 0.001
-        self._stale_call = self.clock.callLater(delay, self._on_change)
+        if self.running:
+            self._schedule_stale_rerender()
 
-    def _failed(self, error: Exception, start: float) -> None:
-        failures = self.health.consecutive_failures + 1
-        now = self.clock.seconds()
-        reason = describe_error(error)
-        # Only a started poller retries: a one-shot cycle (collect_once) has no next attempt.
-        delay = backoff_delay(failures, self._jitter) if self.running else None
-        if delay is None:
+    def _failed(self, failure: Failure, end: RunEnd[ClusterSnapshot]) -> None:
+        # A Failure of a run always holds the exception the run failed with.
+        reason = describe_error(cast(BaseException, failure.value))
+        if end.retry_in is None:
             self.log.error(
                 "cluster {cluster}: collection failed ({reason})", cluster=self.name, reason=reason
             )
@@ -270,31 +235,33 @@ class ClusterPoller(service.Service):
                 "cluster {cluster}: collection failed ({reason}); retry in {delay:.1f}s",
                 cluster=self.name,
                 reason=reason,
-                delay=delay,
+                delay=end.retry_in,
             )
         self.health = replace(
             self.health,
-            last_duration=now - start,
-            consecutive_failures=failures,
+            last_duration=end.ended_at - end.started_at,
+            consecutive_failures=end.consecutive_failures,
             failures_total=self.health.failures_total + 1,
             last_error=reason,
-            next_attempt_at=None if delay is None else now + delay,
-            cache=self.cache.stats(),
+            next_attempt_at=None if end.retry_in is None else end.ended_at + end.retry_in,
         )
         # Reconnect from scratch next time: a client that timed out may be wedged.
         self._run(self.source.reset).addErrback(lambda f: None)
-        if delay is not None:
-            self._retry = self.clock.callLater(delay, self._retry_now)
 
-    def cancel_retry(self) -> None:
-        """Forget a pending backoff retry (a one-shot collection has no next attempt)."""
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._stale_call is not None and self._stale_call.active():
-            self._stale_call.cancel()
+    def _ticks_skipped(self, total: int) -> None:
+        self.health = replace(self.health, skipped_ticks=total)
+        self._on_change()
 
-    def _retry_now(self) -> None:
-        self._retry = None
-        if self._running is None:
-            self.poll_now()
+    # -- the stale re-render ---------------------------------------------------------
+
+    def _schedule_stale_rerender(self) -> None:
+        # Data turns stale between cycles when Kafka is down; re-render at that moment
+        # so the series leave /metrics on time even while retries back off.
+        self._cancel_stale_rerender()
+        delay = self.exporter.staleness_threshold + 0.001
+        self._stale_rerender = self.clock.callLater(delay, self._on_change)
+
+    def _cancel_stale_rerender(self) -> None:
+        if self._stale_rerender is not None and self._stale_rerender.active():
+            self._stale_rerender.cancel()
+        self._stale_rerender = None

@@ -238,7 +238,6 @@ class KlagService(service.MultiService):
         try:
             yield defer.gatherResults([poller.poll_now() for poller in self._pollers])
             for poller in self._pollers:
-                poller.cancel_retry()
                 yield self._run_default(poller.source.reset)
             yield self._renderer.when_rendered()
         finally:

@@ -3,27 +3,49 @@
 The cache is plain data with `now` passed in. The sampler asks the Kafka edge for the
 records the cache lacks, one batched fetch per leader broker, at most
 `max_concurrent_fetches` at a time.
+
+Every step that grows with the number of rows (what to ask, the cache, sorting by
+leader, merging the answers) runs in a worker thread; the reactor only starts the
+batch fetches and joins them.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Generator, Iterable, List, Mapping, NamedTuple, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from .errors import describe_error
-from .lag import timestamp_requests
+from .lag import Timestamps, timestamp_requests
 from .model import CacheStats, ClusterData, RecordKey
 
-# A batch handed to the Kafka edge: the records to read, each with the partition's end
-# offset so the fetcher can tell "no record there" from "not fetched yet".
-FetchItem = Tuple[RecordKey, int]
-# Runs the blocking fetch of one batch; returns key -> timestamp ms (None: no record).
-FetchBatch = Callable[[List[FetchItem]], "defer.Deferred[Dict[RecordKey, Optional[int]]]"]
-
 log = Logger()
+
+# Runs a blocking callable off the reactor thread and returns a Deferred of its result.
+RunInThread = Callable[..., "defer.Deferred[Any]"]
+
+
+class FetchItem(NamedTuple):
+    """One record to read, with its partition's end offset, so that the fetcher can
+    tell "no record there" from "not fetched yet"."""
+
+    key: RecordKey
+    end_offset: int
+
+
+# Runs the blocking fetch of one batch; answers key -> timestamp for the keys it could read.
+FetchBatch = Callable[[List[FetchItem]], "defer.Deferred[Mapping[RecordKey, Optional[int]]]"]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A cached answer: the record's timestamp (None: no record there) and when it came."""
+
+    timestamp: Optional[int]
+    stored_at: float
 
 
 class TimestampCache:
@@ -31,28 +53,31 @@ class TimestampCache:
 
     A record's timestamp never changes, so an entry could live forever; the TTL bounds
     memory and lets a "no record" miss be retried once the partition has moved on.
+
+    Not locked: only its poller's cycles use it, one cycle at a time, and a cycle's
+    sampler calls it from one worker-thread step after the other.
     """
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._entries: Dict[RecordKey, Tuple[Optional[int], float]] = {}
+        self._entries: Dict[RecordKey, CacheEntry] = {}
         self._last_sweep: Optional[float] = None
         self.hits = 0
         self.misses = 0
         self.fetch_errors = 0
 
-    def lookup(self, key: RecordKey, now: float) -> Tuple[bool, Optional[int]]:
-        """(True, timestamp) on a live entry, (False, None) when it must be fetched."""
+    def lookup(self, key: RecordKey, now: float) -> Optional[CacheEntry]:
+        """The live entry for `key`, or None when it must be fetched."""
         entry = self._entries.get(key)
-        if entry is not None and now - entry[1] < self.ttl:
+        if entry is not None and now - entry.stored_at < self.ttl:
             self.hits += 1
-            return True, entry[0]
+            return entry
         self.misses += 1
-        return False, None
+        return None
 
     def store(self, key: RecordKey, timestamp: Optional[int], now: float) -> None:
         """Remember a fetched timestamp, or that no record was found (None)."""
-        self._entries[key] = (timestamp, now)
+        self._entries[key] = CacheEntry(timestamp, now)
 
     def maybe_sweep(self, now: float) -> int:
         """Drop expired entries every 2 x ttl; returns how many were dropped."""
@@ -61,7 +86,7 @@ class TimestampCache:
         if now - self._last_sweep < 2 * self.ttl:
             return 0
         self._last_sweep = now
-        expired = [k for k, (_, at) in self._entries.items() if now - at >= self.ttl]
+        expired = [k for k, e in self._entries.items() if now - e.stored_at >= self.ttl]
         for key in expired:
             del self._entries[key]
         return len(expired)
@@ -76,44 +101,99 @@ def batches_by_leader(data: ClusterData, keys: Iterable[RecordKey]) -> List[List
     by_leader: Dict[int, List[FetchItem]] = defaultdict(list)
     for key in sorted(keys):
         tp = (key[0], key[1])
-        by_leader[data.leaders.get(tp, -1)].append((key, data.latest[tp]))
+        by_leader[data.leaders.get(tp, -1)].append(FetchItem(key, data.latest[tp]))
     return [by_leader[leader] for leader in sorted(by_leader)]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPlan:
+    """What a cycle needs: the timestamps the cache answered and the batches to fetch."""
+
+    cached: Timestamps
+    batches: List[List[FetchItem]]
+    planned_at: float  # the cycle's `now`: fetched entries are stored as of then
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """The answers of a plan's batches; a failed batch's keys are in none of them."""
+
+    answers: List[Mapping[RecordKey, Optional[int]]]
+    failed_batches: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A cycle's timestamps and the cache's figures once they were found."""
+
+    timestamps: Timestamps
+    cache: CacheStats
 
 
 class TimestampSampler:
     """Finds the timestamps a cycle needs, from the cache or from Kafka."""
 
-    def __init__(self, cache: TimestampCache, fetch: FetchBatch, max_concurrent: int) -> None:
+    def __init__(
+        self,
+        cache: TimestampCache,
+        fetch: FetchBatch,
+        max_concurrent: int,
+        run_in_thread: RunInThread,
+    ) -> None:
         self.cache = cache
         self._fetch = fetch
         self._limit = defer.DeferredSemaphore(max_concurrent)
+        self._run = run_in_thread
 
     @defer.inlineCallbacks
-    def sample(self, data: ClusterData, now: float):  # type: ignore[no-untyped-def]
-        """Deferred firing with key -> timestamp for every record the cycle needs.
+    def sample(
+        self, data: ClusterData, now: float
+    ) -> Generator["defer.Deferred[Any]", Any, Sample]:
+        """Deferred firing with the timestamps of every record the cycle needs.
 
         Keys whose fetch failed are absent: their time lag is unknown this cycle.
         """
+        plan: FetchPlan = yield self._run(self.plan, data, now)
+        fetched = yield self._fetch_all(plan.batches)
+        sample: Sample = yield self._run(self.merge, plan, fetched)
+        return sample
+
+    def plan(self, data: ClusterData, now: float) -> FetchPlan:
+        """In a worker thread: read the cache, and batch by leader what it lacks."""
         self.cache.maybe_sweep(now)
-        found: Dict[RecordKey, Optional[int]] = {}
+        cached: Dict[RecordKey, Optional[int]] = {}
         missing: List[RecordKey] = []
         for key in timestamp_requests(data):
-            hit, value = self.cache.lookup(key, now)
-            if hit:
-                found[key] = value
-            else:
+            entry = self.cache.lookup(key, now)
+            if entry is None:
                 missing.append(key)
-        calls = [
-            self._limit.run(self._fetch, batch)
-            for batch in batches_by_leader(data, missing)
-        ]
+            else:
+                cached[key] = entry.timestamp
+        return FetchPlan(cached, batches_by_leader(data, missing), now)
+
+    @defer.inlineCallbacks
+    def _fetch_all(
+        self, batches: List[List[FetchItem]]
+    ) -> Generator["defer.Deferred[Any]", Any, Fetched]:
+        # On the reactor: per batch (per leader broker), never per record.
+        calls = [self._limit.run(self._fetch, batch) for batch in batches]
         results = yield defer.DeferredList(calls, consumeErrors=True)
+        answers: List[Mapping[RecordKey, Optional[int]]] = []
+        failed = 0
         for ok, result in results:
-            if not ok:
-                self.cache.fetch_errors += 1
+            if ok:
+                answers.append(result)
+            else:
+                failed += 1
                 log.warn("timestamp fetch failed: {error}", error=describe_error(result.value))
-                continue
-            for key, value in result.items():
-                self.cache.store(key, value, now)
-                found[key] = value
-        return found
+        return Fetched(answers, failed)
+
+    def merge(self, plan: FetchPlan, fetched: Fetched) -> Sample:
+        """In a worker thread: cache the answers and add them to what the cache had."""
+        self.cache.fetch_errors += fetched.failed_batches
+        found = dict(plan.cached)
+        for answer in fetched.answers:
+            for key, timestamp in answer.items():
+                self.cache.store(key, timestamp, plan.planned_at)
+                found[key] = timestamp
+        return Sample(found, self.cache.stats())

@@ -8,6 +8,8 @@ and `one_partition_data` gives them consumer groups to report.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from twisted.internet import defer
@@ -52,11 +54,40 @@ def run_now(f: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
     return defer.maybeDeferred(f, *args)
 
 
+class InWorkerThread:
+    """A run_in_thread that runs each call in a new thread and waits for it to end.
+
+    The calls really leave the calling (reactor) thread, yet in a fixed order, so a
+    clock-driven test stays deterministic. `spans` holds each call's start and end
+    (time.perf_counter()): between them the calling thread only waits.
+    """
+
+    def __init__(self) -> None:
+        self.spans: List[Tuple[float, float]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+        results: List[Any] = []
+        errors: List[BaseException] = []
+
+        def run() -> None:
+            try:
+                results.append(f(*args))
+            except BaseException as e:  # noqa: B902 - handed to the Deferred
+                errors.append(e)
+
+        started = time.perf_counter()
+        worker = threading.Thread(target=run, name="klag-test-worker")
+        worker.start()
+        worker.join()
+        self.spans.append((started, time.perf_counter()))
+        return defer.fail(errors[0]) if errors else defer.succeed(results[0])
+
+
 class HeldRunner:
     """A run_in_thread whose calls wait until the test releases them, one by one."""
 
     def __init__(self) -> None:
-        self.pending: List[tuple] = []
+        self.pending: List[Tuple["defer.Deferred[Any]", Callable[..., Any], Tuple[Any, ...]]] = []
 
     def __call__(self, f: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
         d: defer.Deferred[Any] = defer.Deferred()

@@ -336,7 +336,7 @@ def pollers():
     _, built = pollers_on_clock(OUTPUT_CONFIG, {"c1": good, "c2": bad}, clock)
     for p in built:
         p.poll_now()
-        p.cancel_retry()
+    # A one-shot poll schedules no retry and no stale re-render.
     assert clock.getDelayedCalls() == []
     return built
 

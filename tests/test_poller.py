@@ -100,7 +100,7 @@ class CycleTests(PollerTestCase):
         self.clock.advance(10)
         self.assertEqual(p.health.skipped_ticks, 1)
         self.assertEqual(len(held.pending), 1)
-        while held.pending:  # the read, the timestamp fetch, the snapshot build
+        while held.pending:  # the read, the timestamp plan, fetch and merge, the snapshot build
             held.release()
         self.assertIsNotNone(p.snapshot)
         self.assertEqual(len(self.source.reads), 1)
@@ -254,6 +254,13 @@ class FailureTests(PollerTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertIsNone(p.next_attempt_in(self.clock.seconds()))
         self.assertEqual(p.state(self.clock.seconds()), FAILING)
+
+    def test_a_one_shot_success_leaves_nothing_scheduled(self) -> None:
+        """poll_now on a poller not started: a snapshot, and no stale re-render to cancel."""
+        p = self.make()
+        self.assertTrue(self.successResultOf(p.poll_now()))
+        self.assertIsNotNone(p.snapshot)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_next_attempt_is_reported(self) -> None:
         """next_attempt_in is the backoff wait while failing, the tick otherwise."""

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, List, Mapping
 
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from klag_collector.model import ClusterData, GroupInfo
-from klag_collector.timestamps import TimestampCache, TimestampSampler, batches_by_leader
+from klag_collector.model import CacheStats, ClusterData, GroupInfo
+from klag_collector.timestamps import (
+    CacheEntry,
+    FetchItem,
+    TimestampCache,
+    TimestampSampler,
+    batches_by_leader,
+)
+from fakes import HeldRunner, run_now
 
 
 def data_on_leaders() -> ClusterData:
@@ -28,16 +35,16 @@ class CacheTests(SynchronousTestCase):
         """An entry answers for ttl seconds, then counts as a miss."""
         cache = TimestampCache(ttl=60)
         cache.store(("t", 0, 5), 1234, now=100)
-        self.assertEqual(cache.lookup(("t", 0, 5), now=159.9), (True, 1234))
-        self.assertEqual(cache.lookup(("t", 0, 5), now=160), (False, None))
+        self.assertEqual(cache.lookup(("t", 0, 5), now=159.9), CacheEntry(1234, stored_at=100))
+        self.assertIsNone(cache.lookup(("t", 0, 5), now=160))
         self.assertEqual((cache.hits, cache.misses), (1, 1))
 
     def test_a_no_record_miss_is_cached_for_one_ttl(self) -> None:
         """'No record there' (None) is remembered for one TTL, then asked again."""
         cache = TimestampCache(ttl=30)
         cache.store(("t", 0, 9), None, now=0)
-        self.assertEqual(cache.lookup(("t", 0, 9), now=29), (True, None))
-        self.assertEqual(cache.lookup(("t", 0, 9), now=30), (False, None))
+        self.assertEqual(cache.lookup(("t", 0, 9), now=29), CacheEntry(None, stored_at=0))
+        self.assertIsNone(cache.lookup(("t", 0, 9), now=30))
 
     def test_sweep_runs_every_two_ttls_and_drops_only_expired(self) -> None:
         """The sweep runs at 2 x ttl and removes expired entries only."""
@@ -49,7 +56,7 @@ class CacheTests(SynchronousTestCase):
         self.assertEqual(cache.stats().entries, 2)
         self.assertEqual(cache.maybe_sweep(now=20), 1)
         self.assertEqual(cache.stats().entries, 1)
-        self.assertEqual(cache.lookup(("t", 0, 2), now=20), (True, 2))
+        self.assertEqual(cache.lookup(("t", 0, 2), now=20), CacheEntry(2, stored_at=15))
 
     def test_stats_report_entries_hits_misses_errors(self) -> None:
         """stats() carries the figures the exporter publishes."""
@@ -71,39 +78,41 @@ class SamplerTests(SynchronousTestCase):
             batches_by_leader(data, keys),
             [[(("c", 0, 3), 10)], [(("a", 0, 3), 10), (("a", 1, 3), 10)], [(("b", 0, 3), 10)]],
         )
+        self.assertEqual(batches_by_leader(data, [("b", 0, 3)])[0][0],
+                         FetchItem(key=("b", 0, 3), end_offset=10))
 
     def test_concurrent_fetches_are_bounded(self) -> None:
         """No more than max_concurrent fetches are in flight at once."""
-        calls: List[defer.Deferred[Dict[Any, Any]]] = []
+        calls: List[defer.Deferred[Mapping[Any, Any]]] = []
         batches: List[List[Any]] = []
 
-        def fetch(batch: List[Any]) -> "defer.Deferred[Dict[Any, Any]]":
-            d: defer.Deferred[Dict[Any, Any]] = defer.Deferred()
+        def fetch(batch: List[Any]) -> "defer.Deferred[Mapping[Any, Any]]":
+            d: defer.Deferred[Mapping[Any, Any]] = defer.Deferred()
             calls.append(d)
             batches.append(batch)
             return d
 
-        sampler = TimestampSampler(TimestampCache(60), fetch, max_concurrent=2)
+        sampler = TimestampSampler(TimestampCache(60), fetch, 2, run_in_thread=run_now)
         result = sampler.sample(data_on_leaders(), now=0)
         self.assertEqual(len(calls), 2)
         calls[0].callback({key: 7 for key, _ in batches[0]})
         self.assertEqual(len(calls), 3)
         calls[1].callback({key: 8 for key, _ in batches[1]})
         calls[2].callback({key: 9 for key, _ in batches[2]})
-        found = self.successResultOf(result)
+        found = self.successResultOf(result).timestamps
         self.assertEqual(found, {("c", 0, 3): 7, ("a", 0, 3): 8, ("a", 1, 3): 8, ("b", 0, 3): 9})
 
     def test_cached_keys_are_not_fetched_again(self) -> None:
         """A second sample within the TTL fetches nothing."""
         fetched: List[List[Any]] = []
 
-        def fetch(batch: List[Any]) -> "defer.Deferred[Dict[Any, Any]]":
+        def fetch(batch: List[Any]) -> "defer.Deferred[Mapping[Any, Any]]":
             fetched.append(batch)
             return defer.succeed({key: 5 for key, _ in batch})
 
-        sampler = TimestampSampler(TimestampCache(60), fetch, max_concurrent=10)
-        first = self.successResultOf(sampler.sample(data_on_leaders(), now=0))
-        second = self.successResultOf(sampler.sample(data_on_leaders(), now=59))
+        sampler = TimestampSampler(TimestampCache(60), fetch, 10, run_in_thread=run_now)
+        first = self.successResultOf(sampler.sample(data_on_leaders(), now=0)).timestamps
+        second = self.successResultOf(sampler.sample(data_on_leaders(), now=59)).timestamps
         self.assertEqual(first, second)
         self.assertEqual(len(fetched), 3)
         third = sampler.sample(data_on_leaders(), now=60)
@@ -112,13 +121,37 @@ class SamplerTests(SynchronousTestCase):
 
     def test_failed_batch_leaves_its_keys_unknown(self) -> None:
         """A failed fetch is counted and its keys stay absent (unknown), the others are kept."""
-        def fetch(batch: List[Any]) -> "defer.Deferred[Dict[Any, Any]]":
+        def fetch(batch: List[Any]) -> "defer.Deferred[Mapping[Any, Any]]":
             if batch[0][0][0] == "b":
                 return defer.fail(RuntimeError("leader 2 down"))
             return defer.succeed({key: 1 for key, _ in batch})
 
         cache = TimestampCache(60)
-        found = self.successResultOf(TimestampSampler(cache, fetch, 10).sample(data_on_leaders(), 0))
+        sampler = TimestampSampler(cache, fetch, 10, run_in_thread=run_now)
+        found = self.successResultOf(sampler.sample(data_on_leaders(), 0)).timestamps
         self.assertEqual(set(found), {("a", 0, 3), ("a", 1, 3), ("c", 0, 3)})
         self.assertEqual(cache.fetch_errors, 1)
-        self.assertEqual(cache.lookup(("b", 0, 3), now=1), (False, None))
+        self.assertIsNone(cache.lookup(("b", 0, 3), now=1))
+
+    def test_the_cache_is_used_in_worker_steps_only(self) -> None:
+        """Planning and merging go through run_in_thread; the fetches start in between."""
+        held = HeldRunner()
+        fetched: List[List[Any]] = []
+
+        def fetch(batch: List[Any]) -> "defer.Deferred[Mapping[Any, Any]]":
+            fetched.append(batch)
+            return defer.succeed({key: 5 for key, _ in batch})
+
+        cache = TimestampCache(60)
+        sampler = TimestampSampler(cache, fetch, max_concurrent=10, run_in_thread=held)
+        result = sampler.sample(data_on_leaders(), now=0)
+        self.assertEqual([f for _, f, _ in held.pending], [sampler.plan])
+        self.assertEqual(cache.misses, 0, "no look-up before the plan step runs")
+        held.release()
+        self.assertEqual(len(fetched), 3)
+        self.assertEqual([f for _, f, _ in held.pending], [sampler.merge])
+        self.assertEqual(cache.stats().entries, 0, "nothing stored before the merge step runs")
+        held.release()
+        sample = self.successResultOf(result)
+        self.assertEqual(sample.cache, CacheStats(entries=4, hits=0, misses=4, fetch_errors=0))
+        self.assertEqual(len(sample.timestamps), 4)
