@@ -2,7 +2,7 @@
 
 The broker comes from, in order: $KLAG_TEST_BOOTSTRAP (an existing cluster), a
 testcontainers KafkaContainer when a Docker engine answers, else a LocalBroker run
-from Maven Central jars in a temp dir. Tests that need it carry @pytest.mark.kafka,
+from Maven Central jars in a temp dir. Tests that need it carry @pytest.mark.broker,
 so `-m "not kafka"` runs the rest without any broker.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import uuid
 
 import pytest
@@ -126,18 +127,37 @@ def kafka(tmp_path_factory):
         handle.close()
 
 
+# Tiers allowed to start processes (a broker test may start the exporter beside Kafka).
+SPAWNING_TIERS = ("broker", "subprocess", "packaging")
+
+
 def pytest_collection_modifyitems(items):
-    # A test that uses the broker without the mark would escape `-m "not kafka"`.
+    # A test that uses the broker without the mark would escape `-m "not broker"`.
     for item in items:
         if {"kafka", "admin"} & set(getattr(item, "fixturenames", ())) \
-                and item.get_closest_marker("kafka") is None:
-            item.add_marker(pytest.mark.kafka)
+                and item.get_closest_marker("broker") is None:
+            item.add_marker(pytest.mark.broker)
+        if not any(item.get_closest_marker(tier) for tier in SPAWNING_TIERS):
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(autouse=True)
 def _kafka_for_marked_tests(request):
-    if request.node.get_closest_marker("kafka") is not None:
+    if request.node.get_closest_marker("broker") is not None:
         request.getfixturevalue("kafka")
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outside_its_tier(request, monkeypatch):
+    # Keeps the unit tier fast and honest: starting a process needs a tier's mark.
+    if any(request.node.get_closest_marker(tier) for tier in SPAWNING_TIERS):
+        return
+
+    def refuse(self, args, *rest, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}) but is not "
+                             "marked subprocess (or broker, packaging)")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
 
 
 @pytest.fixture

@@ -95,12 +95,14 @@ def free_port() -> int:
 # -- the command line ---------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_version() -> None:
     """--version prints the program name and version and exits 0."""
     run = klag("--version")
     assert (run.code, run.out, run.err) == (0, f"klag-collector {__version__}\n", "")
 
 
+@pytest.mark.subprocess
 def test_check_prints_the_summary(tmp_path: Path) -> None:
     """--check on a valid config prints what would be monitored and exits 0."""
     path = write(tmp_path, VALID)
@@ -115,6 +117,7 @@ def test_check_prints_the_summary(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.subprocess
 def test_check_never_prints_the_password(tmp_path: Path) -> None:
     """The sasl.password value appears nowhere in --check's output."""
     run = klag("-c", write(tmp_path, VALID), "--check")
@@ -122,6 +125,7 @@ def test_check_never_prints_the_password(tmp_path: Path) -> None:
     assert SECRET not in run.out + run.err
 
 
+@pytest.mark.subprocess
 def test_check_lists_the_klag_exporter_keys_it_ignores(tmp_path: Path) -> None:
     """klag-exporter keys of no use here load, and --check says, in one line, that they do nothing."""
     text = ('[exporter.performance]\nmax_concurrent_groups = 20\n'
@@ -134,6 +138,7 @@ def test_check_lists_the_klag_exporter_keys_it_ignores(tmp_path: Path) -> None:
         "exporter.timestamp_sampling.mode, exporter.performance.max_concurrent_groups")
 
 
+@pytest.mark.subprocess
 def test_check_works_on_yaml_too(tmp_path: Path) -> None:
     """A YAML file with the same tree is checked the same way."""
     yaml = "clusters:\n  - name: y1\n    bootstrap_servers: 'h:9092'\n"
@@ -177,6 +182,7 @@ BAD_CONFIGS = {
 }
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("kind", sorted(BAD_CONFIGS))
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, kind: str) -> None:
     """A bad config exits 2 with one stderr line naming the file and the key, and no value."""
@@ -192,6 +198,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, kind: str) -> None:
         assert SECRET not in run.err
 
 
+@pytest.mark.subprocess
 def test_missing_file_is_exit_2(tmp_path: Path) -> None:
     """A config path that does not exist is one line and exit 2."""
     path = str(tmp_path / "absent.toml")
@@ -199,6 +206,7 @@ def test_missing_file_is_exit_2(tmp_path: Path) -> None:
     assert (run.code, run.err) == (2, f"klag-collector: {path}: file not found\n")
 
 
+@pytest.mark.subprocess
 def test_missing_config_option_is_exit_2() -> None:
     """Without -c the command refuses to run, with usage and exit 2."""
     run = klag("--check")
@@ -207,6 +215,7 @@ def test_missing_config_option_is_exit_2() -> None:
     assert run.err.splitlines()[-1] == "klag-collector: error: -c/--config FILE is required"
 
 
+@pytest.mark.subprocess
 def test_check_and_once_exclude_each_other(tmp_path: Path) -> None:
     """--check with --once is a usage error (exit 2)."""
     run = klag("-c", write(tmp_path, VALID), "--check", "--once")
@@ -467,6 +476,7 @@ bootstrap_servers = "127.0.0.1:{free_port()}"
 PROMPT_EXIT = 10.0
 
 
+@pytest.mark.subprocess
 def test_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
     """With its port taken, klag-collector exits 1 at once with one line naming host, port and
     reason, in either log format, before any poller has contacted Kafka."""
@@ -487,6 +497,7 @@ def test_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert max(as_json.seconds, as_text.seconds) < PROMPT_EXIT
 
 
+@pytest.mark.subprocess
 def test_the_startup_line_names_the_url_served(tmp_path: Path) -> None:
     """A long-running klag-collector logs one line with its version and the /metrics URL, and
     serves there."""
@@ -512,6 +523,7 @@ def test_the_startup_line_names_the_url_served(tmp_path: Path) -> None:
 # -- files named by the config ---------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_a_missing_ca_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     """--check, --once and a normal start refuse a config whose ssl.ca.location names no file."""
     missing = tmp_path / "absent-ca.pem"

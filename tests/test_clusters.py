@@ -17,7 +17,7 @@ from exporter import ExporterProcess, cluster_toml, config_toml, free_port, now_
 from kafkahelp import commit, create_topic, produce, wait_until
 from devtools.localkafka import LocalBroker
 
-pytestmark = pytest.mark.kafka
+pytestmark = pytest.mark.broker
 
 LIVE, DEAD = "live", "dead"
 UP = "kafka_lag_exporter_up"

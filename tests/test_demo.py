@@ -104,6 +104,7 @@ def test_prometheus_config_scrapes_the_exporter_and_loads_the_alert_rules(tmp_pa
     assert config["scrape_configs"][0]["scrape_timeout"] == "5s"
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (apt install prometheus)")
 def test_prometheus_config_passes_promtool(tmp_path):
     """`promtool check config` accepts it, rule file included."""
@@ -127,6 +128,7 @@ def test_demo_refuses_a_non_loopback_bootstrap(tmp_path, capsys):
     assert not (tmp_path / "prometheus.yml").exists() and not (tmp_path / "broker.log").exists()
 
 
+@pytest.mark.subprocess
 def test_demo_prometheus_that_fails_to_start_is_reported_with_its_log(tmp_path):
     """A prometheus that exits at once: DemoError naming the exit code and --no-prometheus."""
     from devtools.demo import DemoError, DemoPrometheus
@@ -159,7 +161,7 @@ def test_traffic_refuses_non_loopback_bootstrap():
         Traffic("127.0.0.1:9092", speed=0)
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_traffic_creates_topics_groups_and_lag_that_rises_and_falls(kafka, admin):
     """At speed 10 the groups lag during the consumer pause and catch up afterwards."""
     pause = next(p.name for p in CONSUMER_PHASES if not p.reads)

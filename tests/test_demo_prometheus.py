@@ -50,7 +50,7 @@ SPEED = 5
 PIPELINE_DELAY = 3.0
 
 pytestmark = [
-    pytest.mark.kafka,
+    pytest.mark.broker,
     pytest.mark.skipif(shutil.which("prometheus") is None,
                        reason="needs Debian's prometheus (apt install prometheus)"),
 ]

@@ -43,7 +43,7 @@ class Example:
         return terminate(self.proc, timeout)
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_host_site_serves_the_exporter_metrics_and_stops_on_sigterm(kafka, unique, tmp_path):
     """The host's own port serves its page, the exporter's /metrics (up=1) and /klag/ready; SIGTERM exits 0."""
     port, config_port = free_port(), free_port()
@@ -71,7 +71,7 @@ def test_host_site_serves_the_exporter_metrics_and_stops_on_sigterm(kafka, uniqu
     assert refused(port)
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_exporter_can_keep_its_own_port_inside_the_host(kafka, unique, tmp_path):
     """With --exporter-port the embedded service also serves its own Site there; SIGTERM closes both."""
     port, exporter_port = free_port(), free_port()
@@ -89,6 +89,7 @@ def test_exporter_can_keep_its_own_port_inside_the_host(kafka, unique, tmp_path)
     assert refused(port) and refused(exporter_port)
 
 
+@pytest.mark.subprocess
 def test_example_refuses_a_bad_config_with_status_2(tmp_path):
     """A config error is one line naming the problem, exit status 2, no port opened."""
     config = tmp_path / "bad.toml"

@@ -387,6 +387,7 @@ def _promtool(text: bytes) -> Tuple[int, List[str]]:
     return done.returncode, [line for line in lines if line.strip()]
 
 
+@pytest.mark.subprocess
 def test_text_output_passes_promtool_but_for_poll_time_ms() -> None:
     """promtool's only complaint is the documented abbreviated unit of kafka_consumergroup_poll_time_ms."""
     code, problems = _promtool(generate_latest(_registry(two_clusters())))
@@ -397,6 +398,7 @@ def test_text_output_passes_promtool_but_for_poll_time_ms() -> None:
         assert "abbreviated units" in line, line
 
 
+@pytest.mark.subprocess
 def test_text_output_without_poll_time_ms_is_clean() -> None:
     """With the one documented exception removed, promtool finds nothing at all."""
     families = [f for f in two_clusters() if f.name != m.POLL_TIME_MS.name]

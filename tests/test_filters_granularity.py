@@ -120,7 +120,7 @@ def _collected(n: Names, with_seconds: bool):
     return ready
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_topic_and_partition_granularity(watched):
     """Granularity "topic": aggregates and watermarks only; "partition": per-partition series too."""
     n, exporters = watched
@@ -160,7 +160,7 @@ def test_topic_and_partition_granularity(watched):
     assert s.get(LATEST, topic=n.idle, partition="0") == 3
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_time_lag_for_groups_at_different_offsets_of_one_partition(watched, kafka, tmp_path):
     """Two groups at different committed offsets of one partition both get a time lag in the same cycle."""
     n, _ = watched
@@ -182,7 +182,7 @@ def test_time_lag_for_groups_at_different_offsets_of_one_partition(watched, kafk
         assert proc.stop() == 0, proc.log.read_text()[-3000:]
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_custom_labels_on_every_series(watched):
     """The cluster's custom labels are on every series of the cluster, health series included."""
     n, exporters = watched
@@ -198,7 +198,7 @@ def test_custom_labels_on_every_series(watched):
         assert s.get("kafka_consumergroup_group_sum_lag", group=n.a, **LABELS) == 3
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_group_and_topic_filters(watched):
     """Group whitelist/blacklist and topic whitelist/blacklist decide which groups, topics and partitions show."""
     n, exporters = watched
@@ -227,6 +227,7 @@ def test_group_and_topic_filters(watched):
     assert rows == {(n.a, n.t1, "0"), (n.a, n.t1, "1"), (n.special, n.t1, "0")}
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("label", ["topic", "cluster_name", "group"])
 def test_custom_label_clashing_with_builtin_is_config_error(tmp_path, label):
     """A custom label named like a built-in label is refused: exit 2 and one line naming the key."""

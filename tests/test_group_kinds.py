@@ -16,7 +16,7 @@ from kafka.structs import OffsetAndMetadata
 from exporter import ExporterProcess, cluster_toml, config_toml, free_port, now_ms
 from kafkahelp import commit, create_topic, produce, wait_until
 
-pytestmark = pytest.mark.kafka
+pytestmark = pytest.mark.broker
 
 STATE = "kafka_consumergroup_group_state"
 MEMBERS = "kafka_consumergroup_group_members"

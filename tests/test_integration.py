@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 from exporter import ExporterProcess, cluster_toml, config_toml, free_port, now_ms
 from kafkahelp import commit, create_topic, produce, wait_until
 
-pytestmark = pytest.mark.kafka
+pytestmark = pytest.mark.broker
 
 LAG_SECONDS = "kafka_consumergroup_group_lag_seconds"
 

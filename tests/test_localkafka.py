@@ -100,7 +100,7 @@ def test_extra_listener_is_configured(tmp_path):
     assert again.listener_bootstrap("sasl_plaintext") == f"127.0.0.1:{port}"
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_broker_stores_records_and_group_offsets(kafka, admin, unique):
     """The broker accepts a topic, timestamped records and a group commit, and reports them back."""
     topic, group = f"{unique}-t", f"{unique}-g"
@@ -117,7 +117,7 @@ def test_broker_stores_records_and_group_offsets(kafka, admin, unique):
     assert by_time[tp].offset == 1
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_broker_data_survives_restart(kafka, unique):
     """Records and committed offsets are still there after the broker is stopped and started."""
     if not kafka.can_restart:

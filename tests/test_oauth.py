@@ -676,7 +676,7 @@ def _oidc(cluster: OAuthCluster, secret: str = BROKER_SECRET) -> Dict[str, str]:
             "sasl.oauthbearer.scope": "kafka"}
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_oidc_on_a_real_broker(oauth_cluster) -> None:
     """Client credentials from the IdP, a JWT the broker validates against the JWKS: lag read."""
     data, config = _read_through(oauth_cluster, "OAUTH", _oidc(oauth_cluster))
@@ -692,7 +692,7 @@ def test_oidc_on_a_real_broker(oauth_cluster) -> None:
                 if p.headers["Authorization"] == basic(BROKER_CLIENT, BROKER_SECRET)]) == 1
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_oidc_with_a_wrong_secret_on_a_real_broker(oauth_cluster) -> None:
     """The IdP refuses the client: the read fails, and nothing says the secret."""
     wrong = f"wrong-{time.time_ns()}"
@@ -705,7 +705,7 @@ def test_oidc_with_a_wrong_secret_on_a_real_broker(oauth_cluster) -> None:
     assert len(refused) == 1
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_a_token_the_broker_cannot_verify_is_refused(oauth_cluster) -> None:
     """The broker really checks the signature: a token signed by another key is refused."""
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -724,7 +724,7 @@ def test_a_token_the_broker_cannot_verify_is_refused(oauth_cluster) -> None:
         "after a refused SASL OAUTHBEARER token" in text), text
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_unsecured_jwt_on_a_real_broker(oauth_cluster) -> None:
     """librdkafka's enable.sasl.oauthbearer.unsecure.jwt against Kafka's default validator."""
     from kafka import TopicPartition

@@ -277,6 +277,7 @@ def check_types(push: Push) -> None:
 # -- without a broker ---------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_core_does_not_import_opentelemetry(tmp_path):
     """Even with otel enabled, building the service imports no OpenTelemetry module."""
     config = tmp_path / "k.toml"
@@ -294,6 +295,7 @@ def test_core_does_not_import_opentelemetry(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+@pytest.mark.subprocess
 def test_missing_extra_is_one_line_at_start(tmp_path):
     """Without the extra, the program stops at start with one line naming the fix."""
     port = free_port()
@@ -478,6 +480,7 @@ def test_a_cluster_turning_stale_leaves_the_push():
         p.stopService()
 
 
+@pytest.mark.subprocess
 def test_push_without_kafka(tmp_path, receiver, monkeypatch):
     """A cluster that never answers: only health series, up 0, the same as /metrics."""
     protocol, endpoint, received = receiver
@@ -494,6 +497,7 @@ def test_push_without_kafka(tmp_path, receiver, monkeypatch):
         assert exporter.stop() == 0, exporter.log.read_text()[-3000:]
 
 
+@pytest.mark.subprocess
 def test_stop_pushes_once_more(tmp_path, grpc_receiver):
     """A stop flushes: with a 60 s interval, the only push is the one made at SIGTERM."""
     endpoint, received = grpc_receiver
@@ -507,6 +511,7 @@ def test_stop_pushes_once_more(tmp_path, grpc_receiver):
     assert received.latest().get("kafka_lag_exporter_up", cluster_name="dead") == 0
 
 
+@pytest.mark.subprocess
 def test_unreachable_collector_is_logged_once_and_stop_is_bounded(tmp_path, monkeypatch):
     """Nobody at the endpoint: one warning (not one per export), /metrics unaffected, a quick stop."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
@@ -528,7 +533,7 @@ def test_unreachable_collector_is_logged_once_and_stop_is_bounded(tmp_path, monk
 # -- on the broker ------------------------------------------------------------------
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_push_matches_metrics(tmp_path, kafka, admin, unique, receiver):
     """Live and dead clusters: what is pushed equals /metrics; the dead one pushes only health."""
     protocol, endpoint, received = receiver

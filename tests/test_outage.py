@@ -12,7 +12,7 @@ from exporter import ExporterProcess, cluster_toml, config_toml, free_port, now_
 from kafkahelp import commit, create_topic, produce
 from devtools.localkafka import LocalBroker
 
-pytestmark = pytest.mark.kafka
+pytestmark = pytest.mark.broker
 
 
 @pytest.fixture

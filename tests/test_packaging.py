@@ -19,6 +19,8 @@ from typing import Dict, List, NamedTuple, Set
 
 import pytest
 
+pytestmark = pytest.mark.packaging
+
 import klag_collector
 
 REPO = Path(__file__).resolve().parent.parent

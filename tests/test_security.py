@@ -233,7 +233,7 @@ WORKING = ["sasl-plain", "sasl-scram-256", "sasl-scram-512", "ssl", "mtls", "sas
            "no-hostname-check"]
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 @pytest.mark.parametrize("name", WORKING)
 def test_secured_cluster_reports_lag(working, name):
     """up 1, the committed group's exact lag, and a time lag (read by the sampling consumer)."""
@@ -263,7 +263,7 @@ REASONS = {
 }
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 @pytest.mark.parametrize("name", sorted(REASONS))
 def test_refused_cluster_is_down_and_says_why(broken, name):
     """up 0, no lag series, /ready failing with the reason, and one log line naming it."""
@@ -283,7 +283,7 @@ def test_refused_cluster_is_down_and_says_why(broken, name):
     assert any(re.search(REASONS[name], m, re.I) for m in ours), ours[-3:]
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_a_refused_cluster_does_not_stop_a_good_one(broken):
     """Next to the broken clusters, in the same process, the good ones report lag."""
     _, s, ready = broken
@@ -294,7 +294,7 @@ def test_a_refused_cluster_does_not_stop_a_good_one(broken):
         assert ready["clusters"][name]["state"] == "ok"
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_secrets_never_appear(broken):
     """At debug level, no SASL password or key password, right or wrong, is printed."""
     exporter, _, _ = broken

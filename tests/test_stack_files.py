@@ -309,6 +309,7 @@ def test_dashboard_references_only_defined_variables(dashboard):
     assert builtins <= {"__rate_interval", "__interval", "__range", "__all"}
 
 
+@pytest.mark.subprocess
 @needs_promtool
 def test_dashboard_queries_are_valid_promql(dashboard, tmp_path):
     """Each panel query, variables substituted, passes promtool's PromQL parser."""
@@ -339,6 +340,7 @@ def promtool(*args: str, cwd: Path = PROM_DIR) -> subprocess.CompletedProcess:
     return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.subprocess
 @needs_promtool
 def test_promtool_check_config_passes():
     """promtool check config accepts prometheus/prometheus.yml and its rule file."""
@@ -347,6 +349,7 @@ def test_promtool_check_config_passes():
     assert "SUCCESS: 1 rule files found" in run.stdout
 
 
+@pytest.mark.subprocess
 @needs_promtool
 def test_promtool_check_rules_passes():
     """promtool check rules accepts prometheus/alerts.yml."""
@@ -355,6 +358,7 @@ def test_promtool_check_rules_passes():
     assert f"SUCCESS: {len(EXPECTED_ALERTS)} rules found" in run.stdout
 
 
+@pytest.mark.subprocess
 @needs_promtool
 def test_promtool_alert_unit_tests_pass():
     """promtool test rules runs prometheus/alerts_test.yml and every case passes."""
@@ -508,6 +512,7 @@ def test_systemd_unit_has_the_usual_hardening():
     assert s["ExecStartPre"][0].endswith("--check")
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     """systemd-analyze verify finds no error or unknown setting in the unit."""

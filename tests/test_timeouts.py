@@ -196,11 +196,13 @@ def _check_silent_cluster(tmp_path: Path, bootstrap: str) -> None:
     assert f"collection failed ({cluster['last_error']})" in log
 
 
+@pytest.mark.subprocess
 def test_black_holed_bootstrap_times_out(tmp_path, black_hole):
     """A bootstrap that accepts connections and never answers: up 0, /ready "timed out", retries go on."""
     _check_silent_cluster(tmp_path, black_hole)
 
 
+@pytest.mark.subprocess
 def test_plaintext_client_on_tls_port_times_out(tmp_path, tls_port):
     """A TLS listener spoken to in plaintext: cycles time out per kafka_timeout instead of hanging."""
     _check_silent_cluster(tmp_path, f"127.0.0.1:{tls_port.port}")
@@ -208,6 +210,7 @@ def test_plaintext_client_on_tls_port_times_out(tmp_path, tls_port):
     assert tls_port.failed_handshakes >= 1
 
 
+@pytest.mark.subprocess
 def test_once_against_black_hole_exits_1(tmp_path, black_hole):
     """--once against a black-holed bootstrap exits 1 within kafka_timeout plus a few seconds."""
     config = tmp_path / "klag.toml"

@@ -33,7 +33,7 @@ def twistd_command() -> List[str]:
             "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
 
 
-@pytest.mark.kafka
+@pytest.mark.broker
 def test_twistd_serves_metrics_on_the_listen_port_and_stops_on_sigterm(kafka, unique, tmp_path):
     """twistd -n klag --listen serves up=1 for the cluster there (not on http_port); SIGTERM shuts it down."""
     port, config_port = free_port(), free_port()
@@ -69,6 +69,7 @@ def test_twistd_serves_metrics_on_the_listen_port_and_stops_on_sigterm(kafka, un
     assert refused(port)
 
 
+@pytest.mark.subprocess
 def test_twistd_rejects_a_bad_config_with_its_reason(tmp_path):
     """twistd klag with an invalid config exits non-zero and names the bad key, without starting."""
     config = tmp_path / "bad.toml"
@@ -110,6 +111,7 @@ def occupied_port() -> socket.socket:
     return s
 
 
+@pytest.mark.subprocess
 def test_twistd_exits_1_with_one_line_when_its_port_is_taken(tmp_path):
     """twistd -n klag with its port taken exits 1 at once: one line naming host, port and reason
     in its log, no traceback, its pidfile removed, and no poller started."""
@@ -133,6 +135,7 @@ def test_twistd_exits_1_with_one_line_when_its_port_is_taken(tmp_path):
     assert elapsed < PROMPT_EXIT
 
 
+@pytest.mark.subprocess
 def test_twistd_daemon_parent_exits_1_naming_the_taken_port(tmp_path):
     """Daemonizing twistd (no -n): the parent waits for the start, exits 1 and says why."""
     taken = occupied_port()
@@ -155,6 +158,7 @@ def test_twistd_daemon_parent_exits_1_naming_the_taken_port(tmp_path):
     assert not pidfile.exists()
 
 
+@pytest.mark.subprocess
 def test_twistd_logs_the_url_it_serves(tmp_path):
     """twistd -n klag --listen tcp:0 logs one line with the version and the URL of the port it
     bound, and serves there."""
