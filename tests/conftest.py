@@ -2,8 +2,15 @@
 
 The broker comes from, in order: $KLAG_TEST_BOOTSTRAP (an existing cluster), a
 testcontainers KafkaContainer when a Docker engine answers, else a LocalBroker run
-from Maven Central jars in a temp dir. Tests that need it carry @pytest.mark.broker,
-so `-m "not kafka"` runs the rest without any broker.
+from Maven Central jars in a temp dir.
+
+The slow tiers carry marks (setup.cfg lists them): `broker` (a real Kafka; set for every
+test using the `kafka` or `admin` fixture), `subprocess` (starts a process: the exporter,
+twistd, promtool, mypy; a test without the mark that tries fails) and `packaging` (builds
+and installs the package). Every other test is marked `unit`: `-m unit` is the fast tier.
+
+KLAG_TEST_NO_SKIPS=1 (set by `make test`) turns every skip into a failure, so a missing
+tool or extra cannot pass unnoticed.
 """
 
 from __future__ import annotations
