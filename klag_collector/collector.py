@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from . import metrics
 from .families import Families, Labels, empty_family, health_families, merge
 from .model import ClusterHealth
-from .poller import ClusterPoller, ClusterSnapshot
+from .poller import ClusterPoller, ClusterSnapshot, ClusterState
 
 
 class ClusterReport(NamedTuple):
@@ -30,7 +30,7 @@ class ClusterReport(NamedTuple):
     # The snapshot being reported: None before the first success and once it is stale.
     snapshot: Optional[ClusterSnapshot]
     # starting | ok | failing | stale, as /ready and the status page show it.
-    state: str
+    state: ClusterState
 
     def health_families(self) -> Families:
         """The cluster's own families: up is 1 only while a snapshot is reported."""

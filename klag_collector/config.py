@@ -82,13 +82,20 @@ class Performance:
     compacted_topics_cache_ttl: float = 300.0
 
 
+class OtelProtocol(str, enum.Enum):
+    """``exporter.otel.protocol``: how OTLP is pushed."""
+
+    GRPC = "grpc"
+    HTTP_PROTOBUF = "http/protobuf"
+
+
 @dataclass(frozen=True)
 class OtelConfig:
     """The optional OTLP push."""
 
     enabled: bool = False
     endpoint: str = "http://localhost:4317"
-    protocol: str = "grpc"
+    protocol: OtelProtocol = OtelProtocol.GRPC
     export_interval: float = 60.0
 
 
@@ -210,7 +217,7 @@ _PERFORMANCE: _Readers = {
 _OTEL: _Readers = {
     "enabled": ("boolean", ()),
     "endpoint": ("url", ()),
-    "protocol": ("choice", (("grpc", "http/protobuf"),)),
+    "protocol": ("member", (OtelProtocol,)),
     "export_interval": ("duration", ()),
 }
 _CLUSTER_KEYS = (
@@ -318,15 +325,11 @@ def _exporter(reader: Reader, raw: Any) -> ExporterConfig:
         poll_interval=poll,
         http_host=section.get("http_host", defaults.http_host, reader.host),
         http_port=section.get("http_port", defaults.http_port, reader.integer, 1, 65535),
-        granularity=Granularity(section.get(
-            "granularity", defaults.granularity.value, reader.choice,
-            tuple(g.value for g in Granularity),
-        )),
+        granularity=section.get("granularity", defaults.granularity, reader.member, Granularity),
         staleness_threshold=staleness,
-        ready_requires=ReadyRequires(section.get(
-            "ready_requires", defaults.ready_requires.value, reader.choice,
-            tuple(r.value for r in ReadyRequires),
-        )),
+        ready_requires=section.get(
+            "ready_requires", defaults.ready_requires, reader.member, ReadyRequires
+        ),
         timestamp_sampling=_fields(
             reader, section.table.get("timestamp_sampling"), "exporter.timestamp_sampling",
             TimestampSampling, _SAMPLING,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import enum
 import ipaddress
 import re
 import sys
@@ -19,6 +20,7 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    Type,
     TypeVar,
 )
 from urllib.parse import urlsplit
@@ -34,6 +36,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 V = TypeVar("V")
+_Choice = TypeVar("_Choice", bound=enum.Enum)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Underscores are not valid in DNS names but are common in container service names.
@@ -200,6 +203,10 @@ class Reader:
         if value not in allowed:
             self.fail(path, "must be " + " or ".join(f'"{a}"' for a in allowed))
         return value
+
+    def member(self, value: Any, path: str, choices: Type[_Choice]) -> _Choice:
+        """The member of the enum *choices* whose value *value* is."""
+        return choices(self.choice(value, path, [member.value for member in choices]))
 
     def patterns(self, value: Any, path: str) -> Tuple[re.Pattern[str], ...]:
         """Regular expressions, compiled; a bad one is reported with its index."""

@@ -45,7 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import __version__
-from .config import OtelConfig
+from .config import OtelConfig, OtelProtocol
 from .loop import RunEnd, SerialLoop
 
 __all__ = ["OtelExporterService", "OtelUnavailable", "build_metrics_data", "http_metrics_url"]
@@ -100,7 +100,7 @@ def make_exporter(config: OtelConfig) -> Any:
     """The SDK's OTLP metric exporter for the configured protocol and endpoint."""
     # The SDK bounds each export itself: OTEL_EXPORTER_OTLP_TIMEOUT, 10 s by default.
     try:
-        if config.protocol == "grpc":
+        if config.protocol is OtelProtocol.GRPC:
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
                 OTLPMetricExporter as GrpcExporter,
             )
@@ -259,13 +259,13 @@ class OtelExporterService(service.Service):
         self._loop.start(now=False)
         self.log.info(
             "pushing metrics over OTLP ({protocol}) to {endpoint} every {interval}s",
-            protocol=self.config.protocol,
+            protocol=self.config.protocol.value,
             endpoint=self._target(),
             interval=self.config.export_interval,
         )
 
     def _target(self) -> str:
-        if self.config.protocol == "grpc":
+        if self.config.protocol is OtelProtocol.GRPC:
             return self.config.endpoint
         return http_metrics_url(self.config.endpoint)
 

@@ -8,6 +8,7 @@ assignment.
 
 from __future__ import annotations
 
+import enum
 import random
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Generator, List, Mapping, Optional, Protocol, cast
@@ -33,7 +34,18 @@ __all__ = ["ClusterPoller", "ClusterSnapshot", "RunInThread", "Source", "build_s
 # How long stopService waits for an in-flight cycle before giving up on it.
 STOP_GRACE = 5.0
 
-STARTING, OK, FAILING, STALE = "starting", "ok", "failing", "stale"
+class ClusterState(str, enum.Enum):
+    """A cluster's state as /ready and the status page report it."""
+
+    STARTING = "starting"
+    OK = "ok"
+    FAILING = "failing"
+    STALE = "stale"
+
+    def __str__(self) -> str:
+        # The value in f-strings and str() on every Python: it is shown to people and in JSON.
+        return self.value
+
 
 
 class Source(Protocol):
@@ -132,14 +144,14 @@ class ClusterPoller(service.Service):
         """True when the last successful cycle is recent enough to be reported."""
         return self.fresh_snapshot(now) is not None
 
-    def state(self, now: float) -> str:
-        """starting | ok | failing | stale, as /ready reports it."""
+    def state(self, now: float) -> ClusterState:
+        """The cluster's state, as /ready reports it."""
         h = self.health
         if self.snapshot is None:
-            return FAILING if h.consecutive_failures else STARTING
+            return ClusterState.FAILING if h.consecutive_failures else ClusterState.STARTING
         if not self.is_fresh(now):
-            return STALE
-        return FAILING if h.consecutive_failures else OK
+            return ClusterState.STALE
+        return ClusterState.FAILING if h.consecutive_failures else ClusterState.OK
 
     def next_attempt_in(self, now: float) -> Optional[float]:
         """Seconds until the next cycle starts: a backoff retry or the next tick."""

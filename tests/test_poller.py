@@ -9,7 +9,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from klag_collector.model import ClusterData, GroupInfo
-from klag_collector.poller import FAILING, OK, STALE, STARTING, ClusterPoller
+from klag_collector.poller import ClusterPoller, ClusterState
 from fakes import FakeSource, HeldRunner, one_partition_data, pollers_on_clock, run_now
 
 T0 = 1_700_000_000.0
@@ -67,12 +67,12 @@ class CycleTests(PollerTestCase):
     def test_first_cycle_runs_at_start(self) -> None:
         """Starting the service runs a cycle at once and publishes a fresh snapshot."""
         p = self.make()
-        self.assertEqual(p.state(T0), STARTING)
+        self.assertEqual(p.state(T0), ClusterState.STARTING)
         p.startService()
         self.assertEqual(self.source.reads, [T0])
         self.assertIsNotNone(p.snapshot)
         self.assertTrue(p.is_fresh(self.clock.seconds()))
-        self.assertEqual(p.state(self.clock.seconds()), OK)
+        self.assertEqual(p.state(self.clock.seconds()), ClusterState.OK)
         self.assertEqual(p.health.last_success, T0)
         self.stop()
 
@@ -171,7 +171,7 @@ class FailureTests(PollerTestCase):
         self.source.error = None
         self.clock.advance(16)
         self.assertEqual(p.health.consecutive_failures, 0)
-        self.assertEqual(p.state(self.clock.seconds()), OK)
+        self.assertEqual(p.state(self.clock.seconds()), ClusterState.OK)
         self.flushLoggedErrors()
         self.stop()
 
@@ -202,7 +202,7 @@ class FailureTests(PollerTestCase):
         p.startService()
         self.clock.advance(5)
         self.assertEqual(p.health.last_error, "timed out")
-        self.assertEqual(p.state(self.clock.seconds()), FAILING)
+        self.assertEqual(p.state(self.clock.seconds()), ClusterState.FAILING)
         held.pending.clear()
         self.stop()
 
@@ -217,7 +217,7 @@ class FailureTests(PollerTestCase):
         self.assertTrue(p.is_fresh(T0 + 30))
         self.clock.advance(0.01)
         self.assertFalse(p.is_fresh(self.clock.seconds()))
-        self.assertEqual(p.state(self.clock.seconds()), STALE)
+        self.assertEqual(p.state(self.clock.seconds()), ClusterState.STALE)
         self.assertGreater(self.changes, changes)
         self.flushLoggedErrors()
         self.stop()
@@ -253,7 +253,7 @@ class FailureTests(PollerTestCase):
         self.assertEqual(messages, ["cluster c1: collection failed (ConnectionError: broker down)"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertIsNone(p.next_attempt_in(self.clock.seconds()))
-        self.assertEqual(p.state(self.clock.seconds()), FAILING)
+        self.assertEqual(p.state(self.clock.seconds()), ClusterState.FAILING)
 
     def test_a_one_shot_success_leaves_nothing_scheduled(self) -> None:
         """poll_now on a poller not started: a snapshot, and no stale re-render to cancel."""
