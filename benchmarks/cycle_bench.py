@@ -261,7 +261,10 @@ def instrument() -> None:
                  "list_partition_offsets", "describe_configs"):
         timed(KafkaAdminClient, name, f"admin.{name}")
     timed(KafkaConsumer, "__init__", "consumer connect")
-    timed(KafkaConsumer, "poll", "consumer.poll")
+    # What a timestamp fetch does with its consumer besides polling: the seeks, pauses and
+    # end-of-partition checks grow with the partitions and keys of the batch.
+    for name in ("assign", "seek", "poll", "position", "pause", "close"):
+        timed(KafkaConsumer, name, f"consumer.{name}")
     timed(kafka_source.KafkaSource, "read", "source.read (steps 1-5)")
     timed(kafka_source.KafkaSource, "fetch_timestamps", "source.fetch_timestamps (step 6)")
     # build_snapshot is looked up in the poller module at each cycle.
@@ -407,32 +410,57 @@ async def drive(reactor: Any, config_text: str, args: argparse.Namespace,
     global CURRENT
     from twisted.internet import threads
 
-    from klag_collector import render as render_mod
     from klag_collector.config import parse_config
     from klag_collector.service import make_service
 
     config = parse_config(config_text, "<bench>", "toml")
     svc = make_service(config, reactor)
-    poller = svc.pollers[0]
+    # The bench reads the service's internals (a measuring tool beside the package): the
+    # one cluster's poller, and the renderer whose pass follows every cycle.
+    poller = svc._pollers[0]
+    renderer = svc._renderer
     port = config.exporter.http_port
 
-    # Time the timestamp phase (step 6 as the poller sees it: cache look-ups + fetches).
+    # Time the timestamp phase, step 6 as the poller sees it: sample() is the worker-thread
+    # plan (cache look-ups, batching by leader), the fan-out of batch fetches on the reactor
+    # (each fetch runs source.fetch_timestamps in a worker thread, timed in instrument()),
+    # and the worker-thread merge into the cache. The poller and the sampler look these up
+    # on the instance, so wrapping the instance's attributes is enough.
     sampler = poller.sampler
     if sampler is not None:
-        original_sample = sampler.sample
+        def timed_deferred(name: str, label: str) -> None:
+            original = getattr(sampler, name)
 
-        def sample(*a: Any, **kw: Any) -> Any:
-            rec, started = CURRENT, time.perf_counter()
-            d = original_sample(*a, **kw)
+            def wrapper(*a: Any, **kw: Any) -> Any:
+                rec, started = CURRENT, time.perf_counter()
+                d = original(*a, **kw)
 
-            def done(result: Any) -> Any:
-                if rec is not None:
-                    rec.step("sampler.sample (step 6, total)", time.perf_counter() - started)
-                return result
+                def done(result: Any) -> Any:
+                    if rec is not None:
+                        rec.step(label, time.perf_counter() - started)
+                    return result
 
-            return d.addBoth(done)
+                return d.addBoth(done)
 
-        sampler.sample = sample
+            setattr(sampler, name, wrapper)
+
+        def timed_blocking(name: str, label: str) -> None:
+            original = getattr(sampler, name)
+
+            def wrapper(*a: Any, **kw: Any) -> Any:
+                rec, started = CURRENT, time.perf_counter()
+                try:
+                    return original(*a, **kw)
+                finally:
+                    if rec is not None:
+                        rec.step(label, time.perf_counter() - started)
+
+            setattr(sampler, name, wrapper)
+
+        timed_deferred("sample", "sampler.sample (step 6, total)")
+        timed_blocking("plan", "sampler.plan (thread)")
+        timed_deferred("_fetch_all", "sampler fetch fan-out (reactor)")
+        timed_blocking("merge", "sampler.merge (thread)")
 
     cycles: List[Dict[str, Any]] = []
     started_service = False
@@ -454,7 +482,7 @@ async def drive(reactor: Any, config_text: str, args: argparse.Namespace,
             h = poller.health
             if h.consecutive_failures:
                 raise RuntimeError(f"cycle {n} failed: {h.last_error}")
-            await svc.renderer.when_rendered()
+            await renderer.when_rendered()
             render_wait = time.perf_counter() - t1
             # A Kafka call that the cycle gave up on (addTimeout) keeps its worker
             # thread busy: wait for every pool to go idle, still counting its requests
@@ -519,7 +547,7 @@ async def drive(reactor: Any, config_text: str, args: argparse.Namespace,
 
         # Series, bodies, render time of one snapshot (off the reactor thread, as the
         # exporter does it; nothing else runs now).
-        current = svc.renderer.current
+        current = renderer.current
         text = current.body(False, False)
         series = Counter()
         for line in text.decode().splitlines():
@@ -534,25 +562,72 @@ async def drive(reactor: Any, config_text: str, args: argparse.Namespace,
             "openmetrics_gzip": len(current.body(True, True)),
         }
 
-        def time_render() -> List[float]:
-            out = []
+        # The render of one snapshot: what the renderer's pass does after a cycle, its
+        # per-cluster render of the current reports (read on the reactor thread, as
+        # MetricsRenderer.invalidate reads them). A new ReportRenderer each time, so every
+        # repeat builds the cluster's lag lines from its snapshot, then the health lines,
+        # the merge into the four variants and the status page. A second pass of the same
+        # ReportRenderer keeps the lag lines: that is what a change of health alone costs.
+        from klag_collector import metrics as metrics_mod
+        from klag_collector.collector import read_clusters
+        from klag_collector.render import ReportRenderer, Variant
+
+        definitions = metrics_mod.families_for(config.exporter.granularity)
+        reports = read_clusters(svc._pollers, reactor.seconds())
+
+        def time_render() -> Dict[str, Any]:
+            full, kept = [], []
+            rendered = None
             for _ in range(args.render_repeats):
+                report_renderer = ReportRenderer(definitions)
                 t = time.perf_counter()
-                render_mod.render(svc.registry)
-                out.append(time.perf_counter() - t)
-            return out
+                rendered = report_renderer.render(reports)
+                full.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                report_renderer.render(reports)
+                kept.append(time.perf_counter() - t)
+            same = rendered is not None and all(
+                rendered.bodies[v] == current.bodies[v] for v in current.bodies)
+            return {"full": full, "kept": kept, "same_as_served": same}
 
-        def time_text_only() -> float:
-            from prometheus_client import exposition
+        # prometheus_client's way, for comparison: a CollectorRegistry holding the
+        # service's public Collector, encoded by generate_latest (text alone), and all four
+        # variants its way (both encoders, each body gzipped at the same level).
+        def time_prometheus_client() -> Dict[str, Any]:
+            import gzip
 
+            from prometheus_client import CollectorRegistry, exposition
+            from prometheus_client.openmetrics import exposition as om_exposition
+
+            from klag_collector.render import GZIP_LEVEL
+
+            registry = CollectorRegistry()
+            registry.register(svc.collector)
             t = time.perf_counter()
-            exposition.generate_latest(svc.registry)
-            return time.perf_counter() - t
+            text_body = exposition.generate_latest(registry)
+            text_only = time.perf_counter() - t
+            t = time.perf_counter()
+            gzip.compress(exposition.generate_latest(registry), GZIP_LEVEL, mtime=0)
+            om_body = om_exposition.generate_latest(registry)
+            gzip.compress(om_body, GZIP_LEVEL, mtime=0)
+            all_four = time.perf_counter() - t
+            return {"text_only": text_only, "all_four": all_four,
+                    "text_same_as_served": text_body == current.body(False, False),
+                    "openmetrics_same_as_served": om_body == current.bodies[Variant(True, False)]}
 
         renders = await threads.deferToThread(time_render)
-        text_only = await threads.deferToThread(time_text_only)
-        figures["render"] = {"p50_ms": pct(renders, 50) * 1000, "min_ms": min(renders) * 1000,
-                             "repeats": len(renders), "text_only_ms": text_only * 1000}
+        client = await threads.deferToThread(time_prometheus_client)
+        figures["render"] = {
+            "p50_ms": pct(renders["full"], 50) * 1000, "min_ms": min(renders["full"]) * 1000,
+            "repeats": len(renders["full"]),
+            "kept_lag_lines_p50_ms": pct(renders["kept"], 50) * 1000,
+            "same_as_served": renders["same_as_served"],
+            "clusters": len(reports),
+            "text_only_ms": client["text_only"] * 1000,
+            "prometheus_client_all_four_ms": client["all_four"] * 1000,
+            "prometheus_client_text_same": client["text_same_as_served"],
+            "prometheus_client_openmetrics_same": client["openmetrics_same_as_served"],
+        }
         figures["rss_end_kib"] = rss_kib()
     finally:
         CURRENT = None
@@ -702,8 +777,11 @@ def summary(f: Dict[str, Any]) -> str:
     order = ["source.read (steps 1-5)", "admin client connect", "admin.list_groups",
              "admin.describe_groups", "admin.list_group_offsets", "admin.describe_topics",
              "admin.list_partition_offsets", "admin.describe_configs",
-             "sampler.sample (step 6, total)", "source.fetch_timestamps (step 6)",
-             "consumer connect", "consumer.poll", "build_snapshot (step 7)"]
+             "sampler.sample (step 6, total)", "sampler.plan (thread)",
+             "sampler fetch fan-out (reactor)", "source.fetch_timestamps (step 6)",
+             "consumer connect", "consumer.assign", "consumer.seek", "consumer.poll",
+             "consumer.position", "consumer.pause", "consumer.close", "sampler.merge (thread)",
+             "build_snapshot (step 7)"]
     step_names.sort(key=lambda k: order.index(k) if k in order else 99)
     add(f"  {'step':<34}{''.join(f'{h:>12}' for h in head.split())}")
     for name in step_names:
@@ -715,7 +793,11 @@ def summary(f: Dict[str, Any]) -> str:
             else:
                 cell = f"{st['s'] * 1000:.0f}" + (f" [{st['calls']}]" if st["calls"] > 1 else "")
                 cells.append(f"{cell:>12}")
-        indent = "    " if name.startswith(("admin.", "admin ", "consumer")) else "  "
+        indent = ("      " if name.startswith("consumer")
+                  else "    " if name.startswith(("admin.", "admin ", "sampler.plan",
+                                                  "sampler fetch", "sampler.merge",
+                                                  "source.fetch"))
+                  else "  ")
         add(f"{indent}{name:<{36 - len(indent)}}{''.join(cells)}")
     add("")
 
@@ -735,9 +817,17 @@ def summary(f: Dict[str, Any]) -> str:
     add(f"  bodies       text {b['text']} B, gzip {b['text_gzip']} B; OpenMetrics "
         f"{b['openmetrics']} B, gzip {b['openmetrics_gzip']} B")
     r = f["render"]
-    add(f"  render       render(registry) of one snapshot (text + OpenMetrics, each plain + "
-        f"gzip): p50 {r['p50_ms']:.0f} ms, min {r['min_ms']:.0f} ms over {r['repeats']}; "
-        f"text only {r['text_only_ms']:.0f} ms")
+    yes_no = {True: "yes", False: "NO"}
+    add(f"  render       ReportRenderer.render(reports) of one snapshot ({r['clusters']} cluster(s); "
+        f"lag lines built, text + OpenMetrics, each plain + gzip, status page):")
+    add(f"               p50 {r['p50_ms']:.0f} ms, min {r['min_ms']:.0f} ms over {r['repeats']}; "
+        f"again with the lag lines kept {r['kept_lag_lines_p50_ms']:.0f} ms; "
+        f"bytes as served: {yes_no[r['same_as_served']]}")
+    add(f"               prometheus_client generate_latest(CollectorRegistry with svc.collector): "
+        f"text only {r['text_only_ms']:.0f} ms, all four its way "
+        f"{r['prometheus_client_all_four_ms']:.0f} ms; same bytes: text "
+        f"{yes_no[r['prometheus_client_text_same']]}, OpenMetrics "
+        f"{yes_no[r['prometheus_client_openmetrics_same']]}")
     add("")
 
     def mib(kib: Optional[int]) -> str:
@@ -774,7 +864,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=200,
                    help="/metrics requests per encoding (default 200)")
     p.add_argument("--render-repeats", type=int, default=3,
-                   help="render(registry) timings (default 3)")
+                   help="timings of the render of one snapshot (default 3)")
     p.add_argument("--cache-ttl", default="60s", help="timestamp cache_ttl (default 60s)")
     p.add_argument("--no-timestamps", action="store_true",
                    help="timestamp sampling off (no time lag): the cycle without step 6")
