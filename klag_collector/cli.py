@@ -17,19 +17,19 @@ FORMATS = ("table", "json", "prometheus")
 
 def parser() -> argparse.ArgumentParser:
     """The command line, as documented in the README."""
-    p = argparse.ArgumentParser(
+    options = argparse.ArgumentParser(
         prog="klag-collector",
         description="Kafka consumer-group lag exporter for Prometheus.",
     )
-    p.add_argument("-c", "--config", metavar="FILE", help="TOML or YAML config file")
-    p.add_argument("-l", "--log-level", choices=LEVELS, help="default: info; warn with --once")
-    p.add_argument("--log-format", choices=(TEXT, JSON), help="default: text on a terminal, else json")
-    mode = p.add_mutually_exclusive_group()
+    options.add_argument("-c", "--config", metavar="FILE", help="TOML or YAML config file")
+    options.add_argument("-l", "--log-level", choices=LEVELS, help="default: info; warn with --once")
+    options.add_argument("--log-format", choices=(TEXT, JSON), help="default: text on a terminal, else json")
+    mode = options.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="validate the config and exit")
     mode.add_argument("--once", action="store_true", help="collect every cluster once, print, exit")
-    p.add_argument("--format", choices=FORMATS, default="table", help="output of --once")
-    p.add_argument("--version", action="version", version=f"klag-collector {__version__}")
-    return p
+    options.add_argument("--format", choices=FORMATS, default="table", help="output of --once")
+    options.add_argument("--version", action="version", version=f"klag-collector {__version__}")
+    return options
 
 
 def summary(config: Config) -> str:

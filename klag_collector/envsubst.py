@@ -87,26 +87,26 @@ def _interpolate_line(
 def _quoting_at(line: str, end: int, fmt: str) -> Optional[str]:
     """What *line[end]* sits in: '"', "'", "#" for a comment, or None for bare text."""
     state: Optional[str] = None
-    i = 0
-    while i < end:
-        char = line[i]
+    pos = 0
+    while pos < end:
+        char = line[pos]
         if state is None:
             # In YAML "#" opens a comment only after whitespace; in TOML anywhere outside strings.
-            if char == "#" and (fmt == "toml" or i == 0 or line[i - 1] in " \t"):
+            if char == "#" and (fmt == "toml" or pos == 0 or line[pos - 1] in " \t"):
                 return "#"
             if char in "\"'":
                 state = char
         elif state == '"':
             if char == "\\":
-                i += 1
+                pos += 1
             elif char == '"':
                 state = None
         elif char == "'":
-            if fmt == "yaml" and line[i + 1 : i + 2] == "'":
-                i += 1
+            if fmt == "yaml" and line[pos + 1 : pos + 2] == "'":
+                pos += 1
             else:
                 state = None
-        i += 1
+        pos += 1
     return state
 
 

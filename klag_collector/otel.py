@@ -178,20 +178,20 @@ def resource(Resource: Any) -> Any:  # noqa: N803 - the SDK class
     return detected
 
 
-def _in_daemon_thread(reactor: Any, f: Callable[[], Any]) -> "defer.Deferred[Any]":
-    """Run f in a new daemon thread; its result or failure comes back on the reactor."""
-    d: "defer.Deferred[Any]" = defer.Deferred()
+def _in_daemon_thread(reactor: Any, work: Callable[[], Any]) -> "defer.Deferred[Any]":
+    """Run *work* in a new daemon thread; its result or failure comes back on the reactor."""
+    done: "defer.Deferred[Any]" = defer.Deferred()
 
     def run() -> None:
         try:
-            result = f()
+            result = work()
         except BaseException as e:  # noqa: B902 - handed to the Deferred
-            reactor.callFromThread(d.errback, e)
+            reactor.callFromThread(done.errback, e)
         else:
-            reactor.callFromThread(d.callback, result)
+            reactor.callFromThread(done.callback, result)
 
     threading.Thread(target=run, name="klag-otel", daemon=True).start()
-    return d
+    return done
 
 
 def _quiet_sdk_logs() -> None:

@@ -146,12 +146,12 @@ class ClusterPoller(service.Service):
 
     def state(self, now: float) -> ClusterState:
         """The cluster's state, as /ready reports it."""
-        h = self.health
+        failing = self.health.consecutive_failures > 0
         if self.snapshot is None:
-            return ClusterState.FAILING if h.consecutive_failures else ClusterState.STARTING
+            return ClusterState.FAILING if failing else ClusterState.STARTING
         if not self.is_fresh(now):
             return ClusterState.STALE
-        return ClusterState.FAILING if h.consecutive_failures else ClusterState.OK
+        return ClusterState.FAILING if failing else ClusterState.OK
 
     def next_attempt_in(self, now: float) -> Optional[float]:
         """Seconds until the next cycle starts: a backoff retry or the next tick."""

@@ -222,8 +222,8 @@ class KlagService(service.MultiService):
         return pool
 
     def _runner(self, pool: ThreadPool) -> Callable[..., "defer.Deferred[Any]"]:
-        def run(f: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
-            return deferToThreadPool(self._reactor, pool, f, *args)
+        def run(work: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+            return deferToThreadPool(self._reactor, pool, work, *args)
 
         return run
 
@@ -245,8 +245,8 @@ class KlagService(service.MultiService):
         reports = read_clusters(self._pollers, self._reactor.seconds())
         return Collected(reports, self._renderer.current)
 
-    def _run_default(self, f: Callable[..., Any]) -> "defer.Deferred[Any]":
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f)
+    def _run_default(self, work: Callable[..., Any]) -> "defer.Deferred[Any]":
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), work)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
