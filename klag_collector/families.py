@@ -61,6 +61,8 @@ def _partition_rows(builder: _Builder, row: PartitionLag) -> None:
     builder.add(metrics.GROUP_MESSAGES_LOST, ids, row.messages_lost)
     builder.add(metrics.GROUP_RETENTION_MARGIN, ids, row.retention_margin)
     builder.add(metrics.GROUP_LAG_RETENTION_RATIO, ids, row.retention_ratio)
+    if row.offset_out_of_range > 0:  # present only for such partitions
+        builder.add(metrics.GROUP_OFFSET_OUT_OF_RANGE, ids, row.offset_out_of_range)
 
 
 def _group_rows(builder: _Builder, view: LagView) -> None:
@@ -98,6 +100,7 @@ def lag_families(view: LagView, base: Labels, granularity: metrics.Granularity) 
     _group_rows(builder, view)
     builder.add(metrics.COMPACTION_PARTITIONS, (), view.compaction_partitions)
     builder.add(metrics.DATA_LOSS_PARTITIONS, (), view.data_loss_partitions)
+    builder.add(metrics.OFFSET_OUT_OF_RANGE_PARTITIONS, (), view.offset_out_of_range_partitions)
     for reason, count in sorted(view.skipped.items()):
         builder.add(metrics.SKIPPED_PARTITIONS, (reason,), count)
     for reason, count in sorted(view.skipped_groups.items()):

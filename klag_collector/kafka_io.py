@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from kafka import KafkaConsumer, TopicPartition
@@ -21,15 +22,17 @@ from kafka.admin import (
     KafkaAdminClient,
     OffsetSpec,
 )
-from kafka.errors import BrokerResponseError
+from kafka.errors import BrokerResponseError, IncompatibleBrokerVersion, for_code
 
-from . import kafka_clients
+from . import kafka_clients, kafka_protocol
 from .config import Performance
 from .model import (
     TP,
+    GroupType,
     CommittedOffsets,
     GroupDescriptions,
     GroupInfo,
+    ListedGroup,
     Member,
     RecordKey,
     TopicDescription,
@@ -55,6 +58,7 @@ def _member(raw: Mapping[str, Any]) -> Member:
     )
 
 
+
 def group_info(name: str, raw: Mapping[str, Any]) -> GroupInfo:
     """A GroupInfo from one entry of kafka-python's describe_groups() result."""
     assignments: Dict[TP, Member] = {}
@@ -75,6 +79,37 @@ def group_info(name: str, raw: Mapping[str, Any]) -> GroupInfo:
     )
 
 
+def consumer_group_info(raw: Any) -> GroupInfo:
+    """A GroupInfo from one group of a ConsumerGroupDescribe response (no error code).
+
+    Each member's labels come from its current assignment, what it owns and reads now (the
+    target assignment is what the coordinator wants it to own next). In a group migrating
+    from the classic protocol, classic members are described here too, assignment included.
+    """
+    assignments: Dict[TP, Member] = {}
+    for m in raw.members:
+        member = Member(
+            consumer_id=m.member_id or "",
+            client_id=m.client_id or "",
+            host=(m.client_host or "").lstrip("/"),
+        )
+        for entry in m.assignment.topic_partitions if m.assignment is not None else []:
+            for partition in entry.partitions:
+                assignments[(entry.topic_name, partition)] = member
+    return GroupInfo(
+        name=raw.group_id,
+        state=raw.group_state or "Unknown",
+        members=len(raw.members),
+        assignments=assignments,
+        group_type=GroupType.CONSUMER,
+    )
+
+
+def _error_text(code: int, message: Optional[str]) -> str:
+    error = for_code(code)
+    return f"{error.__name__}: {message}" if message else error.__name__
+
+
 class AdminReads:
     """The admin requests of one cycle's read, all on one admin client."""
 
@@ -82,22 +117,108 @@ class AdminReads:
         self._admin = admin
         self._offset_fetch_timeout_ms = int(offset_fetch_timeout * 1000)
 
-    def group_names(self) -> List[str]:
-        """Every consumer group the cluster lists."""
-        return [g["group_id"] for g in self._admin.list_groups()]
+    def listed_groups(self) -> List[ListedGroup]:
+        """Every group the cluster lists, of every type, with its type.
 
-    def describe_groups(self, names: Sequence[str]) -> GroupDescriptions:
-        """The description of each named group, or that it came back with an error."""
+        A broker before ListGroups v5 (Kafka 3.8) gives no type: its groups are all classic.
+        """
+        return [
+            ListedGroup(g["group_id"], GroupType.listed(g.get("group_type")))
+            for g in self._admin.list_groups()
+        ]
+
+    def describe_groups(self, groups: Sequence[ListedGroup]) -> GroupDescriptions:
+        """The description of each group, or why it came back without one.
+
+        Classic groups (and streams groups, which no describe of ours knows yet) go to
+        DescribeGroups, consumer groups to ConsumerGroupDescribe where the broker has it.
+        A group that changed type since it was listed (a classic group migrating to the
+        consumer protocol, or back) is asked again with the other request.
+        Share groups are not asked about: they are not given here (see selection).
+        """
+        types = {g.name: g.group_type for g in groups}
         described: Dict[str, GroupInfo] = {}
-        failed: List[str] = []
+        reasons: Dict[str, str] = {}
+        classic = [g.name for g in groups if g.group_type != GroupType.CONSUMER]
+        consumer = [g.name for g in groups if g.group_type == GroupType.CONSUMER]
+        first, retry = self._describe_classic(classic)
+        described.update(first)
+        reasons.update(retry)
+        migrated = [n for n in retry if types[n] == GroupType.CLASSIC and _changed(n, retry)]
+        second, failed = self._describe_consumer(consumer + migrated)
+        described.update(second)
+        reasons.update(failed)
+        back = [n for n in consumer if n in failed and _changed(n, failed)]
+        third, still = self._describe_classic(back)
+        described.update(third)
+        reasons.update(still)
+        for name in described:
+            reasons.pop(name, None)
+        described = {
+            name: info if info.group_type is GroupType.CONSUMER
+            else replace(info, group_type=types[name])
+            for name, info in described.items()
+        }
+        return GroupDescriptions(
+            described=described,
+            failed=tuple(n for n in types if n in reasons),
+            reasons={n: reasons[n] for n in types if n in reasons},
+            types=types,
+        )
+
+    def _describe_classic(
+        self, names: Sequence[str]
+    ) -> Tuple[Dict[str, GroupInfo], Dict[str, str]]:
+        described: Dict[str, GroupInfo] = {}
+        failed: Dict[str, str] = {}
         for start in range(0, len(names), DESCRIBE_BATCH):
             answered = self._admin.describe_groups(names[start : start + DESCRIBE_BATCH])
             for name, raw in answered.items():
                 if raw.get("error"):
-                    failed.append(name)
+                    failed[name] = str(raw["error"])
                 else:
                     described[name] = group_info(name, raw)
-        return GroupDescriptions(described=described, failed=tuple(failed))
+        return described, failed
+
+    def _describe_consumer(
+        self, names: Sequence[str]
+    ) -> Tuple[Dict[str, GroupInfo], Dict[str, str]]:
+        if not names:
+            return {}, {}
+        manager = self._admin._manager
+        versions = manager.broker_version_data.api_versions if manager.broker_version_data else None
+        if not kafka_protocol.supports(versions, kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY):
+            # Kafka 3.9 lists consumer groups but does not offer ConsumerGroupDescribe.
+            return {}, {n: NO_CONSUMER_GROUP_DESCRIBE for n in names}
+        described: Dict[str, GroupInfo] = {}
+        failed: Dict[str, str] = {}
+        try:
+            responses = manager.run(self._consumer_group_describe, list(names))
+        except IncompatibleBrokerVersion:  # a coordinator that lacks it
+            return {}, {n: NO_CONSUMER_GROUP_DESCRIBE for n in names}
+        for response in responses:
+            for group in response.groups:
+                if group.error_code:
+                    failed[group.group_id] = _error_text(group.error_code, group.error_message)
+                else:
+                    described[group.group_id] = consumer_group_info(group)
+        return described, failed
+
+    async def _consumer_group_describe(self, names: List[str]) -> List[Any]:
+        # One ConsumerGroupDescribe per coordinator, as kafka-python does for DescribeGroups.
+        coordinators = await self._admin._find_coordinator_ids(names)
+        by_node: Dict[int, List[str]] = {}
+        for name in names:
+            by_node.setdefault(coordinators[name], []).append(name)
+        responses = []
+        for node, node_names in by_node.items():
+            for start in range(0, len(node_names), DESCRIBE_BATCH):
+                request = kafka_protocol.ConsumerGroupDescribeRequest(
+                    group_ids=node_names[start : start + DESCRIBE_BATCH],
+                    include_authorized_operations=False,
+                )
+                responses.append(await self._admin._manager.send(request, node_id=node))
+        return responses
 
     def committed_offsets(self, names: Sequence[str]) -> CommittedOffsets:
         """Every committed offset of the named groups, -1 (none committed) included."""
@@ -161,6 +282,17 @@ class AdminReads:
             topic: found.get(topic, {}).get("cleanup.policy", {}).get("value") or ""
             for topic in topics
         }
+
+
+# The reason given for a consumer group on a broker without ConsumerGroupDescribe.
+NO_CONSUMER_GROUP_DESCRIBE = "the broker does not offer ConsumerGroupDescribe (API key 69)"
+# How the other describe request says a group is not of its kind.
+_NOT_THIS_KIND = ("GroupIdNotFoundError", "not a classic group", "not a consumer group")
+
+
+def _changed(name: str, reasons: Mapping[str, str]) -> bool:
+    """Whether the describe of `name` failed because the group is of the other kind now."""
+    return any(marker in reasons[name] for marker in _NOT_THIS_KIND)
 
 
 class KafkaIO:

@@ -7,17 +7,21 @@ Every method here blocks and must run in a worker thread, never on the reactor.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, List, Optional
+from typing import Dict, FrozenSet, List, Optional
+
+from twisted.logger import Logger
 
 from . import selection
 from .config import ClusterConfig, Performance
 from .kafka_io import KafkaIO
-from .model import ClusterData, ClusterRead, RecordKey
+from .model import ClusterData, ClusterRead, GroupDescriptions, RecordKey
 from .timestamps import FetchItem
 
 
 class KafkaSource:
     """Reads a cluster's groups, offsets, watermarks, topic configs and record timestamps."""
+
+    log = Logger()
 
     def __init__(self, cluster: ClusterConfig, performance: Performance) -> None:
         self.cluster = cluster
@@ -25,13 +29,16 @@ class KafkaSource:
         self._cleanup_policies = selection.CleanupPolicyCache(
             performance.compacted_topics_cache_ttl
         )
+        # describe failures already logged: each (group, reason) is logged once while it lasts
+        self._logged_failures: FrozenSet[selection.Failure] = frozenset()
 
     def read(self, now: float) -> ClusterData:
         """Steps 1 to 5 of a collection cycle; committed offsets are read before watermarks."""
         kafka = self._kafka.admin_reads()
-        names = selection.groups_to_describe(kafka.group_names(), self.cluster.groups)
-        groups = kafka.describe_groups(names)
-        offsets = kafka.committed_offsets(list(groups.described))
+        listed = selection.groups_to_describe(kafka.listed_groups(), self.cluster.groups)
+        groups = kafka.describe_groups(listed)
+        self._log_failures(groups)
+        offsets = kafka.committed_offsets(selection.offset_groups(groups))
         topics = kafka.describe_topics()
         partitions = selection.watermark_partitions(topics, self.cluster.topics)
         read = ClusterRead(
@@ -46,6 +53,15 @@ class KafkaSource:
         policies = kafka.cleanup_policies(self._cleanup_policies.due(involved, now))
         compacted = self._cleanup_policies.update(involved, policies, now)
         return replace(data, compacted_topics=compacted)
+
+    def _log_failures(self, groups: GroupDescriptions) -> None:
+        new, self._logged_failures = selection.failures_to_log(groups, self._logged_failures)
+        for group, reason in new:
+            self.log.warn(
+                "cluster {cluster}: group {group} could not be described ({reason}); "
+                "reporting its offsets and lag with state Unknown",
+                cluster=self.cluster.name, group=group, reason=reason,
+            )
 
     def fetch_timestamps(self, items: List[FetchItem]) -> Dict[RecordKey, Optional[int]]:
         """Timestamps of the first record at or after each offset, in one batched fetch.

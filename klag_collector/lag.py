@@ -1,7 +1,9 @@
 """The pure lag core: cluster data + record timestamps + now -> lag figures.
 
 No I/O, no clock: `now` is passed in, so every figure is reproducible in a test.
-Unknown stays unknown (None, or left out and counted), never 0.
+Unknown stays unknown (None, or left out and counted), never 0. A committed offset past
+the log end is not "caught up" either: its lag is 0, its time lag unknown, and it is reported
+as out of range (committed - latest), a known reason of its own, not counted as skipped.
 """
 
 from __future__ import annotations
@@ -43,8 +45,21 @@ def offset_lag(committed: int, latest: int) -> int:
     return max(0, latest - committed)
 
 
+def offset_out_of_range(committed: int, latest: int) -> int:
+    """How far the committed offset is past the log end (topic recreated, offsets altered); else 0.
+
+    Kafka answers such a fetch with OFFSET_OUT_OF_RANGE and the consumer resets, so where it
+    will read next, and how old that record is, are unknown until it does.
+    """
+    return max(0, committed - latest)
+
+
 def timestamp_requests(data: ClusterData) -> Set[RecordKey]:
-    """The records whose timestamps the time lag of this cycle needs."""
+    """The records whose timestamps the time lag of this cycle needs.
+
+    Not for caught-up partitions (their time lag is 0), nor for out-of-range ones (there is
+    no record at the committed offset, and the time lag is not reported).
+    """
     wanted: Set[RecordKey] = set()
     for name, offsets in data.committed.items():
         if name not in data.groups:  # compute_lag reports no row for it
@@ -53,7 +68,9 @@ def timestamp_requests(data: ClusterData) -> Set[RecordKey]:
             tp = (topic, partition)
             latest = data.latest.get(tp)
             earliest = data.earliest.get(tp)
-            if latest is None or earliest is None or offset_lag(committed, latest) == 0:
+            if latest is None or earliest is None:
+                continue
+            if offset_out_of_range(committed, latest) or offset_lag(committed, latest) == 0:
                 continue
             wanted.add((topic, partition, sampled_offset(committed, earliest)))
     return wanted
@@ -98,7 +115,7 @@ def compute_lag(
             if row is not None:
                 rows.append(row)
         partitions.extend(rows)
-        groups.append(_aggregate(name, info.state, info.members, rows))
+        groups.append(_aggregate(name, info, rows))
     return LagView(
         partitions=tuple(partitions),
         groups=tuple(groups),
@@ -108,6 +125,7 @@ def compute_lag(
         skipped_groups=dict(data.skipped_groups),
         compaction_partitions=sum(row.compacted for row in partitions),
         data_loss_partitions=sum(row.data_loss for row in partitions),
+        offset_out_of_range_partitions=sum(row.offset_out_of_range > 0 for row in partitions),
     )
 
 
@@ -129,8 +147,11 @@ def _partition_lag(
         skipped[WATERMARK_UNAVAILABLE] += 1
         return None
     lag = offset_lag(committed, latest)
+    out_of_range = offset_out_of_range(committed, latest)
     seconds: Optional[float] = None
-    if timestamps is not None:
+    # Out of range: the time lag is unknown for a known reason, reported by its own gauge,
+    # so it is neither computed (no 0 claiming "caught up") nor counted as unavailable.
+    if timestamps is not None and not out_of_range:
         key = (topic, partition, sampled_offset(committed, earliest))
         seconds = time_lag(lag, timestamps.get(key), now)
         if seconds is None:
@@ -150,10 +171,11 @@ def _partition_lag(
         retention_ratio=retention_ratio(lag, earliest, latest),
         data_loss=committed < earliest,
         compacted=topic in data.compacted_topics,
+        offset_out_of_range=out_of_range,
     )
 
 
-def _aggregate(name: str, state: str, members: int, rows: Iterable[PartitionLag]) -> GroupLag:
+def _aggregate(name: str, info: GroupInfo, rows: Iterable[PartitionLag]) -> GroupLag:
     rows = list(rows)
     topic_sums: Dict[str, int] = defaultdict(int)
     for row in rows:
@@ -161,17 +183,20 @@ def _aggregate(name: str, state: str, members: int, rows: Iterable[PartitionLag]
     known_seconds = [r.lag_seconds for r in rows if r.lag_seconds is not None]
     # Caught-up partitions know their time lag (0) for free; if no lagging partition's
     # time lag is known, a max of those zeros would claim a lagging group is caught up.
+    # Out-of-range partitions count as lag 0 in max_lag and sum_lag and have no time lag,
+    # so max_lag_seconds ignores them.
     lagging = [r for r in rows if r.lag > 0]
     if lagging and all(r.lag_seconds is None for r in lagging):
         known_seconds = []
     return GroupLag(
         group=name,
-        state=state,
-        members=members,
+        state=info.state,
+        members=info.members,
         # A group with no known partition has no max or sum: leaving them out beats a 0
         # that would read as "caught up".
         max_lag=max((r.lag for r in rows), default=None),
         sum_lag=sum(r.lag for r in rows) if rows else None,
         max_lag_seconds=max(known_seconds, default=None),
         topic_sum_lag=dict(topic_sums),
+        group_type=info.group_type,
     )

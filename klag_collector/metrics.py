@@ -112,6 +112,14 @@ GROUP_LAG_RETENTION_RATIO = _d(
     GROUP_PARTITION_LABELS,
     partition_only=True,
 )
+GROUP_OFFSET_OUT_OF_RANGE = _d(
+    "kafka_consumergroup_group_offset_out_of_range",
+    "Committed offset minus latest offset, only for partitions whose committed offset is past "
+    "the log end: the consumer will reset; group_lag is 0 and no lag_seconds is reported "
+    "(not counted as timestamp_unavailable).",
+    GROUP_PARTITION_LABELS,
+    partition_only=True,
+)
 GROUP_MAX_LAG = _d(
     "kafka_consumergroup_group_max_lag",
     "Largest partition offset lag of the consumer group.",
@@ -168,6 +176,10 @@ DATA_LOSS_PARTITIONS = _d(
     "kafka_lag_exporter_data_loss_partitions",
     "Group partitions whose committed offset is below the earliest retained offset.",
 )
+OFFSET_OUT_OF_RANGE_PARTITIONS = _d(
+    "kafka_lag_exporter_offset_out_of_range_partitions",
+    "Group partitions whose committed offset is past the latest offset (log end).",
+)
 SKIPPED_PARTITIONS = _d(
     "kafka_lag_exporter_skipped_partitions",
     "Partitions left out of the last cycle because a value could not be read.",
@@ -218,6 +230,7 @@ LAG_FAMILIES = (
     GROUP_MESSAGES_LOST,
     GROUP_RETENTION_MARGIN,
     GROUP_LAG_RETENTION_RATIO,
+    GROUP_OFFSET_OUT_OF_RANGE,
     GROUP_MAX_LAG,
     GROUP_SUM_LAG,
     GROUP_MAX_LAG_SECONDS,
@@ -226,6 +239,7 @@ LAG_FAMILIES = (
     GROUP_MEMBERS,
     COMPACTION_PARTITIONS,
     DATA_LOSS_PARTITIONS,
+    OFFSET_OUT_OF_RANGE_PARTITIONS,
     SKIPPED_PARTITIONS,
     SKIPPED_GROUPS,
 )

@@ -6,6 +6,7 @@ the lag core reads them, and tests build them by hand.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
@@ -27,6 +28,28 @@ class Member:
 NO_MEMBER = Member(consumer_id="", client_id="", host="")
 
 
+class GroupType(str, enum.Enum):
+    """A group's type as ListGroups (v5+) names it."""
+
+    CLASSIC = "classic"
+    CONSUMER = "consumer"
+    STREAMS = "streams"
+    SHARE = "share"
+
+    def __str__(self) -> str:
+        # The value in f-strings and str() on every Python: it is shown in --once.
+        return self.value
+
+    @classmethod
+    def listed(cls, raw: Optional[str]) -> "GroupType":
+        """The type of a ListGroups entry: classic when the broker predates types (or names
+        one we do not know, which then takes the classic describe path and its fallback)."""
+        try:
+            return cls(raw) if raw else cls.CLASSIC
+        except ValueError:
+            return cls.CLASSIC
+
+
 @dataclass(frozen=True, slots=True)
 class GroupInfo:
     """A consumer group's state, its members and which member holds which partition."""
@@ -35,6 +58,8 @@ class GroupInfo:
     state: str
     members: int = 0
     assignments: Mapping[TP, Member] = field(default_factory=dict)
+    # share groups are not reported as consumer groups
+    group_type: GroupType = GroupType.CLASSIC
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +100,9 @@ class PartitionLag:
     retention_ratio: float
     data_loss: bool
     compacted: bool
+    # committed - latest when the committed offset is past the log end (the consumer will
+    # reset; lag is 0 and lag_seconds None), else 0
+    offset_out_of_range: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +116,7 @@ class GroupLag:
     sum_lag: Optional[int]
     max_lag_seconds: Optional[float]
     topic_sum_lag: Mapping[str, int]
+    group_type: GroupType = GroupType.CLASSIC
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +133,8 @@ class LagView:
     skipped_groups: Mapping[str, int]
     compaction_partitions: int
     data_loss_partitions: int
+    # partitions whose committed offset is past the log end
+    offset_out_of_range_partitions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +166,23 @@ class ClusterHealth:
 
 @dataclass(frozen=True, slots=True)
 class GroupDescriptions:
-    """What DescribeGroups answered for the groups asked about."""
+    """What DescribeGroups (or ConsumerGroupDescribe) answered for the groups asked about."""
 
     described: Mapping[str, GroupInfo]
     # groups the coordinator answered with an error instead of a description
     failed: Tuple[str, ...] = ()
+    # failed group -> why, in a few words (the error's name, or that its type has no describe)
+    reasons: Mapping[str, str] = field(default_factory=dict)
+    # group -> its type as ListGroups said, for every group asked about
+    types: Mapping[str, GroupType] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ListedGroup:
+    """One group as ListGroups answered it."""
+
+    name: str
+    group_type: GroupType = GroupType.CLASSIC
 
 
 @dataclass(frozen=True, slots=True)

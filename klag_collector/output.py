@@ -12,6 +12,7 @@ from .render import Rendered
 TABLE_COLUMNS = (
     "CLUSTER",
     "GROUP",
+    "TYPE",
     "STATE",
     "TOPIC",
     "PARTITION",
@@ -64,6 +65,7 @@ def _partition_entry(row: PartitionLag) -> Dict[str, Any]:
 def _groups_entry(view: LagView) -> Dict[str, Any]:
     groups: Dict[str, Any] = {
         group.group: {
+            "type": str(group.group_type),
             "state": group.state,
             "members": group.members,
             "sum_lag": group.sum_lag,
@@ -89,6 +91,7 @@ def as_dict(clusters: Sequence[ClusterResult]) -> Dict[str, Any]:
         if cluster.snapshot is not None:
             entry["groups"] = _groups_entry(cluster.snapshot.view)
             entry["skipped"] = dict(cluster.snapshot.view.skipped)
+            entry["skipped_groups"] = dict(cluster.snapshot.view.skipped_groups)
         entries[cluster.name] = entry
     return {"clusters": entries}
 
@@ -99,12 +102,13 @@ def as_json(clusters: Sequence[ClusterResult]) -> str:
 
 
 def _table_rows(name: str, view: LagView) -> List[Sequence[str]]:
-    state = {group.group: group.state for group in view.groups}
+    groups = {group.group: group for group in view.groups}
     return [
         (
             name,
             row.group,
-            state[row.group],
+            str(groups[row.group].group_type),
+            groups[row.group].state,
             row.topic,
             str(row.partition),
             str(row.committed),
@@ -119,20 +123,29 @@ def _table_rows(name: str, view: LagView) -> List[Sequence[str]]:
     ]
 
 
+def _skipped_groups_line(name: str, view: LagView) -> List[str]:
+    """One line naming the groups left out of a cluster, by reason; none when none were."""
+    if not view.skipped_groups:
+        return []
+    counts = ", ".join(f"{count} {reason}" for reason, count in sorted(view.skipped_groups.items()))
+    return [f"cluster {name}: groups skipped: {counts}"]
+
+
 def as_table(clusters: Sequence[ClusterResult]) -> str:
     """An aligned table in the manner of kafka-consumer-groups --describe, with time lag."""
     rows: List[Sequence[str]] = [TABLE_COLUMNS]
-    errors: List[str] = []
+    notes: List[str] = []
     for cluster in clusters:
         if cluster.snapshot is None:
-            errors.append(f"cluster {cluster.name}: not collected: {cluster.health.last_error}")
+            notes.append(f"cluster {cluster.name}: not collected: {cluster.health.last_error}")
         else:
             rows.extend(_table_rows(cluster.name, cluster.snapshot.view))
+            notes.extend(_skipped_groups_line(cluster.name, cluster.snapshot.view))
     widths = [max(len(row[column]) for row in rows) for column in range(len(TABLE_COLUMNS))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
     ]
-    return "\n".join(lines + errors)
+    return "\n".join(lines + notes)
 
 
 def as_prometheus(rendered: Optional[Rendered]) -> str:

@@ -9,15 +9,18 @@ described, and the topics the kept offsets involve decide whose cleanup.policy i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Mapping, Set
+from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Mapping, Set, Tuple
 
 from .config import NameFilter
 from .model import (
     TP,
+    GroupType,
     ClusterData,
     ClusterRead,
     CommittedOffsets,
     GroupDescriptions,
+    GroupInfo,
+    ListedGroup,
     TopicDescription,
 )
 
@@ -25,10 +28,58 @@ from .model import (
 DESCRIBE_FAILED = "describe_failed"
 OFFSETS_UNAVAILABLE = "offsets_unavailable"
 
+# The state of a group whose description failed: it is still reported, offsets and lag.
+UNKNOWN_STATE = "Unknown"
 
-def groups_to_describe(listed: Iterable[str], group_filter: NameFilter) -> List[str]:
-    """The listed groups the filter keeps, sorted."""
-    return sorted(name for name in listed if group_filter.allows(name))
+# (group, reason): one describe failure, logged once while it lasts
+Failure = Tuple[str, str]
+
+
+def groups_to_describe(
+    listed: Iterable[ListedGroup], group_filter: NameFilter
+) -> List[ListedGroup]:
+    """The listed groups the filter keeps, sorted by name, share groups left out.
+
+    Share groups (KIP-932) are not consumer groups: their members do not commit offsets, so
+    they have no consumer lag, and OffsetFetch and DescribeGroups do not answer for them.
+    They are neither reported nor counted as skipped.
+    """
+    return sorted(
+        (g for g in listed
+         if g.group_type is not GroupType.SHARE and group_filter.allows(g.name)),
+        key=lambda g: g.name,
+    )
+
+
+def offset_groups(groups: GroupDescriptions) -> List[str]:
+    """The groups whose committed offsets are read: every one asked about, described or not.
+
+    A group whose description failed is still a group with offsets; only its state and
+    members are unknown.
+    """
+    return sorted(set(groups.described) | set(groups.failed))
+
+
+def reported_groups(groups: GroupDescriptions) -> Dict[str, GroupInfo]:
+    """Every group asked about: its description, or state Unknown where that failed."""
+    found = dict(groups.described)
+    for name in groups.failed:
+        found.setdefault(
+            name,
+            GroupInfo(name, UNKNOWN_STATE, group_type=groups.types.get(name, GroupType.CLASSIC)),
+        )
+    return found
+
+
+def failures_to_log(
+    groups: GroupDescriptions, logged: AbstractSet[Failure]
+) -> Tuple[List[Failure], FrozenSet[Failure]]:
+    """The describe failures not logged yet, sorted; and the failures to remember as logged.
+
+    Only this cycle's failures are remembered: one that ends and comes back is logged again.
+    """
+    now = frozenset((name, groups.reasons.get(name, "")) for name in groups.failed)
+    return sorted(now - logged), now
 
 
 def kept_offsets(
@@ -94,8 +145,9 @@ def select(read: ClusterRead, topic_filter: NameFilter) -> ClusterData:
     """
     committed = kept_offsets(read.offsets.by_group, topic_filter)
     return ClusterData(
-        # A group whose offsets could not be read has nothing to report lag from.
-        groups={n: info for n, info in read.groups.described.items() if n in committed},
+        # A group whose offsets could not be read has nothing to report lag from; one whose
+        # description failed is reported with state Unknown.
+        groups={n: info for n, info in reported_groups(read.groups).items() if n in committed},
         committed=committed,
         earliest=known_offsets(read.earliest),
         latest=known_offsets(read.latest),

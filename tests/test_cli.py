@@ -22,7 +22,7 @@ from twisted.internet import task
 
 from klag_collector import __version__
 from klag_collector.logs import kafka_threshold
-from klag_collector.model import ClusterData, GroupInfo, Member
+from klag_collector.model import ClusterData, GroupInfo, GroupType, Member
 from klag_collector.output import TABLE_COLUMNS, as_dict, as_json, as_table
 from exporter import ExporterProcess
 from fakes import FakeSource, pollers_on_clock
@@ -321,16 +321,18 @@ WORKER = Member(consumer_id="consumer-1-abc", client_id="billing", host="10.0.0.
 
 
 def output_data() -> ClusterData:
-    """billing: t/0 5 behind (age known), t/1 3 behind (age unknown); idle: caught up."""
+    """billing: t/0 5 behind (age known), t/1 3 behind (age unknown); idle (a consumer-protocol
+    group): caught up; one group whose offsets could not be read."""
     return ClusterData(
         groups={
             "billing": GroupInfo("billing", "Stable", members=1, assignments={("t", 0): WORKER}),
-            "idle": GroupInfo("idle", "Empty"),
+            "idle": GroupInfo("idle", "Empty", group_type=GroupType.CONSUMER),
         },
         committed={"billing": {("t", 0): 5, ("t", 1): 17}, "idle": {("t", 0): 10}},
         earliest={("t", 0): 0, ("t", 1): 0},
         latest={("t", 0): 10, ("t", 1): 20},
         leaders={("t", 0): 1, ("t", 1): 1},
+        skipped_groups={"offsets_unavailable": 1},
     )
 
 
@@ -363,12 +365,13 @@ def test_table_columns_and_values(pollers) -> None:
     lines = as_table(pollers).splitlines()
     assert cells(lines[0]) == list(TABLE_COLUMNS)
     assert [cells(line) for line in lines[1:4]] == [
-        ["c1", "billing", "Stable", "t", "0", "5", "10", "5", "12.5",
+        ["c1", "billing", "classic", "Stable", "t", "0", "5", "10", "5", "12.5",
          "consumer-1-abc", "10.0.0.7", "billing"],
-        ["c1", "billing", "Stable", "t", "1", "17", "20", "3", "-", "-", "-", "-"],
-        ["c1", "idle", "Empty", "t", "0", "10", "10", "0", "0.0", "-", "-", "-"],
+        ["c1", "billing", "classic", "Stable", "t", "1", "17", "20", "3", "-", "-", "-", "-"],
+        ["c1", "idle", "consumer", "Empty", "t", "0", "10", "10", "0", "0.0", "-", "-", "-"],
     ]
-    assert lines[4:] == ["cluster c2: not collected: ConnectionError: broker down"]
+    assert lines[4:] == ["cluster c1: groups skipped: 1 offsets_unavailable",
+                         "cluster c2: not collected: ConnectionError: broker down"]
 
 
 def test_table_columns_are_aligned(pollers) -> None:
@@ -381,7 +384,7 @@ def test_table_columns_are_aligned(pollers) -> None:
 
 def test_unknown_lag_seconds_is_a_dash_never_zero(pollers) -> None:
     """A lagging partition with unknown record age shows "-", a caught-up one 0.0."""
-    rows = {(c[1], c[4]): c[8] for c in map(cells, as_table(pollers).splitlines()[1:4])}
+    rows = {(c[1], c[5]): c[9] for c in map(cells, as_table(pollers).splitlines()[1:4])}
     assert rows[("billing", "1")] == "-"
     assert rows[("idle", "0")] == "0.0"
 
@@ -392,9 +395,11 @@ def test_json_has_groups_partitions_and_failures(pollers) -> None:
     assert doc == as_dict(pollers)
     c1 = doc["clusters"]["c1"]
     assert (c1["ok"], c1["error"], c1["skipped"]) == (True, "", {"timestamp_unavailable": 1})
+    assert c1["skipped_groups"] == {"offsets_unavailable": 1}
+    assert c1["groups"]["idle"]["type"] == "consumer"
     billing = c1["groups"]["billing"]
     assert {k: v for k, v in billing.items() if k != "partitions"} == {
-        "state": "Stable", "members": 1, "sum_lag": 8, "max_lag": 5, "max_lag_seconds": 12.5,
+        "type": "classic", "state": "Stable", "members": 1, "sum_lag": 8, "max_lag": 5, "max_lag_seconds": 12.5,
     }
     assert billing["partitions"][0] == {
         "topic": "t", "partition": 0, "committed": 5, "earliest": 0, "latest": 10, "lag": 5,

@@ -51,6 +51,7 @@ def _row(topic: str, partition: int, member: Member, committed: int, earliest: i
         retention_ratio=lag * 100.0 / (latest - earliest),
         data_loss=committed < earliest,
         compacted=compacted,
+        offset_out_of_range=max(0, committed - latest),
     )
 
 
@@ -59,6 +60,7 @@ ROWS = (
     _row("t", 0, ALICE, 40, 0, 100, 59.5, False),  # lag 60
     _row("t", 1, NO_MEMBER, 20, 50, 100, 120.0, False),  # data loss, lag 80
     _row("t", 2, ALICE, 95, 0, 100, None, False),  # lag 5, age unknown
+    _row("t", 3, ALICE, 105, 0, 100, None, False),  # committed past the log end by 5: lag 0, no age
 )
 
 VIEW = LagView(
@@ -67,12 +69,13 @@ VIEW = LagView(
         GroupLag("g", "Stable", 2, 80, 148, 120.0, {"c": 3, "t": 145}),
         GroupLag("idle", "Empty", 0, None, None, None, {}),
     ),
-    earliest={("c", 0): 0, ("t", 0): 0, ("t", 1): 50, ("t", 2): 0, ("u", 0): 5},
-    latest={("c", 0): 10, ("t", 0): 100, ("t", 1): 100, ("t", 2): 100, ("u", 0): 5},
+    earliest={("c", 0): 0, ("t", 0): 0, ("t", 1): 50, ("t", 2): 0, ("t", 3): 0, ("u", 0): 5},
+    latest={("c", 0): 10, ("t", 0): 100, ("t", 1): 100, ("t", 2): 100, ("t", 3): 100, ("u", 0): 5},
     skipped={"timestamp_unavailable": 1, "watermark_unavailable": 2},
     skipped_groups={"offsets_unavailable": 1},
     compaction_partitions=1,
     data_loss_partitions=1,
+    offset_out_of_range_partitions=1,
 )
 
 
@@ -128,6 +131,7 @@ def test_group_lag_samples_carry_member_labels(partition_families: Families) -> 
         (name, lab(**member_labels("t", 0, ALICE)), 60.0),
         (name, lab(**member_labels("t", 1, NO_MEMBER)), 80.0),
         (name, lab(**member_labels("t", 2, ALICE)), 5.0),
+        (name, lab(**member_labels("t", 3, ALICE)), 0.0),
     }
     unassigned = [s for s in partition_families[name].samples if s.labels["partition"] == "1"]
     member = [(s.labels["member_host"], s.labels["consumer_id"], s.labels["client_id"]) for s in unassigned]
@@ -142,11 +146,12 @@ def test_group_offset_samples_are_committed_offsets(partition_families: Families
         (name, lab(**member_labels("t", 0, ALICE)), 40.0),
         (name, lab(**member_labels("t", 1, NO_MEMBER)), 20.0),
         (name, lab(**member_labels("t", 2, ALICE)), 95.0),
+        (name, lab(**member_labels("t", 3, ALICE)), 105.0),
     }
 
 
 def test_lag_seconds_series_has_flags_and_skips_unknown_ages(partition_families: Families) -> None:
-    """lag_seconds carries "true"/"false" flags and has no series for the row whose age is unknown."""
+    """lag_seconds carries "true"/"false" flags and has no series for the rows whose age is unknown or out of range."""
     name = m.GROUP_LAG_SECONDS.name
     def flagged(topic: str, partition: int, who: Member, compaction: str, data_loss: str) -> object:
         return lab(**member_labels(topic, partition, who),
@@ -161,20 +166,38 @@ def test_lag_seconds_series_has_flags_and_skips_unknown_ages(partition_families:
 
 def test_retention_families_report_loss_margin_and_ratio(partition_families: Families) -> None:
     """messages_lost, retention_margin and lag_retention_ratio are per (group, topic, partition)."""
-    ids = {(t, p): lab(group="g", topic=t, partition=p) for t, p in [("c", 0), ("t", 0), ("t", 1), ("t", 2)]}
+    ids = {(t, p): lab(group="g", topic=t, partition=p)
+           for t, p in [("c", 0), ("t", 0), ("t", 1), ("t", 2), ("t", 3)]}
     lost, margin, ratio = m.GROUP_MESSAGES_LOST, m.GROUP_RETENTION_MARGIN, m.GROUP_LAG_RETENTION_RATIO
     assert samples(partition_families, lost) == {
         (lost.name, ids["c", 0], 0.0), (lost.name, ids["t", 0], 0.0),
-        (lost.name, ids["t", 1], 30.0), (lost.name, ids["t", 2], 0.0),
+        (lost.name, ids["t", 1], 30.0), (lost.name, ids["t", 2], 0.0), (lost.name, ids["t", 3], 0.0),
     }
     assert samples(partition_families, margin) == {
         (margin.name, ids["c", 0], 7.0), (margin.name, ids["t", 0], 40.0),
         (margin.name, ids["t", 1], -30.0), (margin.name, ids["t", 2], 95.0),
+        (margin.name, ids["t", 3], 105.0),
     }
     assert samples(partition_families, ratio) == {
         (ratio.name, ids["c", 0], 30.0), (ratio.name, ids["t", 0], 60.0),
-        (ratio.name, ids["t", 1], 160.0), (ratio.name, ids["t", 2], 5.0),
+        (ratio.name, ids["t", 1], 160.0), (ratio.name, ids["t", 2], 5.0), (ratio.name, ids["t", 3], 0.0),
     }
+
+
+def test_offset_out_of_range_only_for_partitions_past_the_log_end(partition_families: Families) -> None:
+    """The out-of-range gauge is committed - latest, present only for the row past the log end."""
+    d = m.GROUP_OFFSET_OUT_OF_RANGE
+    assert samples(partition_families, d) == {(d.name, lab(group="g", topic="t", partition=3), 5.0)}
+    # That row is lag 0, not caught up: no lag_seconds series, not counted as timestamp_unavailable.
+    assert not [s for s in partition_families[m.GROUP_LAG_SECONDS.name].samples if s.labels["partition"] == "3"]
+    assert VIEW.skipped["timestamp_unavailable"] == 1  # the (t, 2) row only
+
+
+def test_offset_out_of_range_partitions_is_reported_at_topic_granularity(topic_families: Families) -> None:
+    """The cluster count is reported at both granularities; the per-partition gauge only at partition."""
+    d = m.OFFSET_OUT_OF_RANGE_PARTITIONS
+    assert samples(topic_families, d) == {(d.name, lab(), 1.0)}
+    assert m.GROUP_OFFSET_OUT_OF_RANGE.name not in topic_families
 
 
 def test_watermarks_cover_every_partition_read(partition_families: Families) -> None:
@@ -185,6 +208,7 @@ def test_watermarks_cover_every_partition_read(partition_families: Families) -> 
         (latest.name, lab(topic="t", partition=0), 100.0),
         (latest.name, lab(topic="t", partition=1), 100.0),
         (latest.name, lab(topic="t", partition=2), 100.0),
+        (latest.name, lab(topic="t", partition=3), 100.0),
         (latest.name, lab(topic="u", partition=0), 5.0),
     }
     assert samples(partition_families, earliest) == {
@@ -192,6 +216,7 @@ def test_watermarks_cover_every_partition_read(partition_families: Families) -> 
         (earliest.name, lab(topic="t", partition=0), 0.0),
         (earliest.name, lab(topic="t", partition=1), 50.0),
         (earliest.name, lab(topic="t", partition=2), 0.0),
+        (earliest.name, lab(topic="t", partition=3), 0.0),
         (earliest.name, lab(topic="u", partition=0), 5.0),
     }
 
@@ -218,6 +243,9 @@ def test_cluster_counts_and_skip_reasons(partition_families: Families) -> None:
     """Compaction, data loss and the skipped partitions and groups are reported with their reasons."""
     assert samples(partition_families, m.COMPACTION_PARTITIONS) == {(m.COMPACTION_PARTITIONS.name, lab(), 1.0)}
     assert samples(partition_families, m.DATA_LOSS_PARTITIONS) == {(m.DATA_LOSS_PARTITIONS.name, lab(), 1.0)}
+    assert samples(partition_families, m.OFFSET_OUT_OF_RANGE_PARTITIONS) == {
+        (m.OFFSET_OUT_OF_RANGE_PARTITIONS.name, lab(), 1.0)
+    }
     assert samples(partition_families, m.SKIPPED_PARTITIONS) == {
         (m.SKIPPED_PARTITIONS.name, lab(reason="timestamp_unavailable"), 1.0),
         (m.SKIPPED_PARTITIONS.name, lab(reason="watermark_unavailable"), 2.0),
@@ -236,7 +264,7 @@ def test_every_sample_carries_cluster_and_custom_labels(partition_families: Fami
             assert list(s.labels) == [k for k, _ in BASE] + list(d.labels)
             assert [s.labels[k] for k, _ in BASE] == [v for _, v in BASE]
             count += 1
-    assert count == 47
+    assert count == 56
 
 
 def test_topic_granularity_drops_partition_only_families(
@@ -247,6 +275,7 @@ def test_topic_granularity_drops_partition_only_families(
     assert partition_only == {
         m.GROUP_OFFSET.name, m.GROUP_LAG.name, m.GROUP_LAG_SECONDS.name, m.GROUP_MESSAGES_LOST.name,
         m.GROUP_RETENTION_MARGIN.name, m.GROUP_LAG_RETENTION_RATIO.name,
+        m.GROUP_OFFSET_OUT_OF_RANGE.name,
     }
     assert set(topic_families) == set(partition_families) - partition_only
     for name, family in topic_families.items():
@@ -343,7 +372,7 @@ def test_merge_gives_each_family_once_with_both_clusters() -> None:
         return [s.labels["cluster_name"] for s in by_name[name].samples]
 
     assert clusters(m.GROUP_STATE.name) == ["prod-eu", "prod-eu", "staging", "staging"]
-    assert clusters(m.GROUP_LAG.name) == ["prod-eu"] * 4  # staging reports topic granularity
+    assert clusters(m.GROUP_LAG.name) == ["prod-eu"] * 5  # staging reports topic granularity
     assert clusters(m.POLL_TIME_MS.name) == ["prod-eu"]  # staging has no duration yet
     assert clusters("kafka_lag_exporter_cycle_failures") == ["prod-eu", "staging"]
     assert [s.value for s in by_name[m.UP.name].samples] == [1.0, 0.0]
@@ -351,11 +380,12 @@ def test_merge_gives_each_family_once_with_both_clusters() -> None:
 
 def test_merge_drops_families_without_samples() -> None:
     """A family no cluster reports a sample for is left out of the merge entirely."""
-    empty = LagView((), (), {}, {}, {}, {}, 0, 0)
+    empty = LagView((), (), {}, {}, {}, {}, 0, 0, 0)
     merged = merge([lag_families(empty, BASE, m.Granularity.PARTITION)], m.ALL_FAMILIES)
     assert [(f.name, [s.value for s in f.samples]) for f in merged] == [
         (m.COMPACTION_PARTITIONS.name, [0.0]),
         (m.DATA_LOSS_PARTITIONS.name, [0.0]),
+        (m.OFFSET_OUT_OF_RANGE_PARTITIONS.name, [0.0]),
     ]
 
 

@@ -267,3 +267,45 @@ def test_cleanup_policy_change_is_seen_after_the_cache_ttl(admin, kafka, unique,
         assert s.get("kafka_lag_exporter_compaction_detected_partitions", cluster_name="it") == 1
     finally:
         assert exporter.stop() == 0, exporter.log.read_text()[-3000:]
+
+
+def test_committed_offset_past_the_log_end_is_out_of_range(admin, kafka, unique, run_exporter):
+    """A committed offset 5 past the log end is lag 0, has no time lag, and is reported out of range by 5."""
+    topic, group = f"{unique}-t", f"{unique}-g"
+    create_topic(admin, topic, 2)
+    base = now_ms()
+    records = 4  # partition 0 ends at offset 4
+    produce(kafka.bootstrap, topic, 0, [base - 60_000 + i * 1000 for i in range(records)])
+    produce(kafka.bootstrap, topic, 1, [base - 30_000, base - 20_000, base - 10_000])
+    # The broker accepts a commit past the log end (as after a topic was recreated).
+    commit(admin, group, {TopicPartition(topic, 0): records + 5, TopicPartition(topic, 1): 1})
+    exporter = run_exporter()
+    p0 = dict(group=group, topic=topic, partition="0")
+    p1 = dict(group=group, topic=topic, partition="1")
+    s = exporter.wait_for(lambda s: s.find(LAG_SECONDS, **p1), what="time lag of partition 1")
+    scraped_at = time.time()
+
+    assert s.get("kafka_partition_latest_offset", topic=topic, partition="0") == records
+    assert s.get("kafka_consumergroup_group_offset", **p0) == records + 5
+    assert s.get("kafka_consumergroup_group_lag", **p0) == 0
+    assert not s.find(LAG_SECONDS, **p0)
+    assert s.get("kafka_consumergroup_group_offset_out_of_range", **p0) == 5
+    assert s.get("kafka_lag_exporter_offset_out_of_range_partitions", cluster_name="it") == 1
+    # Its unknown time lag has its own gauge: it is not counted as timestamp_unavailable.
+    assert s.get("kafka_lag_exporter_skipped_partitions", cluster_name="it",
+                 reason="timestamp_unavailable") is None
+    assert s.get("kafka_lag_exporter_data_loss_partitions", cluster_name="it") == 0
+
+    # The group's normal partition is unaffected: lag 2 from offset 1, timed from its record.
+    assert s.get("kafka_consumergroup_group_offset", **p1) == 1
+    assert s.get("kafka_consumergroup_group_lag", **p1) == 2
+    assert s.get("kafka_consumergroup_group_offset_out_of_range", **p1) is None
+    [(labels, seconds)] = s.find(LAG_SECONDS, **p1)
+    assert labels["data_loss_detected"] == "false"
+    assert seconds == pytest.approx(scraped_at - (base - 20_000) / 1000, abs=5)
+    # Aggregates count the out-of-range partition as lag 0; max_lag_seconds ignores it.
+    assert s.get("kafka_consumergroup_group_max_lag", group=group) == 2
+    assert s.get("kafka_consumergroup_group_sum_lag", group=group) == 2
+    assert s.get("kafka_consumergroup_group_max_lag_seconds", group=group) == seconds
+    # Only partition 1's record was ever looked up: none for the offset past the end.
+    assert s.get("kafka_lag_exporter_timestamp_cache_entries", cluster_name="it") == 1

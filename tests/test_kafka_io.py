@@ -15,8 +15,14 @@ from kafka.admin import OffsetSpec
 from kafka.errors import GroupAuthorizationFailedError
 from kafka.structs import OffsetAndMetadata
 
-from klag_collector.kafka_io import DESCRIBE_BATCH, AdminReads, group_info
-from klag_collector.model import Member, TopicDescription
+from klag_collector.kafka_io import (
+    DESCRIBE_BATCH,
+    NO_CONSUMER_GROUP_DESCRIBE,
+    AdminReads,
+    group_info,
+)
+from klag_collector.kafka_protocol import ConsumerGroupDescribeResponse
+from klag_collector.model import GroupInfo, GroupType, ListedGroup, Member, TopicDescription
 
 
 class RecordingAdmin:
@@ -65,7 +71,7 @@ def reads(admin: RecordingAdmin) -> AdminReads:
 def test_groups_are_described_in_batches() -> None:
     names = [f"g{i:04}" for i in range(2 * DESCRIBE_BATCH + 1)]
     admin = RecordingAdmin()
-    described = reads(admin).describe_groups(names)
+    described = reads(admin).describe_groups([ListedGroup(n) for n in names])
     assert [len(call[1]) for call in admin.calls] == [DESCRIBE_BATCH, DESCRIBE_BATCH, 1]
     assert list(described.described) == names
     assert described.failed == ()
@@ -73,8 +79,9 @@ def test_groups_are_described_in_batches() -> None:
 
 def test_a_group_described_with_an_error_is_returned_as_failed() -> None:
     admin = RecordingAdmin(groups={"bad": {"error": "CoordinatorNotAvailableError"}})
-    described = reads(admin).describe_groups(["bad", "good"])
+    described = reads(admin).describe_groups([ListedGroup("bad"), ListedGroup("good")])
     assert described.failed == ("bad",)
+    assert described.reasons == {"bad": "CoordinatorNotAvailableError"}
     assert list(described.described) == ["good"]
 
 
@@ -170,3 +177,88 @@ def test_group_info_maps_partitions_to_members_and_skips_other_protocols() -> No
 def test_group_info_of_an_empty_answer_is_unknown_with_no_members(raw: Dict[str, Any]) -> None:
     info = group_info("g", raw)
     assert (info.state, info.members, dict(info.assignments)) == ("Unknown", 0, {})
+
+
+# --- consumer groups (KIP-848): ConsumerGroupDescribe -----------------------------------------
+
+_Group = ConsumerGroupDescribeResponse.DescribedGroup
+_Member = _Group.Member
+
+
+def described_group(name: str, state: str = "Stable", error: int = 0) -> Any:
+    member = _Member(member_id=f"{name}-m", client_id="c", client_host="/10.0.0.1",
+                     assignment=_Member.Assignment(topic_partitions=[
+                         _Member.Assignment.TopicPartitions(topic_name="t", partitions=[0])]),
+                     target_assignment=_Member.Assignment(topic_partitions=[]))
+    return _Group(error_code=error, error_message=None, group_id=name, group_state=state,
+                  members=[] if error else [member])
+
+
+class FakeManager:
+    """kafka-python's connection manager as AdminReads uses it: api versions, run, send."""
+
+    def __init__(self, admin: "ConsumerAdmin", api_versions: Optional[Dict[int, Any]]) -> None:
+        self.admin = admin
+        self.broker_version_data = SimpleNamespace(api_versions=api_versions)
+
+    def run(self, coro: Any, *args: Any) -> Any:
+        import asyncio
+        return asyncio.run(coro(*args))
+
+    async def send(self, request: Any, node_id: int) -> Any:
+        self.admin.calls.append(("ConsumerGroupDescribe", node_id, list(request.group_ids)))
+        return ConsumerGroupDescribeResponse(throttle_time_ms=0, groups=[
+            self.admin.consumer_groups.get(n) or described_group(n, "", error=69)
+            for n in request.group_ids])
+
+
+class ConsumerAdmin(RecordingAdmin):
+    def __init__(self, api_versions: Optional[Dict[int, Any]] = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.consumer_groups: Dict[str, Any] = {}
+        self._manager = FakeManager(self, api_versions)
+
+    async def _find_coordinator_ids(self, names: List[str]) -> Dict[str, int]:
+        return {n: 1 if n < "m" else 2 for n in names}
+
+
+def test_consumer_groups_are_described_with_consumer_group_describe_per_coordinator() -> None:
+    admin = ConsumerAdmin({69: (0, 1)})
+    admin.consumer_groups = {"a": described_group("a"), "x": described_group("x", "Assigning")}
+    result = reads(admin).describe_groups(
+        [ListedGroup("a", GroupType.CONSUMER), ListedGroup("c"), ListedGroup("x", GroupType.CONSUMER)])
+    assert admin.calls == [("describe_groups", ["c"]), ("ConsumerGroupDescribe", 1, ["a"]),
+                           ("ConsumerGroupDescribe", 2, ["x"])]
+    assert result.failed == ()
+    assert result.described["x"] == GroupInfo(
+        "x", "Assigning", 1, {("t", 0): Member("x-m", "c", "10.0.0.1")}, group_type=GroupType.CONSUMER)
+    assert result.described["c"].group_type == "classic"
+    assert result.types == {"a": "consumer", "c": "classic", "x": "consumer"}
+
+
+def test_a_consumer_group_is_not_asked_about_where_the_broker_lacks_the_request() -> None:
+    admin = ConsumerAdmin({16: (0, 5)})
+    result = reads(admin).describe_groups([ListedGroup("a", GroupType.CONSUMER)])
+    assert admin.calls == []
+    assert result.failed == ("a",)
+    assert result.reasons == {"a": NO_CONSUMER_GROUP_DESCRIBE}
+
+
+def test_a_classic_group_that_migrated_since_it_was_listed_is_asked_again() -> None:
+    """Listed as classic, now a consumer group: DescribeGroups says so, ConsumerGroupDescribe answers."""
+    not_classic = "[Error 69] GroupIdNotFoundError: Group m is not a classic group."
+    admin = ConsumerAdmin({69: (0, 1)}, groups={"m": {"error": not_classic}})
+    admin.consumer_groups = {"m": described_group("m", "Reconciling")}
+    result = reads(admin).describe_groups([ListedGroup("m")])
+    assert admin.calls == [("describe_groups", ["m"]), ("ConsumerGroupDescribe", 2, ["m"])]
+    assert result.failed == ()
+    assert result.described["m"].state == "Reconciling"
+    assert result.described["m"].members == 1
+
+
+def test_a_consumer_group_describe_error_is_a_failure_with_its_reason() -> None:
+    admin = ConsumerAdmin({69: (0, 1)})
+    admin.consumer_groups = {"a": described_group("a", error=30)}
+    result = reads(admin).describe_groups([ListedGroup("a", GroupType.CONSUMER)])
+    assert result.failed == ("a",)
+    assert result.reasons == {"a": "GroupAuthorizationFailedError"}

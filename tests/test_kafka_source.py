@@ -11,13 +11,15 @@ from typing import Any, Dict, List, Sequence, Tuple
 from klag_collector.config import Performance, parse_config
 from klag_collector.kafka_source import KafkaSource
 from klag_collector.model import (
+    GroupType,
     TP,
     CommittedOffsets,
     GroupDescriptions,
     GroupInfo,
+    ListedGroup,
     TopicDescription,
 )
-from klag_collector.selection import OFFSETS_UNAVAILABLE
+from klag_collector.selection import DESCRIBE_FAILED, OFFSETS_UNAVAILABLE
 
 CONFIG = """
 [[clusters]]
@@ -36,12 +38,14 @@ class RecordingReads:
         self.calls: List[Tuple[str, Any]] = []
         self.policies = {"compact-t": "compact", "orders": "delete"}
 
-    def group_names(self) -> List[str]:
-        self.calls.append(("group_names", None))
-        return ["app-a", "app-b-skip", "other", "app-broken"]
+    def listed_groups(self) -> List[ListedGroup]:
+        self.calls.append(("listed_groups", None))
+        return [ListedGroup(n) for n in ("app-a", "app-b-skip", "other", "app-broken")] + [
+            ListedGroup("app-share", GroupType.SHARE)]
 
-    def describe_groups(self, names: Sequence[str]) -> GroupDescriptions:
-        self.calls.append(("describe_groups", list(names)))
+    def describe_groups(self, groups: Sequence[ListedGroup]) -> GroupDescriptions:
+        names = [g.name for g in groups]
+        self.calls.append(("describe_groups", names))
         return GroupDescriptions({n: GroupInfo(n, "Empty") for n in names})
 
     def committed_offsets(self, names: Sequence[str]) -> CommittedOffsets:
@@ -92,7 +96,7 @@ def test_a_read_asks_only_for_what_the_policy_keeps() -> None:
     kept = ["app-a", "app-broken"]
     partitions = [("orders", 0), ("orders", 1), ("compact-t", 0)]
     assert io.reads.calls == [
-        ("group_names", None),
+        ("listed_groups", None),
         ("describe_groups", kept),
         ("committed_offsets", kept),
         ("describe_topics", None),
@@ -117,3 +121,36 @@ def test_cleanup_policies_are_read_again_only_after_the_ttl() -> None:
     assert [c for c in io.reads.calls if c[0] == "cleanup_policies"] == [("cleanup_policies", [])]
     assert source.read(now=1300).compacted_topics == frozenset({"compact-t", "orders"})
     assert io.reads.calls[-1] == ("cleanup_policies", ["compact-t", "orders"])
+
+
+class FailingReads(RecordingReads):
+    """app-broken's description fails; its offsets can be read."""
+
+    def describe_groups(self, groups: Sequence[ListedGroup]) -> GroupDescriptions:
+        names = [g.name for g in groups]
+        self.calls.append(("describe_groups", names))
+        return GroupDescriptions(
+            {n: GroupInfo(n, "Empty") for n in names if n != "app-broken"},
+            failed=("app-broken",), reasons={"app-broken": "GroupIdNotFoundError"},
+            types={n: GroupType.CLASSIC for n in names})
+
+    def committed_offsets(self, names: Sequence[str]) -> CommittedOffsets:
+        self.calls.append(("committed_offsets", list(names)))
+        return CommittedOffsets({n: {("orders", 0): 3} for n in names})
+
+
+def test_a_failed_description_is_reported_with_its_offsets_and_logged_once() -> None:
+    from twisted.logger import Logger
+
+    io = RecordingIO()
+    io.reads = FailingReads()
+    source = source_on(io)
+    events: List[Dict[str, Any]] = []
+    source.log = Logger(observer=events.append)
+    for now in (1000, 1001, 1002):
+        data = source.read(now=now)
+    assert ("committed_offsets", ["app-a", "app-broken"]) in io.reads.calls
+    assert data.groups["app-broken"].state == "Unknown"
+    assert data.committed["app-broken"] == {("orders", 0): 3}
+    assert data.skipped_groups == {DESCRIBE_FAILED: 1}
+    assert [(e["group"], e["reason"]) for e in events] == [("app-broken", "GroupIdNotFoundError")]

@@ -12,6 +12,7 @@ from klag_collector.lag import (
     WATERMARK_UNAVAILABLE,
     compute_lag,
     offset_lag,
+    offset_out_of_range,
     retention_ratio,
     sampled_offset,
     time_lag,
@@ -77,15 +78,54 @@ def test_lag_is_latest_minus_committed() -> None:
     assert r.retention_ratio == 60.0
 
 
-def test_committed_beyond_latest_gives_zero_lag_and_zero_seconds() -> None:
-    """A committed offset past the high watermark clamps to lag 0 and time lag 0, not negative."""
+def test_committed_past_the_log_end_is_out_of_range_not_caught_up() -> None:
+    """A committed offset 20 past the high watermark: lag 0 (never negative), no time lag, out of range 20."""
     data = cluster({"g": {("t", 0): 120}}, {("t", 0): 0}, {("t", 0): 100})
-    view = compute_lag(data, {}, NOW)
+    # Even a timestamp at that offset (there is none on the broker) is not used.
+    view = compute_lag(data, {("t", 0, 120): NOW_MS - 5_000, ("t", 0, 100): NOW_MS - 5_000}, NOW)
     r = row(view, "g", "t", 0)
-    assert r.lag == 0
-    assert r.lag_seconds == 0.0
+    assert (r.committed, r.latest, r.lag, r.offset_out_of_range) == (120, 100, 0, 20)
+    assert r.lag_seconds is None
+    assert (r.messages_lost, r.retention_margin, r.data_loss) == (0, 120, False)
+    assert r.retention_ratio == 0.0
+    # Its time lag is unknown for a known reason with its own gauge: not counted as skipped.
     assert view.skipped == {}
-    assert offset_lag(120, 100) == 0
+    assert view.offset_out_of_range_partitions == 1
+    assert view.data_loss_partitions == 0
+    assert (offset_lag(120, 100), offset_out_of_range(120, 100)) == (0, 20)
+    assert (offset_out_of_range(100, 100), offset_out_of_range(40, 100)) == (0, 0)
+
+
+def test_out_of_range_is_computed_with_sampling_off() -> None:
+    """Without timestamp sampling the out-of-range figure is still there; nothing is counted as skipped."""
+    data = cluster({"g": {("t", 0): 103, ("t", 1): 7}}, {("t", 0): 0, ("t", 1): 0}, {("t", 0): 100, ("t", 1): 10})
+    view = compute_lag(data, None, NOW)
+    assert (row(view, "g", "t", 0).offset_out_of_range, row(view, "g", "t", 0).lag) == (3, 0)
+    assert (row(view, "g", "t", 1).offset_out_of_range, row(view, "g", "t", 1).lag) == (0, 3)
+    assert view.offset_out_of_range_partitions == 1
+    assert view.skipped == {}
+
+
+def test_out_of_range_counts_as_zero_lag_and_is_ignored_by_max_lag_seconds() -> None:
+    """max_lag and sum_lag count an out-of-range partition as 0; max_lag_seconds ignores it."""
+    data = cluster(
+        {
+            "g": {("t", 0): 90, ("t", 1): 130, ("t", 2): 100},  # lag 10; 30 past the end; caught up
+            "only": {("t", 1): 101},  # 1 past the end and nothing else
+        },
+        {("t", 0): 0, ("t", 1): 0, ("t", 2): 0},
+        {("t", 0): 100, ("t", 1): 100, ("t", 2): 100},
+    )
+    view = compute_lag(data, {("t", 0, 90): NOW_MS - 42_000}, NOW)
+    g = group(view, "g")
+    assert (g.max_lag, g.sum_lag, g.topic_sum_lag, g.max_lag_seconds) == (10, 10, {"t": 10}, 42.0)
+    only = group(view, "only")
+    # Lag 0 but no time lag: max_lag_seconds is left out rather than a 0 reading as caught up.
+    assert (only.max_lag, only.sum_lag, only.topic_sum_lag, only.max_lag_seconds) == (0, 0, {"t": 0}, None)
+    assert [r.offset_out_of_range for r in view.partitions] == [0, 30, 0, 1]
+    assert view.offset_out_of_range_partitions == 2
+    assert view.skipped == {}
+    assert timestamp_requests(data) == {("t", 0, 90)}
 
 
 # --- time lag ---------------------------------------------------------------------------
@@ -436,14 +476,39 @@ def test_group_aggregates_match_partition_rows(case) -> None:  # type: ignore[no
 
 @given(data_and_timestamps())
 def test_caught_up_rows_have_zero_seconds_when_sampling(case) -> None:  # type: ignore[no-untyped-def]
-    """With sampling on, lag 0 always means lag_seconds 0; with it off, no row has seconds."""
+    """With sampling on, lag 0 within the log means lag_seconds 0; past its end, none; with it off, no row has seconds."""
     data, timestamps = case
     view = compute_lag(data, timestamps, NOW)
     for r in view.partitions:
-        if timestamps is None:
+        if timestamps is None or r.committed > r.latest:
             assert r.lag_seconds is None
         elif r.lag == 0:
             assert r.lag_seconds == 0.0
+
+
+@given(data_and_timestamps())
+def test_out_of_range_exactly_when_committed_is_past_the_log_end(case) -> None:  # type: ignore[no-untyped-def]
+    """offset_out_of_range is committed - latest exactly when committed > latest, else 0; such rows
+    have lag 0, no lag_seconds, no timestamp request, and are counted once in the view."""
+    data, timestamps = case
+    view = compute_lag(data, timestamps, NOW)
+    requests = timestamp_requests(data)
+    for r in view.partitions:
+        assert r.lag >= 0
+        assert r.offset_out_of_range >= 0
+        assert (r.offset_out_of_range > 0) == (r.committed > r.latest)
+        if r.committed > r.latest:
+            assert r.offset_out_of_range == r.committed - r.latest
+            assert r.lag == 0
+            assert r.lag_seconds is None
+            # no timestamp is asked for an offset past the end (another group's sampled offset
+            # on the partition is below the end, so it cannot be this one)
+            assert (r.topic, r.partition, r.committed) not in requests
+        else:
+            assert r.offset_out_of_range == 0
+    assert view.offset_out_of_range_partitions == sum(
+        1 for r in view.partitions if r.committed > r.latest
+    )
 
 
 @given(data_and_timestamps())
@@ -455,7 +520,10 @@ def test_reported_rows_are_exactly_those_with_known_watermarks(case) -> None:  #
     assert {(r.group, r.topic, r.partition): r.committed for r in view.partitions} == known
     total = sum(len(offsets) for g, offsets in data.committed.items() if g in data.groups)
     assert view.skipped.get(WATERMARK_UNAVAILABLE, 0) == total - len(known)
-    unknown_seconds = sum(1 for r in view.partitions if r.lag_seconds is None)
+    # Out-of-range rows have no time lag for a known reason: they are not counted as unavailable.
+    unknown_seconds = sum(
+        1 for r in view.partitions if r.lag_seconds is None and r.offset_out_of_range == 0
+    )
     expected = 0 if timestamps is None else unknown_seconds
     assert view.skipped.get(TIMESTAMP_UNAVAILABLE, 0) == expected
     assert all(count > 0 for count in view.skipped.values())

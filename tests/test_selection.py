@@ -11,18 +11,22 @@ from hypothesis import strategies as st
 from klag_collector.config import NameFilter
 from klag_collector.lag import compute_lag
 from klag_collector.model import (
+    GroupType,
     TP,
     ClusterRead,
     CommittedOffsets,
     GroupDescriptions,
     GroupInfo,
+    ListedGroup,
     TopicDescription,
 )
 from klag_collector.selection import (
     DESCRIBE_FAILED,
     OFFSETS_UNAVAILABLE,
     CleanupPolicyCache,
+    failures_to_log,
     groups_to_describe,
+    offset_groups,
     involved_topics,
     kept_offsets,
     kept_topics,
@@ -69,6 +73,11 @@ def read(
     )
 
 
+def described(names: List[str], group_filter: NameFilter) -> List[str]:
+    """groups_to_describe over classic groups of these names: the names it keeps."""
+    return [g.name for g in groups_to_describe([ListedGroup(n) for n in names], group_filter)]
+
+
 # --- the data set of the broker test, without the broker -------------------------------
 
 
@@ -77,7 +86,7 @@ def test_filters_keep_the_groups_topics_and_partitions_of_the_broker_test() -> N
     listed = ["p-a", "p-b-skip", "p-onlyskip", "zz-p-special-g", "zz-p-other"]
     # ^p keeps p-a and p-onlyskip; the unanchored "p-special" keeps zz-p-special-g;
     # -skip$ drops p-b-skip; zz-p-other matches no whitelist pattern.
-    assert groups_to_describe(listed, GROUPS) == ["p-a", "p-onlyskip", "zz-p-special-g"]
+    assert described(listed, GROUPS) == ["p-a", "p-onlyskip", "zz-p-special-g"]
 
     topics = [
         topic("p-t1", {0: 1, 1: 1}),
@@ -126,12 +135,12 @@ def test_filters_keep_the_groups_topics_and_partitions_of_the_broker_test() -> N
 
 def test_groups_to_describe_are_sorted_and_unanchored() -> None:
     """Patterns are searched, not matched: "b" keeps "abc"; the blacklist wins over the whitelist."""
-    kept = groups_to_describe(["zeta", "abc", "b-x", "c"], name_filter(["b", "^z"], ["-x$"]))
+    kept = described(["zeta", "abc", "b-x", "c"], name_filter(["b", "^z"], ["-x$"]))
     assert kept == ["abc", "zeta"]
 
 
 def test_an_empty_whitelist_keeps_nothing() -> None:
-    assert groups_to_describe(["a", "b"], name_filter([])) == []
+    assert described(["a", "b"], name_filter([])) == []
 
 
 # Names and literal patterns over a small alphabet, so that they often overlap.
@@ -152,7 +161,7 @@ def allowed(name: str, whitelist: List[str], blacklist: List[str]) -> bool:
 def test_described_groups_are_exactly_the_whitelisted_and_not_blacklisted(
     listed: List[str], whitelist: List[str], blacklist: List[str]
 ) -> None:
-    kept = groups_to_describe(listed, literal_filter(whitelist, blacklist))
+    kept = described(listed, literal_filter(whitelist, blacklist))
     assert kept == sorted(n for n in listed if allowed(n, whitelist, blacklist))
 
 
@@ -346,3 +355,50 @@ def test_cache_holds_exactly_the_involved_topics_of_the_last_cycle(cycles: List[
         assert cache.due(involved, now) == []
     others = {"x-" + t for t in cycles[-1]} | (set().union(*cycles) - cycles[-1])
     assert cache.due(others, NOW + len(cycles)) == sorted(others)
+
+
+# --- groups of every type; describe failures ----------------------------------------------
+
+
+def test_share_groups_are_not_described_and_every_other_type_is() -> None:
+    """Share groups have no consumer lag: left out here, so never counted as skipped."""
+    listed = [ListedGroup("s", GroupType.SHARE), ListedGroup("k", GroupType.CONSUMER), ListedGroup("c"),
+              ListedGroup("st", GroupType.STREAMS)]
+    kept = groups_to_describe(listed, EVERYTHING)
+    assert [(g.name, g.group_type) for g in kept] == [
+        ("c", "classic"), ("k", "consumer"), ("st", "streams")]
+
+
+def test_a_group_whose_description_failed_is_still_reported_with_state_unknown() -> None:
+    groups = GroupDescriptions(
+        {"ok": GroupInfo("ok", "Stable", 1)},
+        failed=("bad",),
+        reasons={"bad": "GroupIdNotFoundError: not a classic group"},
+        types={"ok": GroupType.CLASSIC, "bad": GroupType.STREAMS},
+    )
+    assert offset_groups(groups) == ["bad", "ok"]
+    offsets = CommittedOffsets({"ok": {("t", 0): 1}, "bad": {("t", 0): 2}})
+    data = select(ClusterRead(groups, offsets, (topic("t", {0: 1}),), {("t", 0): 0},
+                              {("t", 0): 5}), EVERYTHING)
+    assert data.groups["bad"] == GroupInfo("bad", "Unknown", group_type=GroupType.STREAMS)
+    assert data.committed["bad"] == {("t", 0): 2}
+    # Still counted, as it was when such a group was left out.
+    assert data.skipped_groups == {DESCRIBE_FAILED: 1}
+    view = compute_lag(data, {}, NOW)
+    assert {(r.group, r.lag) for r in view.partitions} == {("ok", 4), ("bad", 3)}
+    assert {g.group: g.state for g in view.groups} == {"ok": "Stable", "bad": "Unknown"}
+
+
+def test_each_describe_failure_is_logged_once_while_it_lasts() -> None:
+    def failing(reasons: Dict[str, str]) -> GroupDescriptions:
+        return GroupDescriptions({}, failed=tuple(reasons), reasons=reasons)
+
+    new, logged = failures_to_log(failing({"a": "X", "b": "Y"}), frozenset())
+    assert new == [("a", "X"), ("b", "Y")]
+    new, logged = failures_to_log(failing({"a": "X", "b": "Y"}), logged)
+    assert new == []
+    # b fails for another reason: logged again; a recovered, then fails again: logged again.
+    new, logged = failures_to_log(failing({"b": "Z"}), logged)
+    assert new == [("b", "Z")]
+    new, logged = failures_to_log(failing({"a": "X", "b": "Z"}), logged)
+    assert new == [("a", "X")]

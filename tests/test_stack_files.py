@@ -54,10 +54,12 @@ SEED_PANELS = {
     "Partition Lag", "Partition Time Lag",
     "Partition Offsets", "Message Rate",
 }
-DATA_LOSS_PANELS = {"Lag / Retention Ratio", "Data-Loss Partitions", "Messages Lost"}
+DATA_LOSS_PANELS = {"Lag / Retention Ratio", "Data-Loss Partitions", "Messages Lost",
+                    "Out-of-Range Partitions", "Offset Out of Range"}
 
 EXPECTED_ALERTS = {
     "KafkaConsumerGroupNearDataLoss", "KafkaConsumerGroupDataLoss", "KafkaConsumerGroupTimeLagHigh",
+    "KafkaConsumerGroupOffsetOutOfRange",
     "KlagCollectorDown", "KlagClusterDown", "KlagClusterStale",
 }
 
@@ -277,7 +279,8 @@ def test_dashboard_queries_name_only_exported_metrics(dashboard):
               metrics.SCRAPE_DURATION, metrics.GROUP_LAG, metrics.GROUP_LAG_SECONDS,
               metrics.PARTITION_LATEST_OFFSET, metrics.GROUP_OFFSET,
               metrics.GROUP_LAG_RETENTION_RATIO, metrics.DATA_LOSS_PARTITIONS,
-              metrics.GROUP_MESSAGES_LOST):
+              metrics.GROUP_MESSAGES_LOST, metrics.GROUP_OFFSET_OUT_OF_RANGE,
+              metrics.OFFSET_OUT_OF_RANGE_PARTITIONS):
         assert d.name in named, d.name
 
 
@@ -400,6 +403,8 @@ def test_alert_expressions_name_only_exported_metrics():
     assert by_alert["KafkaConsumerGroupDataLoss"] == {metrics.GROUP_MESSAGES_LOST.name,
                                                       metrics.DATA_LOSS_PARTITIONS.name}
     assert by_alert["KafkaConsumerGroupTimeLagHigh"] == {metrics.GROUP_MAX_LAG_SECONDS.name}
+    assert by_alert["KafkaConsumerGroupOffsetOutOfRange"] == {
+        metrics.GROUP_OFFSET_OUT_OF_RANGE.name, metrics.OFFSET_OUT_OF_RANGE_PARTITIONS.name}
     assert by_alert["KlagClusterDown"] == {metrics.UP.name}
     assert by_alert["KlagClusterStale"] == {metrics.LAST_UPDATE.name}
 

@@ -1,0 +1,92 @@
+"""The Java group driver (devtools/java/GroupDriver.java): compiled once, run as a process.
+
+kafka-python cannot join a consumer group of the KIP-848 protocol (group.protocol=consumer);
+the Java client can. The driver is compiled with the machine's JDK against the kafka-clients
+jar of the broker's jar cache (devtools.localkafka.fetch_jars()), and the classes are cached
+there, keyed by a hash of the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import shutil
+import subprocess
+from typing import List, Mapping, Optional
+
+from devtools import localkafka
+
+SOURCE = pathlib.Path(__file__).parent / "java" / "GroupDriver.java"
+
+
+class JavaDriverError(RuntimeError):
+    """No JDK, or the driver did not compile."""
+
+
+def classpath(jars: pathlib.Path) -> str:
+    """kafka-clients and what it needs at run time, from the broker's jar folder."""
+    names = sorted(str(p) for p in jars.glob("*.jar")
+                   if p.name.startswith(("kafka-clients-", "slf4j-", "lz4-", "snappy-", "zstd-")))
+    return ":".join(names)
+
+
+def compiled(version: Optional[str] = None) -> str:
+    """The classpath to run GroupDriver with, compiling it first if its classes are not cached."""
+    jars = localkafka.fetch_jars(version)
+    cp = classpath(jars)
+    digest = hashlib.sha256(SOURCE.read_bytes() + cp.encode()).hexdigest()[:16]
+    out = jars / "klag-java-driver" / digest
+    if not (out / "GroupDriver.class").exists():
+        javac = shutil.which("javac")
+        if javac is None:
+            raise JavaDriverError("javac not found on PATH: a JDK 17+ is needed")
+        tmp = out.with_name(digest + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        proc = subprocess.run([javac, "-d", str(tmp), "-cp", cp, str(SOURCE)],
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode:
+            raise JavaDriverError("javac failed:\n" + proc.stdout + proc.stderr)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return f"{out}:{cp}"
+
+
+class GroupDriver:
+    """One running driver: a consumer-protocol member of `group` on `topic`."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, client_id: str,
+                 offsets: Mapping[int, int], version: Optional[str] = None) -> None:
+        java = shutil.which("java")
+        if java is None:
+            raise JavaDriverError("java not found on PATH")
+        args: List[str] = [java, "-cp", compiled(version), "GroupDriver",
+                           bootstrap, group, topic, client_id,
+                           *[f"{p}={o}" for p, o in sorted(offsets.items())]]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        self.member_id = ""
+        self.assigned = ""
+
+    def wait_ready(self) -> str:
+        """Block until the driver has its assignment and committed; return its member id."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("MEMBER "):
+                self.member_id = line.split(" ", 1)[1].strip()
+            elif line.startswith("ASSIGNED "):
+                self.assigned = line.split(" ", 1)[1].strip()
+                return self.member_id
+            elif line.startswith("ERROR"):
+                break
+        raise JavaDriverError(f"driver ended before it was ready (rc={self.proc.poll()})")
+
+    def close(self, timeout: float = 30) -> int:
+        """Close stdin, so the driver leaves the group and exits; kill it if it does not."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)

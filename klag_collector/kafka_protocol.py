@@ -1,0 +1,139 @@
+"""Kafka protocol messages kafka-python lacks, declared the way kafka-python declares its own.
+
+kafka-python 3 builds each message class from Apache Kafka's JSON schema, read from a file
+shipped in its package. Ours are written here as Python data, copied from
+clients/src/main/resources/common/message/*.json of Apache Kafka (4.4: versions 0-1),
+and fed to the same machinery, so encoding, decoding, version negotiation (from the broker's
+ApiVersions) and the response registry are kafka-python's.
+
+- ConsumerGroupDescribe (API key 69, KIP-848): describes groups of type `consumer`, which
+  DescribeGroups answers with "not a classic group".
+
+A request is only sent to a broker whose ApiVersions lists its API key: see `supports()`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List
+
+from kafka.protocol.api_message import ApiMessage
+from kafka.protocol.data_container import SlotsBuilder
+from kafka.protocol.schemas import StructField
+
+CONSUMER_GROUP_DESCRIBE_KEY = 69
+
+_ASSIGNMENT: List[Dict[str, Any]] = [
+    {"name": "TopicPartitions", "type": "[]TopicPartitions", "versions": "0+",
+     "about": "The assigned topic-partitions to the member.", "fields": [
+        {"name": "TopicId", "type": "uuid", "versions": "0+", "about": "The topic ID."},
+        {"name": "TopicName", "type": "string", "versions": "0+", "entityType": "topicName",
+         "about": "The topic name."},
+        {"name": "Partitions", "type": "[]int32", "versions": "0+", "about": "The partitions."},
+    ]},
+]
+
+SCHEMAS: Dict[str, Dict[str, Any]] = {
+    "ConsumerGroupDescribeRequest": {
+        "apiKey": CONSUMER_GROUP_DESCRIBE_KEY,
+        "type": "request",
+        "name": "ConsumerGroupDescribeRequest",
+        # Version 1 is the same as version 0 (it says the client understands MemberType).
+        "validVersions": "0-1",
+        "flexibleVersions": "0+",
+        "fields": [
+            {"name": "GroupIds", "type": "[]string", "versions": "0+", "entityType": "groupId",
+             "about": "The ids of the groups to describe"},
+            {"name": "IncludeAuthorizedOperations", "type": "bool", "versions": "0+",
+             "about": "Whether to include authorized operations."},
+        ],
+    },
+    "ConsumerGroupDescribeResponse": {
+        "apiKey": CONSUMER_GROUP_DESCRIBE_KEY,
+        "type": "response",
+        "name": "ConsumerGroupDescribeResponse",
+        # Version 1 adds MemberType (KIP-1099).
+        "validVersions": "0-1",
+        "flexibleVersions": "0+",
+        "fields": [
+            {"name": "ThrottleTimeMs", "type": "int32", "versions": "0+",
+             "about": "The throttle time in ms."},
+            {"name": "Groups", "type": "[]DescribedGroup", "versions": "0+",
+             "about": "Each described group.", "fields": [
+                {"name": "ErrorCode", "type": "int16", "versions": "0+",
+                 "about": "The describe error, or 0 if there was no error."},
+                {"name": "ErrorMessage", "type": "string", "versions": "0+",
+                 "nullableVersions": "0+", "default": "null",
+                 "about": "The top-level error message, or null if there was no error."},
+                {"name": "GroupId", "type": "string", "versions": "0+", "entityType": "groupId",
+                 "about": "The group ID string."},
+                {"name": "GroupState", "type": "string", "versions": "0+",
+                 "about": "The group state string, or the empty string."},
+                {"name": "GroupEpoch", "type": "int32", "versions": "0+",
+                 "about": "The group epoch."},
+                {"name": "AssignmentEpoch", "type": "int32", "versions": "0+",
+                 "about": "The assignment epoch."},
+                {"name": "AssignorName", "type": "string", "versions": "0+",
+                 "about": "The selected assignor."},
+                {"name": "Members", "type": "[]Member", "versions": "0+",
+                 "about": "The members.", "fields": [
+                    {"name": "MemberId", "type": "string", "versions": "0+",
+                     "about": "The member ID."},
+                    {"name": "InstanceId", "type": "string", "versions": "0+",
+                     "nullableVersions": "0+", "default": "null",
+                     "about": "The member instance ID."},
+                    {"name": "RackId", "type": "string", "versions": "0+",
+                     "nullableVersions": "0+", "default": "null",
+                     "about": "The member rack ID."},
+                    {"name": "MemberEpoch", "type": "int32", "versions": "0+",
+                     "about": "The current member epoch."},
+                    {"name": "ClientId", "type": "string", "versions": "0+",
+                     "about": "The client ID."},
+                    {"name": "ClientHost", "type": "string", "versions": "0+",
+                     "about": "The client host."},
+                    {"name": "SubscribedTopicNames", "type": "[]string", "versions": "0+",
+                     "entityType": "topicName", "about": "The subscribed topic names."},
+                    {"name": "SubscribedTopicRegex", "type": "string", "versions": "0+",
+                     "nullableVersions": "0+", "default": "null",
+                     "about": "The subscribed topic regex, or null."},
+                    {"name": "Assignment", "type": "Assignment", "versions": "0+",
+                     "about": "The current assignment.", "fields": _ASSIGNMENT},
+                    {"name": "TargetAssignment", "type": "Assignment", "versions": "0+",
+                     "about": "The target assignment.", "fields": _ASSIGNMENT},
+                    {"name": "MemberType", "type": "int8", "versions": "1+", "default": "-1",
+                     "ignorable": True,
+                     "about": "-1 for unknown. 0 for classic member. +1 for consumer member."},
+                ]},
+                {"name": "AuthorizedOperations", "type": "int32", "versions": "0+",
+                 "default": "-2147483648",
+                 "about": "32-bit bitfield to represent authorized operations for this group."},
+            ]},
+        ],
+    },
+}
+
+
+class _InlineSchema(type(ApiMessage)):  # type: ignore[misc]  # kafka-python is untyped
+    """kafka-python's message metaclass, taking the schema from SCHEMAS instead of a file."""
+
+    def __new__(metacls, name: str, bases: Any, attrs: Dict[str, Any], **kw: Any) -> Any:
+        if kw.get("init", True):
+            schema = copy.deepcopy(SCHEMAS[name])
+            attrs["_json"] = schema
+            attrs["_struct"] = StructField(schema)
+            attrs["__license__"] = "Apache-2.0 (Apache Kafka message schema)"
+        # What JsonSchemaData.__new__ does after loading the file.
+        return SlotsBuilder.__new__(metacls, name, bases, attrs, **kw)
+
+
+class ConsumerGroupDescribeRequest(ApiMessage, metaclass=_InlineSchema):  # type: ignore[misc]
+    """ConsumerGroupDescribe (API key 69): the groups of type `consumer` to describe."""
+
+
+class ConsumerGroupDescribeResponse(ApiMessage, metaclass=_InlineSchema):  # type: ignore[misc]
+    """ConsumerGroupDescribe's answer: each group's state and members with their assignments."""
+
+
+def supports(api_versions: Any, api_key: int) -> bool:
+    """Whether a broker's ApiVersions (kafka-python's {key: (min, max)}) lists `api_key`."""
+    return bool(api_versions) and api_key in api_versions

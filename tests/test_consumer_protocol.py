@@ -1,0 +1,90 @@
+"""Consumer groups of the KIP-848 protocol (group.protocol=consumer) on a real Kafka 4 broker.
+
+kafka-python cannot join such a group, so a small Java consumer does (devtools/javadriver.py).
+DescribeGroups answers these groups "not a classic group"; the exporter describes them with
+ConsumerGroupDescribe and reports them like classic groups.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from kafka import KafkaAdminClient
+
+from devtools import localkafka
+from devtools.javadriver import GroupDriver
+from exporter import ExporterProcess, cluster_toml, config_toml, free_port, now_ms
+from kafkahelp import create_topic, produce
+
+pytestmark = pytest.mark.broker
+
+STATE = "kafka_consumergroup_group_state"
+MEMBERS = "kafka_consumergroup_group_members"
+OFFSET = "kafka_consumergroup_group_offset"
+LAG = "kafka_consumergroup_group_lag"
+LAG_SECONDS = "kafka_consumergroup_group_lag_seconds"
+SKIPPED_GROUPS = "kafka_lag_exporter_skipped_groups"
+STABLE, EMPTY = 3, 5
+AGE_S = 3600
+
+
+@pytest.fixture(scope="module")
+def need_kafka_4():
+    if int(localkafka.kafka_version().split(".")[0]) < 4:
+        pytest.skip("consumer-protocol groups need Kafka 4 (KIP-848 GA)")
+
+
+def test_consumer_protocol_group_live_then_empty(kafka, need_kafka_4, tmp_path):
+    """Stable with its one member's labels, exact lag and time lag; after the member leaves:
+    Empty, 0 members, offsets still reported. Never counted as a describe failure."""
+    prefix = f"klagt-kip848-{uuid.uuid4().hex[:8]}"
+    topic, group, client = f"{prefix}-t", f"{prefix}-g", f"{prefix}-c"
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap, request_timeout_ms=15000)
+    try:
+        create_topic(admin, topic, 2)
+    finally:
+        admin.close()
+    stamp = now_ms() - AGE_S * 1000
+    # Partition 0: 5 records an hour old, one a second; partition 1: 3 records.
+    produce(kafka.bootstrap, topic, 0, [stamp + i * 1000 for i in range(5)])
+    produce(kafka.bootstrap, topic, 1, [stamp] * 3)
+    port = free_port()
+    exporter = ExporterProcess(tmp_path,
+                               config_toml(port, cluster_toml("kip848", kafka.bootstrap, prefix)),
+                               port)
+    driver = GroupDriver(kafka.bootstrap, group, topic, client, {0: 1, 1: 3})
+    try:
+        member_id = driver.wait_ready()
+        assert member_id
+        s = exporter.wait_for(
+            lambda s: s.get(STATE, group=group) == STABLE
+            and s.get(OFFSET, group=group, topic=topic, partition="0") == 1,
+            timeout=60, what="the consumer-protocol group to be Stable with its commit")
+        assert s.get(MEMBERS, group=group) == 1
+        assert s.get(SKIPPED_GROUPS, reason="describe_failed") in (None, 0)
+        for partition, lag in (("0", 4), ("1", 0)):
+            found = s.find(LAG, group=group, topic=topic, partition=partition)
+            assert len(found) == 1
+            labels, value = found[0]
+            assert value == lag
+            assert labels["consumer_id"] == member_id
+            assert labels["client_id"] == client
+            assert labels["member_host"] == "127.0.0.1"
+        # Committed offset 1 on partition 0: the next record to read was written at stamp + 1 s.
+        seconds = s.get(LAG_SECONDS, group=group, topic=topic, partition="0")
+        assert seconds is not None
+        assert AGE_S - 1 - 5 <= seconds <= AGE_S - 1 + 120, seconds
+        assert s.get("kafka_consumergroup_group_sum_lag", group=group) == 4
+
+        assert driver.close() == 0
+        s = exporter.wait_for(lambda s: s.get(STATE, group=group) == EMPTY, timeout=60,
+                              what="the group to turn Empty after its only member left")
+        assert s.get(MEMBERS, group=group) == 0
+        assert s.get(OFFSET, group=group, topic=topic, partition="0") == 1
+        assert s.get(OFFSET, group=group, topic=topic, partition="1") == 3
+        assert s.get(LAG, group=group, topic=topic, partition="0") == 4
+        assert s.get(SKIPPED_GROUPS, reason="describe_failed") in (None, 0)
+    finally:
+        driver.close()
+        assert exporter.stop() == 0, exporter.log.read_text()[-3000:]
