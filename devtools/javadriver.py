@@ -12,11 +12,13 @@ import hashlib
 import pathlib
 import shutil
 import subprocess
-from typing import List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from devtools import localkafka
 
 SOURCE = pathlib.Path(__file__).parent / "java" / "GroupDriver.java"
+# The share consumer (KIP-932): KafkaShareConsumer, in kafka-clients 4.1+.
+SHARE_SOURCE = SOURCE.with_name("ShareDriver.java")
 
 
 class JavaDriverError(RuntimeError):
@@ -30,20 +32,20 @@ def classpath(jars: pathlib.Path) -> str:
     return ":".join(names)
 
 
-def compiled(version: Optional[str] = None) -> str:
-    """The classpath to run GroupDriver with, compiling it first if its classes are not cached."""
+def compiled(version: Optional[str] = None, source: pathlib.Path = SOURCE) -> str:
+    """The classpath to run a driver with, compiling it first if its classes are not cached."""
     jars = localkafka.fetch_jars(version)
     cp = classpath(jars)
-    digest = hashlib.sha256(SOURCE.read_bytes() + cp.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(source.read_bytes() + cp.encode()).hexdigest()[:16]
     out = jars / "klag-java-driver" / digest
-    if not (out / "GroupDriver.class").exists():
+    if not (out / (source.stem + ".class")).exists():
         javac = shutil.which("javac")
         if javac is None:
             raise JavaDriverError("javac not found on PATH: a JDK 17+ is needed")
         tmp = out.with_name(digest + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        proc = subprocess.run([javac, "-d", str(tmp), "-cp", cp, str(SOURCE)],
+        proc = subprocess.run([javac, "-d", str(tmp), "-cp", cp, str(source)],
                               capture_output=True, text=True, timeout=300)
         if proc.returncode:
             raise JavaDriverError("javac failed:\n" + proc.stdout + proc.stderr)
@@ -77,6 +79,51 @@ class GroupDriver:
             elif line.startswith("ASSIGNED "):
                 self.assigned = line.split(" ", 1)[1].strip()
                 return self.member_id
+            elif line.startswith("ERROR"):
+                break
+        raise JavaDriverError(f"driver ended before it was ready (rc={self.proc.poll()})")
+
+    def close(self, timeout: float = 30) -> int:
+        """Close stdin, so the driver leaves the group and exits; kill it if it does not."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+class ShareDriver:
+    """One running share consumer (KafkaShareConsumer) of share group `group` on `topic`.
+
+    It accepts the records of offset < `accept` and releases the others it is given, until
+    it has accepted `count`, so each share-partition's start offset stops at `accept` (or
+    its end) (see devtools/java/ShareDriver.java).
+    """
+
+    def __init__(self, bootstrap: str, group: str, topic: str, client_id: str, accept: int,
+                 count: int, version: Optional[str] = None) -> None:
+        java = shutil.which("java")
+        if java is None:
+            raise JavaDriverError("java not found on PATH")
+        args: List[str] = [java, "-cp", compiled(version, SHARE_SOURCE), "ShareDriver",
+                           bootstrap, group, topic, client_id, str(accept), str(count)]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        # partition -> (start offset, lag or None), as Admin.listShareGroupOffsets said
+        self.start: Dict[int, Tuple[int, Optional[int]]] = {}
+
+    def wait_ready(self) -> Dict[int, Tuple[int, Optional[int]]]:
+        """Block until the records are acknowledged; return what the broker says of them."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("START "):
+                partition, rest = line.split(" ", 1)[1].split("=", 1)
+                offset, lag = rest.split()
+                self.start[int(partition)] = (int(offset), None if lag == "-" else int(lag))
+            elif line.startswith("READY"):
+                return self.start
             elif line.startswith("ERROR"):
                 break
         raise JavaDriverError(f"driver ended before it was ready (rc={self.proc.poll()})")

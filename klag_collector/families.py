@@ -80,6 +80,24 @@ def _group_rows(builder: _Builder, view: LagView) -> None:
             builder.add(metrics.GROUP_TOPIC_SUM_LAG, (group.group, topic), total)
 
 
+def _share_rows(builder: _Builder, view: LagView, granularity: metrics.Granularity) -> None:
+    if granularity is metrics.Granularity.PARTITION:
+        for row in view.share_partitions:
+            ids = (row.group, row.topic, str(row.partition))
+            builder.add(metrics.SHARE_GROUP_START_OFFSET, ids, row.start_offset)
+            builder.add(metrics.SHARE_GROUP_LAG, ids, row.lag)
+            if row.lag_seconds is not None:
+                builder.add(metrics.SHARE_GROUP_LAG_SECONDS, ids, row.lag_seconds)
+    for group in view.share_groups:
+        key = (group.group,)
+        builder.add(metrics.SHARE_GROUP_STATE, key, metrics.share_group_state_value(group.state))
+        builder.add(metrics.SHARE_GROUP_MEMBERS, key, group.members)
+        if group.sum_lag is not None:
+            builder.add(metrics.SHARE_GROUP_SUM_LAG, key, group.sum_lag)
+        if group.max_lag_seconds is not None:
+            builder.add(metrics.SHARE_GROUP_MAX_LAG_SECONDS, key, group.max_lag_seconds)
+
+
 def lag_families(view: LagView, base: Labels, granularity: metrics.Granularity) -> Families:
     """All lag families of one cluster, keyed by metric name."""
     builder = _Builder(
@@ -98,6 +116,7 @@ def lag_families(view: LagView, base: Labels, granularity: metrics.Granularity) 
         for row in view.partitions:
             _partition_rows(builder, row)
     _group_rows(builder, view)
+    _share_rows(builder, view, granularity)
     builder.add(metrics.COMPACTION_PARTITIONS, (), view.compaction_partitions)
     builder.add(metrics.DATA_LOSS_PARTITIONS, (), view.data_loss_partitions)
     builder.add(metrics.OFFSET_OUT_OF_RANGE_PARTITIONS, (), view.offset_out_of_range_partitions)

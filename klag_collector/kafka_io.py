@@ -22,7 +22,13 @@ from kafka.admin import (
     KafkaAdminClient,
     OffsetSpec,
 )
-from kafka.errors import BrokerResponseError, IncompatibleBrokerVersion, for_code
+from kafka.errors import (
+    BrokerResponseError,
+    IncompatibleBrokerVersion,
+    KafkaError,
+    KafkaTimeoutError,
+    for_code,
+)
 
 from . import kafka_clients, kafka_protocol
 from .config import Performance
@@ -35,8 +41,12 @@ from .model import (
     ListedGroup,
     Member,
     RecordKey,
+    ShareGroupInfo,
+    ShareGroupsRead,
+    ShareOffset,
     TopicDescription,
 )
+from .lag import CaughtUp
 from .timestamps import FetchItem
 
 # Groups per DescribeGroups call: bounds one request's size on clusters with thousands of groups.
@@ -47,6 +57,9 @@ SAMPLE_FETCH_BYTES = 16 * 1024
 IDLE_POLLS_BEFORE_END_CHECK = 2
 # Records one poll may return: enough to answer thousands of partitions in a few polls.
 SAMPLE_POLL_RECORDS = 20_000
+# Timestamps are read as a read_committed consumer (Kafka Streams exactly-once, transactional
+# pipelines) receives records: transaction markers and aborted records are never dated.
+SAMPLE_ISOLATION = "read_committed"
 
 
 def _member(raw: Mapping[str, Any]) -> Member:
@@ -103,6 +116,27 @@ def consumer_group_info(raw: Any) -> GroupInfo:
         assignments=assignments,
         group_type=GroupType.CONSUMER,
     )
+
+
+def share_group_info(raw: Any) -> ShareGroupInfo:
+    """A ShareGroupInfo from one group of a ShareGroupDescribe response (no error code)."""
+    return ShareGroupInfo(name=raw.group_id, state=raw.group_state or "Unknown",
+                          members=len(raw.members))
+
+
+def share_group_offsets(raw: Any) -> Dict[TP, ShareOffset]:
+    """partition -> start offset (and broker lag) from one group of a DescribeShareGroupOffsets
+    response; partitions answered with an error are left out, -1 offsets passed on."""
+    found: Dict[TP, ShareOffset] = {}
+    for topic in raw.topics:
+        for p in topic.partitions:
+            if p.error_code:
+                continue
+            lag = getattr(p, "lag", -1)  # absent before version 1
+            found[(topic.topic_name, p.partition_index)] = ShareOffset(
+                start_offset=p.start_offset, lag=lag if lag is not None and lag >= 0 else None
+            )
+    return found
 
 
 def _error_text(code: int, message: Optional[str]) -> str:
@@ -217,6 +251,69 @@ class AdminReads:
                     group_ids=node_names[start : start + DESCRIBE_BATCH],
                     include_authorized_operations=False,
                 )
+                responses.append(await self._admin._manager.send(request, node_id=node))
+        return responses
+
+    # -- share groups (KIP-932) ----------------------------------------------------
+
+    def read_share_groups(self, names: Sequence[str]) -> ShareGroupsRead:
+        """Each named share group's state and members, and its share-partition start offsets.
+
+        Each request goes only to a broker whose ApiVersions lists it (ShareGroupDescribe,
+        key 77; DescribeShareGroupOffsets, key 90), at the group's coordinator. A group the
+        coordinator answers with an error, or a broker without the request, leaves it out of
+        `described` or `offsets`; it is still `asked`.
+        """
+        if not names:
+            return ShareGroupsRead()
+        manager = self._admin._manager
+        versions = manager.broker_version_data.api_versions if manager.broker_version_data else None
+        described: Dict[str, ShareGroupInfo] = {}
+        offsets: Dict[str, Dict[TP, ShareOffset]] = {}
+        if kafka_protocol.supports(versions, kafka_protocol.SHARE_GROUP_DESCRIBE_KEY):
+            for response in self._share_requests(names, self._share_describe_request):
+                for group in response.groups:
+                    if not group.error_code:
+                        described[group.group_id] = share_group_info(group)
+        if kafka_protocol.supports(versions, kafka_protocol.DESCRIBE_SHARE_GROUP_OFFSETS_KEY):
+            for response in self._share_requests(names, self._share_offsets_request):
+                for group in response.groups:
+                    if not group.error_code:
+                        offsets[group.group_id] = share_group_offsets(group)
+        return ShareGroupsRead(described=described, offsets=offsets, asked=tuple(names))
+
+    @staticmethod
+    def _share_describe_request(names: List[str]) -> Any:
+        return kafka_protocol.ShareGroupDescribeRequest(
+            group_ids=names, include_authorized_operations=False
+        )
+
+    @staticmethod
+    def _share_offsets_request(names: List[str]) -> Any:
+        request = kafka_protocol.DescribeShareGroupOffsetsRequest
+        group = request.DescribeShareGroupOffsetsRequestGroup
+        # Topics null: every topic-partition the group has a share-partition on.
+        return request(groups=[group(group_id=n, topics=None) for n in names])
+
+    def _share_requests(self, names: Sequence[str], build: Any) -> List[Any]:
+        try:
+            responses: List[Any] = self._admin._manager.run(
+                self._per_coordinator, list(names), build
+            )
+            return responses
+        except KafkaError:  # no coordinator, or one that lacks the request: nothing this cycle
+            return []
+
+    async def _per_coordinator(self, names: List[str], build: Any) -> List[Any]:
+        # Share groups are found like any group: FindCoordinator with key type GROUP.
+        coordinators = await self._admin._find_coordinator_ids(names)
+        by_node: Dict[int, List[str]] = {}
+        for name in names:
+            by_node.setdefault(coordinators[name], []).append(name)
+        responses = []
+        for node, node_names in by_node.items():
+            for start in range(0, len(node_names), DESCRIBE_BATCH):
+                request = build(node_names[start : start + DESCRIBE_BATCH])
                 responses.append(await self._admin._manager.send(request, node_id=node))
         return responses
 
@@ -357,11 +454,35 @@ class KafkaIO:
     # -- timestamps -----------------------------------------------------------
 
     def fetch_timestamps(self, items: List[FetchItem]) -> Dict[RecordKey, Optional[int]]:
-        """Timestamps of the first record at or after each offset, in one batched fetch.
+        """Timestamps of the first record a read_committed consumer receives at or after each offset.
 
-        A key whose partition ends before any record is found maps to None (a miss);
-        a key not answered in time is left out (unknown).
+        Transaction markers and aborted records are never dated. A key followed only by them
+        (or by nothing compaction left) up to its partition's end maps to CaughtUp; a key
+        whose read is held by an open transaction maps to the time of the first record the
+        read stops at (that transaction's first record), read uncommitted. A record without
+        a timestamp maps to None; a key not answered in time is left out (unknown).
         """
+        # Return what was found a little before the cycle's own timeout gives up on us.
+        deadline = time.monotonic() + 0.8 * self.performance.kafka_timeout
+        found, held = self._read(items, deadline, SAMPLE_ISOLATION)
+        if not held or time.monotonic() >= deadline:
+            return found
+        # Each held read stopped at its partition's last stable offset: what it waits for
+        # is the first record from there on, which only an uncommitted read can see yet.
+        probes = {key: FetchItem((key[0], key[1], max(key[2], at)), end)
+                  for key, (at, end) in held.items()}
+        # Its consumer must connect within what is left, not within a whole bootstrap timeout.
+        left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        stamps, _ = self._read(sorted(set(probes.values())), deadline, "read_uncommitted",
+                               bootstrap_timeout_ms=min(left_ms, self._args["bootstrap_timeout_ms"]))
+        for key, probe in probes.items():
+            if probe.key in stamps:
+                found[key] = stamps[probe.key]
+        return found
+
+    def _read(
+        self, items: List[FetchItem], deadline: float, isolation: str, **extra: Any
+    ) -> Tuple[Dict[RecordKey, Optional[int]], Dict[RecordKey, Tuple[int, int]]]:
         # A fresh consumer per fetch: a reused kafka-python consumer keeps records it
         # buffered for a paused partition and then never fetches that partition again.
         consumer = kafka_clients.build(KafkaConsumer, dict(
@@ -372,11 +493,13 @@ class KafkaIO:
             max_partition_fetch_bytes=SAMPLE_FETCH_BYTES,
             fetch_max_wait_ms=100,
             max_poll_records=SAMPLE_POLL_RECORDS,
+            isolation_level=isolation,
+            **extra,
         ))
         with self._lock:
             self._consumers.append(consumer)
         try:
-            return self._sample(consumer, items)
+            return self._sample(consumer, items, deadline, isolation == "read_committed")
         finally:
             with self._lock:
                 if consumer in self._consumers:
@@ -384,8 +507,10 @@ class KafkaIO:
             consumer.close()
 
     def _sample(
-        self, consumer: KafkaConsumer, items: List[FetchItem]
-    ) -> Dict[RecordKey, Optional[int]]:
+        self, consumer: KafkaConsumer, items: List[FetchItem], deadline: float, committed: bool
+    ) -> Tuple[Dict[RecordKey, Optional[int]], Dict[RecordKey, Tuple[int, int]]]:
+        """(found, held): answered keys, and keys whose read an open transaction holds,
+        with the offset it stopped at and the partition's end offset."""
         # Groups at different offsets of one partition share a batch: each partition
         # has a queue of wanted offsets, read in ascending order by re-seeking.
         pending: Dict[TopicPartition, List[Tuple[RecordKey, int]]] = {}
@@ -397,8 +522,9 @@ class KafkaIO:
             sought[tp] = wanted[0][0][2]
             consumer.seek(tp, sought[tp])
         found: Dict[RecordKey, Optional[int]] = {}
-        # Return what was found a little before the cycle's own timeout gives up on us.
-        deadline = time.monotonic() + 0.8 * self.performance.kafka_timeout
+        held: Dict[RecordKey, Tuple[int, int]] = {}
+        # Last stable offsets, asked only for reads that stopped short of the end.
+        stable: Dict[TopicPartition, int] = {}
         idle = 0
         while pending and time.monotonic() < deadline:
             records = consumer.poll(timeout_ms=200)
@@ -427,10 +553,30 @@ class KafkaIO:
             # left. position() walks every assigned partition in kafka-python, so checking
             # after every poll (the first ones are empty while fetches are in flight) would
             # cost O(partitions^2).
-            for tp in [tp for tp, queue in pending.items() if consumer.position(tp) >= queue[0][1]]:
-                # Read up to the end without a data record (transaction markers, or
-                # compaction removed the rest): there is nothing to date the lag by.
+            positions = {tp: consumer.position(tp) for tp in pending}
+            for tp, at in positions.items():
+                if at < pending[tp][0][1]:
+                    continue
+                # Read up to the end without a data record: only transaction markers and
+                # aborted records (or nothing compaction left) follow, so a consumer there
+                # receives nothing: it is caught up.
                 for key, _ in pending.pop(tp):
-                    found[key] = None
+                    found[key] = CaughtUp(at)
                 consumer.pause(tp)
-        return found
+            if not committed:
+                continue
+            # A read_committed fetch ends at the last stable offset: a read stopped there,
+            # short of the end, waits on an open transaction. ListOffsets of this consumer
+            # answers the last stable offset, asked once per partition.
+            short = [tp for tp in pending if tp not in stable]
+            if short:
+                try:
+                    stable.update(consumer.end_offsets(
+                        short, timeout_ms=max(1, int((deadline - time.monotonic()) * 1000))))
+                except KafkaTimeoutError:
+                    break
+            for tp in [tp for tp in pending if tp in stable and positions[tp] >= stable[tp]]:
+                for key, end in pending.pop(tp):
+                    held[key] = (positions[tp], end)
+                consumer.pause(tp)
+        return found, held

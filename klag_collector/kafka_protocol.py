@@ -8,6 +8,10 @@ ApiVersions) and the response registry are kafka-python's.
 
 - ConsumerGroupDescribe (API key 69, KIP-848): describes groups of type `consumer`, which
   DescribeGroups answers with "not a classic group".
+- ShareGroupDescribe (API key 77, KIP-932; version 1 only, version 0 was Kafka 4.0's early
+  access): the state and members of groups of type `share`.
+- DescribeShareGroupOffsets (API key 90, KIP-932; versions 0-1, 1 adds Lag, KIP-1226): each
+  share-partition's start offset, and from version 1 the lag the broker computes.
 
 A request is only sent to a broker whose ApiVersions lists its API key: see `supports()`.
 """
@@ -22,6 +26,8 @@ from kafka.protocol.data_container import SlotsBuilder
 from kafka.protocol.schemas import StructField
 
 CONSUMER_GROUP_DESCRIBE_KEY = 69
+SHARE_GROUP_DESCRIBE_KEY = 77
+DESCRIBE_SHARE_GROUP_OFFSETS_KEY = 90
 
 _ASSIGNMENT: List[Dict[str, Any]] = [
     {"name": "TopicPartitions", "type": "[]TopicPartitions", "versions": "0+",
@@ -110,6 +116,141 @@ SCHEMAS: Dict[str, Dict[str, Any]] = {
             ]},
         ],
     },
+    "ShareGroupDescribeRequest": {
+        "apiKey": SHARE_GROUP_DESCRIBE_KEY,
+        "type": "request",
+        "name": "ShareGroupDescribeRequest",
+        # Version 0 was used for early access of KIP-932 in Kafka 4.0, removed in 4.1.
+        "validVersions": "1",
+        "flexibleVersions": "0+",
+        "fields": [
+            {"name": "GroupIds", "type": "[]string", "versions": "0+", "entityType": "groupId",
+             "about": "The ids of the groups to describe."},
+            {"name": "IncludeAuthorizedOperations", "type": "bool", "versions": "0+",
+             "about": "Whether to include authorized operations."},
+        ],
+    },
+    "ShareGroupDescribeResponse": {
+        "apiKey": SHARE_GROUP_DESCRIBE_KEY,
+        "type": "response",
+        "name": "ShareGroupDescribeResponse",
+        "validVersions": "1",
+        "flexibleVersions": "0+",
+        "fields": [
+            {"name": "ThrottleTimeMs", "type": "int32", "versions": "0+",
+             "about": "The throttle time in ms."},
+            {"name": "Groups", "type": "[]DescribedGroup", "versions": "0+",
+             "about": "Each described group.", "fields": [
+                {"name": "ErrorCode", "type": "int16", "versions": "0+",
+                 "about": "The describe error, or 0 if there was no error."},
+                {"name": "ErrorMessage", "type": "string", "versions": "0+",
+                 "nullableVersions": "0+", "default": "null",
+                 "about": "The top-level error message, or null if there was no error."},
+                {"name": "GroupId", "type": "string", "versions": "0+", "entityType": "groupId",
+                 "about": "The group ID string."},
+                {"name": "GroupState", "type": "string", "versions": "0+",
+                 "about": "The group state string, or the empty string."},
+                {"name": "GroupEpoch", "type": "int32", "versions": "0+",
+                 "about": "The group epoch."},
+                {"name": "AssignmentEpoch", "type": "int32", "versions": "0+",
+                 "about": "The assignment epoch."},
+                {"name": "AssignorName", "type": "string", "versions": "0+",
+                 "about": "The selected assignor."},
+                {"name": "Members", "type": "[]Member", "versions": "0+",
+                 "about": "The members.", "fields": [
+                    {"name": "MemberId", "type": "string", "versions": "0+",
+                     "about": "The member ID."},
+                    {"name": "RackId", "type": "string", "versions": "0+",
+                     "nullableVersions": "0+", "default": "null",
+                     "about": "The member rack ID."},
+                    {"name": "MemberEpoch", "type": "int32", "versions": "0+",
+                     "about": "The current member epoch."},
+                    {"name": "ClientId", "type": "string", "versions": "0+",
+                     "about": "The client ID."},
+                    {"name": "ClientHost", "type": "string", "versions": "0+",
+                     "about": "The client host."},
+                    {"name": "SubscribedTopicNames", "type": "[]string", "versions": "0+",
+                     "entityType": "topicName", "about": "The subscribed topic names."},
+                    {"name": "Assignment", "type": "Assignment", "versions": "0+",
+                     "about": "The current assignment.", "fields": _ASSIGNMENT},
+                ]},
+                {"name": "AuthorizedOperations", "type": "int32", "versions": "0+",
+                 "default": "-2147483648",
+                 "about": "32-bit bitfield to represent authorized operations for this group."},
+            ]},
+        ],
+    },
+    "DescribeShareGroupOffsetsRequest": {
+        "apiKey": DESCRIBE_SHARE_GROUP_OFFSETS_KEY,
+        "type": "request",
+        "name": "DescribeShareGroupOffsetsRequest",
+        # Version 1 is the same as version 0 (it asks for Lag in the response).
+        "validVersions": "0-1",
+        "flexibleVersions": "0+",
+        "fields": [
+            {"name": "Groups", "type": "[]DescribeShareGroupOffsetsRequestGroup",
+             "versions": "0+", "about": "The groups to describe offsets for.", "fields": [
+                {"name": "GroupId", "type": "string", "versions": "0+",
+                 "entityType": "groupId", "about": "The group identifier."},
+                {"name": "Topics", "type": "[]DescribeShareGroupOffsetsRequestTopic",
+                 "versions": "0+", "nullableVersions": "0+",
+                 "about": "The topics to describe offsets for, or null for all "
+                          "topic-partitions.", "fields": [
+                    {"name": "TopicName", "type": "string", "versions": "0+",
+                     "entityType": "topicName", "about": "The topic name."},
+                    {"name": "Partitions", "type": "[]int32", "versions": "0+",
+                     "about": "The partitions."},
+                ]},
+            ]},
+        ],
+    },
+    "DescribeShareGroupOffsetsResponse": {
+        "apiKey": DESCRIBE_SHARE_GROUP_OFFSETS_KEY,
+        "type": "response",
+        "name": "DescribeShareGroupOffsetsResponse",
+        # Version 1 adds Lag (KIP-1226).
+        "validVersions": "0-1",
+        "flexibleVersions": "0+",
+        "fields": [
+            {"name": "ThrottleTimeMs", "type": "int32", "versions": "0+",
+             "about": "The throttle time in ms."},
+            {"name": "Groups", "type": "[]DescribeShareGroupOffsetsResponseGroup",
+             "versions": "0+", "about": "The results for each group.", "fields": [
+                {"name": "GroupId", "type": "string", "versions": "0+",
+                 "entityType": "groupId", "about": "The group identifier."},
+                {"name": "Topics", "type": "[]DescribeShareGroupOffsetsResponseTopic",
+                 "versions": "0+", "about": "The results for each topic.", "fields": [
+                    {"name": "TopicName", "type": "string", "versions": "0+",
+                     "entityType": "topicName", "about": "The topic name."},
+                    {"name": "TopicId", "type": "uuid", "versions": "0+",
+                     "about": "The unique topic ID."},
+                    {"name": "Partitions", "type": "[]DescribeShareGroupOffsetsResponsePartition",
+                     "versions": "0+", "fields": [
+                        {"name": "PartitionIndex", "type": "int32", "versions": "0+",
+                         "about": "The partition index."},
+                        {"name": "StartOffset", "type": "int64", "versions": "0+",
+                         "about": "The share-partition start offset."},
+                        {"name": "LeaderEpoch", "type": "int32", "versions": "0+",
+                         "about": "The leader epoch of the partition."},
+                        {"name": "Lag", "type": "int64", "versions": "1+", "ignorable": True,
+                         "default": "-1", "about": "The share-partition lag."},
+                        {"name": "ErrorCode", "type": "int16", "versions": "0+",
+                         "about": "The partition-level error code, or 0 if there was no "
+                                  "error."},
+                        {"name": "ErrorMessage", "type": "string", "versions": "0+",
+                         "nullableVersions": "0+", "default": "null",
+                         "about": "The partition-level error message, or null if there was "
+                                  "no error."},
+                    ]},
+                ]},
+                {"name": "ErrorCode", "type": "int16", "versions": "0+",
+                 "about": "The group-level error code, or 0 if there was no error."},
+                {"name": "ErrorMessage", "type": "string", "versions": "0+",
+                 "nullableVersions": "0+", "default": "null",
+                 "about": "The group-level error message, or null if there was no error."},
+            ]},
+        ],
+    },
 }
 
 
@@ -132,6 +273,22 @@ class ConsumerGroupDescribeRequest(ApiMessage, metaclass=_InlineSchema):  # type
 
 class ConsumerGroupDescribeResponse(ApiMessage, metaclass=_InlineSchema):  # type: ignore[misc]
     """ConsumerGroupDescribe's answer: each group's state and members with their assignments."""
+
+
+class ShareGroupDescribeRequest(ApiMessage, metaclass=_InlineSchema):  # type: ignore[misc]
+    """ShareGroupDescribe (API key 77): the groups of type `share` to describe."""
+
+
+class ShareGroupDescribeResponse(ApiMessage, metaclass=_InlineSchema):  # type: ignore[misc]
+    """ShareGroupDescribe's answer: each share group's state and members."""
+
+
+class DescribeShareGroupOffsetsRequest(ApiMessage, metaclass=_InlineSchema):  # type: ignore[misc]
+    """DescribeShareGroupOffsets (API key 90): the share groups whose start offsets to read."""
+
+
+class DescribeShareGroupOffsetsResponse(ApiMessage, metaclass=_InlineSchema):  # type: ignore[misc]
+    """DescribeShareGroupOffsets' answer: each share-partition's start offset (and lag, v1+)."""
 
 
 def supports(api_versions: Any, api_key: int) -> bool:

@@ -35,8 +35,12 @@ class KafkaSource:
     def read(self, now: float) -> ClusterData:
         """Steps 1 to 5 of a collection cycle; committed offsets are read before watermarks."""
         kafka = self._kafka.admin_reads()
-        listed = selection.groups_to_describe(kafka.listed_groups(), self.cluster.groups)
+        every = kafka.listed_groups()
+        listed = selection.groups_to_describe(every, self.cluster.groups)
         groups = kafka.describe_groups(listed)
+        share = kafka.read_share_groups(
+            selection.share_groups_to_describe(every, self.cluster.groups)
+        )
         self._log_failures(groups)
         offsets = kafka.committed_offsets(selection.offset_groups(groups))
         topics = kafka.describe_topics()
@@ -47,6 +51,7 @@ class KafkaSource:
             topics=topics,
             earliest=kafka.earliest_offsets(partitions),
             latest=kafka.latest_offsets(partitions),
+            share=share,
         )
         data = selection.select(read, self.cluster.topics)
         involved = selection.involved_topics(data.committed)

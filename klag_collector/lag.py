@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Dict, Iterable, List, Mapping, Optional, Set
 
+from .share_lag import compute_share_lag, share_timestamp_requests
 from .model import (
     NO_MEMBER,
     TP,
@@ -26,8 +27,26 @@ from .model import (
 WATERMARK_UNAVAILABLE = "watermark_unavailable"
 TIMESTAMP_UNAVAILABLE = "timestamp_unavailable"
 
-# A timestamp look-up result: the record's timestamp in ms, or None when no record was
-# found at or after the offset.
+
+class CaughtUp(int):
+    """A timestamp look-up's answer that no record lies ahead for a read_committed consumer.
+
+    From the committed offset to the partition's end there are only transaction markers,
+    aborted records, or nothing compaction left: the group will receive nothing, so its
+    time lag is 0 although its offset lag (high watermark - committed) is not. It is typed,
+    not a magic timestamp: `time_lag` tells it by its type. Its int value is the offset the
+    read reached (for logs and tests), never a time; it is an int so that the look-up
+    results keep their `Optional[int]` type through the sampler, cache and poller.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"CaughtUp(at={int(self)})"
+
+
+# A timestamp look-up result: the record's timestamp in ms, None when the record's time is
+# unknown, or a CaughtUp when a read_committed consumer has nothing ahead to receive.
 Timestamps = Mapping[RecordKey, Optional[int]]
 
 
@@ -73,15 +92,18 @@ def timestamp_requests(data: ClusterData) -> Set[RecordKey]:
             if offset_out_of_range(committed, latest) or offset_lag(committed, latest) == 0:
                 continue
             wanted.add((topic, partition, sampled_offset(committed, earliest)))
-    return wanted
+    # Share groups: the record at each lagging share-partition's start offset (share_lag).
+    return wanted | share_timestamp_requests(data)
 
 
 def time_lag(lag: int, record_ms: Optional[int], now: float) -> Optional[float]:
     """Seconds behind: 0 when caught up, None when the record's age is unknown.
 
-    A record stamped in the future (producer clock skew) counts as 0, not negative.
+    Caught up is an offset lag of 0, or a look-up that found only transaction markers and
+    aborted records ahead (`CaughtUp`). A record stamped in the future (producer clock
+    skew) counts as 0, not negative.
     """
-    if lag == 0:
+    if lag == 0 or isinstance(record_ms, CaughtUp):
         return 0.0
     if record_ms is None:
         return None
@@ -116,6 +138,11 @@ def compute_lag(
                 rows.append(row)
         partitions.extend(rows)
         groups.append(_aggregate(name, info, rows))
+    share_partitions, share_groups, share_skipped = compute_share_lag(
+        data, timestamps, now, time_lag
+    )
+    for reason, count in share_skipped.items():
+        skipped[reason] += count
     return LagView(
         partitions=tuple(partitions),
         groups=tuple(groups),
@@ -126,6 +153,8 @@ def compute_lag(
         compaction_partitions=sum(row.compacted for row in partitions),
         data_loss_partitions=sum(row.data_loss for row in partitions),
         offset_out_of_range_partitions=sum(row.offset_out_of_range > 0 for row in partitions),
+        share_partitions=share_partitions,
+        share_groups=share_groups,
     )
 
 

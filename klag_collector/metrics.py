@@ -46,6 +46,17 @@ GROUP_STATES: Dict[str, int] = {
 }
 
 
+# Share group states (KIP-932), numbered as the consumer group states of the same name.
+SHARE_GROUP_STATES: Dict[str, int] = {
+    name: GROUP_STATES[name] for name in ("Unknown", "Stable", "Dead", "Empty")
+}
+
+
+def share_group_state_value(state: str) -> int:
+    """Map a broker-reported share group state to its number; anything unexpected is Unknown."""
+    return SHARE_GROUP_STATES.get(state, SHARE_GROUP_STATES["Unknown"])
+
+
 def group_state_value(state: str) -> int:
     """Map a broker-reported group state to its number; anything unexpected is Unknown."""
     return GROUP_STATES.get(state, GROUP_STATES["Unknown"])
@@ -152,6 +163,49 @@ GROUP_MEMBERS = _d(
     "Number of members of the consumer group.",
     (GROUP,),
 )
+SHARE_GROUP_START_OFFSET = _d(
+    "kafka_sharegroup_group_start_offset",
+    "Share-partition start offset of the share group (KIP-932): the first record not yet "
+    "acknowledged or archived.",
+    GROUP_PARTITION_LABELS,
+    partition_only=True,
+)
+SHARE_GROUP_LAG = _d(
+    "kafka_sharegroup_group_lag",
+    "Offset lag of the share group on the partition: the lag DescribeShareGroupOffsets "
+    "reports (v1+), else max(0, latest - start offset).",
+    GROUP_PARTITION_LABELS,
+    partition_only=True,
+)
+SHARE_GROUP_LAG_SECONDS = _d(
+    "kafka_sharegroup_group_lag_seconds",
+    "Time lag of the share group in seconds: age of the record at the start offset "
+    "(0 when lag is 0).",
+    GROUP_PARTITION_LABELS,
+    partition_only=True,
+)
+SHARE_GROUP_SUM_LAG = _d(
+    "kafka_sharegroup_group_sum_lag",
+    "Sum of the partition offset lags of the share group.",
+    (GROUP,),
+)
+SHARE_GROUP_MAX_LAG_SECONDS = _d(
+    "kafka_sharegroup_group_max_lag_seconds",
+    "Largest known partition time lag of the share group, in seconds.",
+    (GROUP,),
+)
+SHARE_GROUP_STATE = _d(
+    "kafka_sharegroup_group_state",
+    "Share group state: "
+    + ", ".join(f"{number} {name}" for name, number in SHARE_GROUP_STATES.items())
+    + ".",
+    (GROUP,),
+)
+SHARE_GROUP_MEMBERS = _d(
+    "kafka_sharegroup_group_members",
+    "Number of members of the share group.",
+    (GROUP,),
+)
 POLL_TIME_MS = _d(
     "kafka_consumergroup_poll_time_ms",
     "Duration of the cluster's last collection cycle, in milliseconds.",
@@ -237,6 +291,13 @@ LAG_FAMILIES = (
     GROUP_TOPIC_SUM_LAG,
     GROUP_STATE,
     GROUP_MEMBERS,
+    SHARE_GROUP_START_OFFSET,
+    SHARE_GROUP_LAG,
+    SHARE_GROUP_LAG_SECONDS,
+    SHARE_GROUP_SUM_LAG,
+    SHARE_GROUP_MAX_LAG_SECONDS,
+    SHARE_GROUP_STATE,
+    SHARE_GROUP_MEMBERS,
     COMPACTION_PARTITIONS,
     DATA_LOSS_PARTITIONS,
     OFFSET_OUT_OF_RANGE_PARTITIONS,

@@ -63,6 +63,25 @@ class GroupInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ShareGroupInfo:
+    """A share group (KIP-932) as ShareGroupDescribe answered it: its state and member count."""
+
+    name: str
+    state: str
+    members: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ShareOffset:
+    """One share-partition as DescribeShareGroupOffsets answered it."""
+
+    # the share-partition start offset: records before it are all acknowledged or archived
+    start_offset: int
+    # the lag the broker computed (version 1+), None where it gave none (v0, or -1)
+    lag: Optional[int] = None
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterData:
     """Everything one cycle read from a cluster, already filtered by the cluster's regexes.
 
@@ -80,6 +99,10 @@ class ClusterData:
     leaders: Mapping[TP, int] = field(default_factory=dict)
     # reason -> number of groups whose offsets or description could not be read
     skipped_groups: Mapping[str, int] = field(default_factory=dict)
+    # share groups (KIP-932), kept by the group filter; never counted in skipped_groups
+    share_groups: Mapping[str, ShareGroupInfo] = field(default_factory=dict)
+    # share group -> partition -> its start offset (and broker lag), on kept topics
+    share_offsets: Mapping[str, Mapping[TP, ShareOffset]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +143,30 @@ class GroupLag:
 
 
 @dataclass(frozen=True, slots=True)
+class SharePartitionLag:
+    """Lag figures of one share group on one partition."""
+
+    group: str
+    topic: str
+    partition: int
+    start_offset: int
+    lag: int
+    # the age of the record at the start offset; 0 when lag is 0, None when unknown
+    lag_seconds: Optional[float]
+
+
+@dataclass(frozen=True, slots=True)
+class ShareGroupLag:
+    """Per-share-group aggregates over its known partitions."""
+
+    group: str
+    state: str
+    members: int
+    sum_lag: Optional[int]
+    max_lag_seconds: Optional[float]
+
+
+@dataclass(frozen=True, slots=True)
 class LagView:
     """The computed lag of one cluster at one instant."""
 
@@ -135,6 +182,8 @@ class LagView:
     data_loss_partitions: int
     # partitions whose committed offset is past the log end
     offset_out_of_range_partitions: int = 0
+    share_partitions: Tuple[SharePartitionLag, ...] = ()
+    share_groups: Tuple[ShareGroupLag, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,3 +267,19 @@ class ClusterRead:
     topics: Tuple[TopicDescription, ...]
     earliest: Mapping[TP, int]
     latest: Mapping[TP, int]
+    # share groups: described, and their start offsets (neither filtered yet)
+    share: "ShareGroupsRead" = field(default_factory=lambda: ShareGroupsRead())
+
+
+@dataclass(frozen=True, slots=True)
+class ShareGroupsRead:
+    """What ShareGroupDescribe and DescribeShareGroupOffsets answered for the share groups.
+
+    A share group whose describe failed is absent from `described`, one whose offsets could
+    not be read from `offsets`: neither is a skipped consumer group.
+    """
+
+    described: Mapping[str, ShareGroupInfo] = field(default_factory=dict)
+    offsets: Mapping[str, Mapping[TP, ShareOffset]] = field(default_factory=dict)
+    # every share group asked about
+    asked: Tuple[str, ...] = ()

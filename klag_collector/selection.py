@@ -21,6 +21,9 @@ from .model import (
     GroupDescriptions,
     GroupInfo,
     ListedGroup,
+    ShareGroupInfo,
+    ShareGroupsRead,
+    ShareOffset,
     TopicDescription,
 )
 
@@ -40,15 +43,50 @@ def groups_to_describe(
 ) -> List[ListedGroup]:
     """The listed groups the filter keeps, sorted by name, share groups left out.
 
-    Share groups (KIP-932) are not consumer groups: their members do not commit offsets, so
-    they have no consumer lag, and OffsetFetch and DescribeGroups do not answer for them.
-    They are neither reported nor counted as skipped.
+    Share groups (KIP-932) are not consumer groups: their members do not commit offsets, and
+    OffsetFetch and DescribeGroups do not answer for them. They take the share path
+    (`share_groups_to_describe`) and are never counted as skipped.
     """
     return sorted(
         (g for g in listed
          if g.group_type is not GroupType.SHARE and group_filter.allows(g.name)),
         key=lambda g: g.name,
     )
+
+
+def share_groups_to_describe(
+    listed: Iterable[ListedGroup], group_filter: NameFilter
+) -> List[str]:
+    """The names of the listed share groups the filter keeps, sorted."""
+    return sorted(
+        g.name for g in listed
+        if g.group_type is GroupType.SHARE and group_filter.allows(g.name)
+    )
+
+
+def share_groups(read: ShareGroupsRead) -> Dict[str, ShareGroupInfo]:
+    """Every share group asked about: its description, or state Unknown where that failed."""
+    return {
+        name: read.described.get(name, ShareGroupInfo(name, UNKNOWN_STATE))
+        for name in read.asked
+    }
+
+
+def kept_share_offsets(
+    by_group: Mapping[str, Mapping[TP, ShareOffset]], topic_filter: NameFilter
+) -> Dict[str, Dict[TP, ShareOffset]]:
+    """Each share group's start offsets on kept topics.
+
+    -1 means the share-partition has no start offset yet (nothing delivered to the group):
+    not a position to measure lag from.
+    """
+    return {
+        name: {
+            tp: offset for tp, offset in offsets.items()
+            if offset.start_offset >= 0 and topic_filter.allows(tp[0])
+        }
+        for name, offsets in by_group.items()
+    }
 
 
 def offset_groups(groups: GroupDescriptions) -> List[str]:
@@ -153,6 +191,8 @@ def select(read: ClusterRead, topic_filter: NameFilter) -> ClusterData:
         latest=known_offsets(read.latest),
         leaders=usable_leaders(kept_topics(read.topics, topic_filter)),
         skipped_groups=skipped_groups(read.groups, read.offsets),
+        share_groups=share_groups(read.share),
+        share_offsets=kept_share_offsets(read.share.offsets, topic_filter),
     )
 
 

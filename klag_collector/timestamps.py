@@ -36,13 +36,15 @@ class FetchItem(NamedTuple):
     end_offset: int
 
 
-# Runs the blocking fetch of one batch; answers key -> timestamp for the keys it could read.
+# Runs the blocking fetch of one batch; answers key -> timestamp (or None, or a
+# lag.CaughtUp) for the keys it could read.
 FetchBatch = Callable[[List[FetchItem]], "defer.Deferred[Mapping[RecordKey, Optional[int]]]"]
 
 
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
-    """A cached answer: the record's timestamp (None: no record there) and when it came."""
+    """A cached answer and when it came: the record's timestamp, None (no time to date it by),
+    or a `lag.CaughtUp` (only transaction markers or aborted records up to the end)."""
 
     timestamp: Optional[int]
     stored_at: float
@@ -52,7 +54,8 @@ class TimestampCache:
     """Timestamps keyed by (topic, partition, offset), kept for `ttl` seconds.
 
     A record's timestamp never changes, so an entry could live forever; the TTL bounds
-    memory and lets a "no record" miss be retried once the partition has moved on.
+    memory and lets a "no record" or "caught up" answer be retried once the partition has
+    moved on.
 
     Not locked: only its poller's cycles use it, one cycle at a time, and a cycle's
     sampler calls it from one worker-thread step after the other.
@@ -76,7 +79,7 @@ class TimestampCache:
         return None
 
     def store(self, key: RecordKey, timestamp: Optional[int], now: float) -> None:
-        """Remember a fetched timestamp, or that no record was found (None)."""
+        """Remember a fetched answer: a timestamp, None, or a CaughtUp."""
         self._entries[key] = CacheEntry(timestamp, now)
 
     def maybe_sweep(self, now: float) -> int:

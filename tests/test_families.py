@@ -23,6 +23,8 @@ from klag_collector.model import (
     LagView,
     Member,
     PartitionLag,
+    ShareGroupLag,
+    SharePartitionLag,
 )
 
 BASE = (("cluster_name", "prod-eu"), ("env", "prod"), ("region", "eu-west-1"))
@@ -76,6 +78,14 @@ VIEW = LagView(
     compaction_partitions=1,
     data_loss_partitions=1,
     offset_out_of_range_partitions=1,
+    share_partitions=(
+        SharePartitionLag("sg", "t", 0, 90, 10, 30.0),
+        SharePartitionLag("sg", "t", 1, 100, 0, 0.0),
+    ),
+    share_groups=(
+        ShareGroupLag("sg", "Stable", 1, 10, 30.0),
+        ShareGroupLag("sg-new", "Empty", 0, None, None),  # no share-partition yet
+    ),
 )
 
 
@@ -264,7 +274,7 @@ def test_every_sample_carries_cluster_and_custom_labels(partition_families: Fami
             assert list(s.labels) == [k for k, _ in BASE] + list(d.labels)
             assert [s.labels[k] for k, _ in BASE] == [v for _, v in BASE]
             count += 1
-    assert count == 56
+    assert count == 56 + 6 + 6  # share groups: 3 per partition, 2-4 per group
 
 
 def test_topic_granularity_drops_partition_only_families(
@@ -276,6 +286,7 @@ def test_topic_granularity_drops_partition_only_families(
         m.GROUP_OFFSET.name, m.GROUP_LAG.name, m.GROUP_LAG_SECONDS.name, m.GROUP_MESSAGES_LOST.name,
         m.GROUP_RETENTION_MARGIN.name, m.GROUP_LAG_RETENTION_RATIO.name,
         m.GROUP_OFFSET_OUT_OF_RANGE.name,
+        m.SHARE_GROUP_START_OFFSET.name, m.SHARE_GROUP_LAG.name, m.SHARE_GROUP_LAG_SECONDS.name,
     }
     assert set(topic_families) == set(partition_families) - partition_only
     for name, family in topic_families.items():
@@ -450,3 +461,36 @@ def test_openmetrics_output_parses_back_to_the_same_samples() -> None:
         assert [(s.name, s.labels, s.value) for s in back.samples] == [
             (s.name, s.labels, s.value) for s in family.samples
         ]
+
+
+def test_share_group_families(partition_families: Families, topic_families: Families) -> None:
+    """Share groups have their own families: per partition at partition granularity only,
+    state numbered as the consumer group states of the same name, no sum without partitions."""
+
+    def values(families: Families, name: str) -> Dict[Tuple[Tuple[str, str], ...], float]:
+        fam = families.get(name)
+        own = {k for k, _ in BASE}
+        return {} if fam is None else {
+            tuple((k, v) for k, v in s.labels.items() if k not in own): s.value
+            for s in fam.samples
+        }
+
+    p0 = (("group", "sg"), ("topic", "t"), ("partition", "0"))
+    p1 = (("group", "sg"), ("topic", "t"), ("partition", "1"))
+    assert values(partition_families, m.SHARE_GROUP_START_OFFSET.name) == {p0: 90, p1: 100}
+    assert values(partition_families, m.SHARE_GROUP_LAG.name) == {p0: 10, p1: 0}
+    assert values(partition_families, m.SHARE_GROUP_LAG_SECONDS.name) == {p0: 30.0, p1: 0.0}
+    sg, new = (("group", "sg"),), (("group", "sg-new"),)
+    for families in (partition_families, topic_families):
+        assert values(families, m.SHARE_GROUP_STATE.name) == {sg: 3, new: 5}
+        assert values(families, m.SHARE_GROUP_MEMBERS.name) == {sg: 1, new: 0}
+        assert values(families, m.SHARE_GROUP_SUM_LAG.name) == {sg: 10}
+        assert values(families, m.SHARE_GROUP_MAX_LAG_SECONDS.name) == {sg: 30.0}
+    for name in (m.SHARE_GROUP_START_OFFSET.name, m.SHARE_GROUP_LAG.name,
+                 m.SHARE_GROUP_LAG_SECONDS.name):
+        assert name not in topic_families
+    # Share groups are not consumer groups: none of theirs is in a consumer family.
+    assert all(s.labels["group"] != "sg" for s in partition_families[m.GROUP_STATE.name].samples)
+    assert m.SHARE_GROUP_STATE.help == "Share group state: 0 Unknown, 3 Stable, 4 Dead, 5 Empty."
+    assert m.share_group_state_value("Dead") == 4
+    assert m.share_group_state_value("Reconciling") == 0  # not a share group state

@@ -6,6 +6,7 @@ the requests work against Kafka is shown on a real broker (test_integration and 
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -262,3 +263,87 @@ def test_a_consumer_group_describe_error_is_a_failure_with_its_reason() -> None:
     result = reads(admin).describe_groups([ListedGroup("a", GroupType.CONSUMER)])
     assert result.failed == ("a",)
     assert result.reasons == {"a": "GroupAuthorizationFailedError"}
+
+
+# -- timestamps: what a read_committed read answers ------------------------------------------
+
+
+class ScriptedConsumer:
+    """A kafka-python consumer stand-in: each partition shows the data records a read sees
+    (markers and aborted records already skipped) and where its read stops (the last
+    stable offset when read committed); end_offsets answers the last stable offsets."""
+
+    def __init__(self, logs: Dict[TopicPartition, Tuple[List[Tuple[int, int]], int]]) -> None:
+        self.logs = logs
+        self.positions: Dict[TopicPartition, int] = {}
+        self.paused: set = set()
+        self.end_offsets_asked: List[List[TopicPartition]] = []
+
+    def assign(self, tps: List[TopicPartition]) -> None:
+        self.positions = {tp: 0 for tp in tps}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    def pause(self, tp: TopicPartition) -> None:
+        self.paused.add(tp)
+
+    def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
+    def end_offsets(self, tps: List[TopicPartition], timeout_ms: int) -> Dict[TopicPartition, int]:
+        self.end_offsets_asked.append(list(tps))
+        return {tp: self.logs[tp][1] for tp in tps}
+
+    def poll(self, timeout_ms: int) -> Dict[TopicPartition, List[Any]]:
+        out: Dict[TopicPartition, List[Any]] = {}
+        for tp, at in self.positions.items():
+            records, stop = self.logs[tp]
+            if tp in self.paused or at >= stop:
+                continue
+            run = [SimpleNamespace(offset=o, timestamp=ts) for o, ts in records if at <= o < stop]
+            self.positions[tp] = stop
+            if run:
+                out[tp] = run
+        return out
+
+
+def sample(logs: Dict[TopicPartition, Tuple[List[Tuple[int, int]], int]], items: List[Any]) -> Any:
+    from klag_collector.config import Performance
+    from klag_collector.kafka_io import KafkaIO
+
+    consumer = ScriptedConsumer(logs)
+    io = KafkaIO(["127.0.0.1:9"], {}, Performance(kafka_timeout=5.0))
+    found, held = io._sample(consumer, items, time.monotonic() + 4, True)  # type: ignore[arg-type]
+    return found, held, consumer
+
+
+def test_a_read_to_the_end_without_a_record_is_caught_up() -> None:
+    """Only markers/aborted records up to the end: CaughtUp at the end, never a time."""
+    from klag_collector.lag import CaughtUp
+    from klag_collector.timestamps import FetchItem
+
+    tp = TopicPartition("t", 0)
+    # Records at 0-1, a marker at 2, the end at 3: offsets 0 and 2 are asked.
+    found, held, consumer = sample({tp: ([(0, 100), (1, 200)], 3)},
+                                   [FetchItem(("t", 0, 0), 3), FetchItem(("t", 0, 2), 3)])
+    assert found[("t", 0, 0)] == 100
+    assert isinstance(found[("t", 0, 2)], CaughtUp) and found[("t", 0, 2)] == 3
+    assert held == {}
+    assert consumer.end_offsets_asked == []
+
+
+def test_a_read_stopped_at_the_last_stable_offset_is_held_by_an_open_transaction() -> None:
+    """Short of the end, at the last stable offset: held (where it stopped, the end), not
+    answered; the last stable offset is asked once, for the short partitions only."""
+    from klag_collector.timestamps import FetchItem
+
+    held_tp, done_tp = TopicPartition("t", 0), TopicPartition("t", 1)
+    found, held, consumer = sample(
+        {held_tp: ([], 4), done_tp: ([(0, 50)], 1)},
+        [FetchItem(("t", 0, 1), 7), FetchItem(("t", 0, 5), 7), FetchItem(("t", 1, 0), 1)],
+    )
+    assert found == {("t", 1, 0): 50}
+    # Both wait where the read stopped; fetch_timestamps probes each from max(own offset, 4).
+    assert held == {("t", 0, 1): (4, 7), ("t", 0, 5): (4, 7)}
+    assert consumer.end_offsets_asked == [[held_tp]]

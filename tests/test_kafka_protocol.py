@@ -100,3 +100,86 @@ def test_the_request_is_sent_only_where_api_versions_lists_it() -> None:
     assert supports({69: (0, 1), 16: (0, 5)}, 69)
     assert not supports({16: (0, 5)}, 69)
     assert not supports(None, 69)
+
+
+# -- ShareGroupDescribe (API key 77) and DescribeShareGroupOffsets (API key 90) ---------------
+
+from klag_collector.kafka_io import share_group_info, share_group_offsets  # noqa: E402
+from klag_collector.kafka_protocol import (  # noqa: E402
+    DESCRIBE_SHARE_GROUP_OFFSETS_KEY,
+    SHARE_GROUP_DESCRIBE_KEY,
+    DescribeShareGroupOffsetsRequest,
+    DescribeShareGroupOffsetsResponse,
+    ShareGroupDescribeRequest,
+    ShareGroupDescribeResponse,
+)
+from klag_collector.model import ShareGroupInfo, ShareOffset  # noqa: E402
+
+
+def test_share_group_describe_request_is_version_1_only() -> None:
+    request = ShareGroupDescribeRequest(group_ids=["s"], include_authorized_operations=False)
+    assert request.encode(version=1) == b"\x02" + compact_string("s") + b"\x00" + NO_TAGS
+    assert ShareGroupDescribeRequest.API_KEY == SHARE_GROUP_DESCRIBE_KEY == 77
+    assert ShareGroupDescribeRequest.valid_versions == (1, 1)  # v0 was 4.0's early access
+
+
+def test_a_hand_built_share_group_describe_response_decodes() -> None:
+    member = (
+        compact_string("m-1") + NULL + struct.pack(">i", 3)  # MemberId, RackId, MemberEpoch
+        + compact_string("client-s") + compact_string("/127.0.0.1")
+        + b"\x02" + compact_string("orders")  # SubscribedTopicNames
+        + b"\x02" + TOPIC_ID.bytes + compact_string("orders")  # Assignment: one topic
+        + b"\x02" + struct.pack(">i", 0) + NO_TAGS + NO_TAGS
+        + NO_TAGS
+    )
+    group = (
+        struct.pack(">h", 0) + NULL + compact_string("s") + compact_string("Stable")
+        + struct.pack(">ii", 4, 4) + compact_string("simple")
+        + b"\x02" + member + struct.pack(">i", -2147483648) + NO_TAGS
+    )
+    raw = struct.pack(">i", 0) + b"\x02" + group + NO_TAGS
+    response = ShareGroupDescribeResponse.decode(raw, version=1)
+    (described,) = response.groups
+    assert described.members[0].assignment.topic_partitions[0].partitions == [0]
+    assert share_group_info(described) == ShareGroupInfo("s", "Stable", 1)
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_describe_share_group_offsets_request_asks_for_every_topic(version: int) -> None:
+    group = DescribeShareGroupOffsetsRequest.DescribeShareGroupOffsetsRequestGroup
+    request = DescribeShareGroupOffsetsRequest(groups=[group(group_id="s", topics=None)])
+    # Groups: 1 entry; GroupId; Topics null (compact nullable array: 0); tags; tags.
+    assert request.encode(version=version) == b"\x02" + compact_string("s") + b"\x00" + NO_TAGS + NO_TAGS
+    assert DescribeShareGroupOffsetsRequest.API_KEY == DESCRIBE_SHARE_GROUP_OFFSETS_KEY == 90
+    assert DescribeShareGroupOffsetsRequest.max_version == 1
+
+
+def offsets_bytes(version: int) -> bytes:
+    def partition(index: int, start: int, lag: int, error: int) -> bytes:
+        return (struct.pack(">iqi", index, start, 0)
+                + (struct.pack(">q", lag) if version >= 1 else b"")
+                + struct.pack(">h", error) + NULL + NO_TAGS)
+
+    topic = (compact_string("orders") + TOPIC_ID.bytes + b"\x04"
+             + partition(0, 4, 6, 0) + partition(1, -1, -1, 0) + partition(2, 0, 0, 3)
+             + NO_TAGS)
+    group = compact_string("s") + b"\x02" + topic + struct.pack(">h", 0) + NULL + NO_TAGS
+    return struct.pack(">i", 0) + b"\x02" + group + NO_TAGS
+
+
+@pytest.mark.parametrize("version,lag", [(0, None), (1, 6)])
+def test_a_hand_built_describe_share_group_offsets_response_decodes(
+    version: int, lag: object
+) -> None:
+    response = DescribeShareGroupOffsetsResponse.decode(offsets_bytes(version), version=version)
+    (group,) = response.groups
+    # Partition 2 answered with an error is left out; -1 (no start offset yet) is passed on.
+    assert share_group_offsets(group) == {
+        ("orders", 0): ShareOffset(4, lag),  # type: ignore[arg-type]
+        ("orders", 1): ShareOffset(-1, None),
+    }
+
+
+def test_share_requests_are_listed_separately_in_api_versions() -> None:
+    assert supports({77: (1, 1), 90: (0, 1)}, SHARE_GROUP_DESCRIBE_KEY)
+    assert not supports({69: (0, 1)}, DESCRIBE_SHARE_GROUP_OFFSETS_KEY)  # Kafka 3.9

@@ -17,6 +17,9 @@ from klag_collector.model import (
     GroupDescriptions,
     GroupInfo,
     ListedGroup,
+    ShareGroupInfo,
+    ShareGroupsRead,
+    ShareOffset,
     TopicDescription,
 )
 from klag_collector.selection import DESCRIBE_FAILED, OFFSETS_UNAVAILABLE
@@ -47,6 +50,15 @@ class RecordingReads:
         names = [g.name for g in groups]
         self.calls.append(("describe_groups", names))
         return GroupDescriptions({n: GroupInfo(n, "Empty") for n in names})
+
+    def read_share_groups(self, names: Sequence[str]) -> ShareGroupsRead:
+        self.calls.append(("read_share_groups", list(names)))
+        return ShareGroupsRead(
+            described={n: ShareGroupInfo(n, "Stable", 1) for n in names},
+            offsets={n: {("orders", 1): ShareOffset(2, 3), ("internal", 0): ShareOffset(1)}
+                     for n in names},
+            asked=tuple(names),
+        )
 
     def committed_offsets(self, names: Sequence[str]) -> CommittedOffsets:
         self.calls.append(("committed_offsets", list(names)))
@@ -98,6 +110,7 @@ def test_a_read_asks_only_for_what_the_policy_keeps() -> None:
     assert io.reads.calls == [
         ("listed_groups", None),
         ("describe_groups", kept),
+        ("read_share_groups", ["app-share"]),
         ("committed_offsets", kept),
         ("describe_topics", None),
         ("earliest_offsets", partitions),
@@ -109,6 +122,9 @@ def test_a_read_asks_only_for_what_the_policy_keeps() -> None:
     assert data.leaders == {("orders", 0): 1, ("compact-t", 0): 2}
     assert data.compacted_topics == frozenset({"compact-t"})
     assert data.skipped_groups == {OFFSETS_UNAVAILABLE: 1}
+    # The share group: described, its start offsets on kept topics only, never skipped.
+    assert data.share_groups == {"app-share": ShareGroupInfo("app-share", "Stable", 1)}
+    assert data.share_offsets == {"app-share": {("orders", 1): ShareOffset(2, 3)}}
 
 
 def test_cleanup_policies_are_read_again_only_after_the_ttl() -> None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from klag_collector.lag import (
     TIMESTAMP_UNAVAILABLE,
     WATERMARK_UNAVAILABLE,
+    CaughtUp,
     compute_lag,
     offset_lag,
     offset_out_of_range,
@@ -196,7 +197,7 @@ def test_missing_timestamp_leaves_seconds_unknown_and_counts_it() -> None:
 
 
 def test_timestamp_miss_gives_unknown_seconds() -> None:
-    """A look-up that found no record (None in the mapping) gives lag_seconds None, counted."""
+    """A look-up that found no time to date by (None in the mapping) gives lag_seconds None, counted."""
     data = cluster({"g": {("t", 0): 40}}, {("t", 0): 0}, {("t", 0): 100})
     view = compute_lag(data, {("t", 0, 40): None}, NOW)
     r = row(view, "g", "t", 0)
@@ -204,6 +205,32 @@ def test_timestamp_miss_gives_unknown_seconds() -> None:
     assert r.lag_seconds is None
     assert view.skipped == {TIMESTAMP_UNAVAILABLE: 1}
     assert group(view, "g").max_lag_seconds is None
+
+
+def test_caught_up_answer_gives_zero_seconds_with_the_offset_lag_kept() -> None:
+    """Only markers or aborted records ahead (CaughtUp): lag_seconds 0, present and not
+    counted; the offset lag stays latest - committed, and the group's max is 0."""
+    data = cluster({"g": {("t", 0): 5}}, {("t", 0): 0}, {("t", 0): 6})
+    view = compute_lag(data, {("t", 0, 5): CaughtUp(6)}, NOW)
+    r = row(view, "g", "t", 0)
+    assert (r.lag, r.lag_seconds) == (1, 0.0)
+    assert view.skipped == {}
+    assert group(view, "g").max_lag_seconds == 0.0
+
+
+def test_caught_up_is_told_by_its_type_not_its_value() -> None:
+    """CaughtUp is 0 seconds whatever offset it carries; a plain int of the same value is a time."""
+    assert time_lag(3, CaughtUp(NOW_MS - 60_000), NOW) == 0.0
+    assert time_lag(3, CaughtUp(0), NOW) == 0.0
+    assert time_lag(3, NOW_MS - 60_000, NOW) == 60.0
+    assert repr(CaughtUp(7)) == "CaughtUp(at=7)"
+
+
+def test_caught_up_partition_does_not_hide_another_lagging_ones_time() -> None:
+    """A caught-up partition's 0 and a lagging partition's age: the max is the age."""
+    data = cluster({"g": {("t", 0): 5, ("t", 1): 2}}, {("t", 0): 0, ("t", 1): 0}, {("t", 0): 6, ("t", 1): 9})
+    view = compute_lag(data, {("t", 0, 5): CaughtUp(6), ("t", 1, 2): NOW_MS - 42_000}, NOW)
+    assert group(view, "g").max_lag_seconds == 42.0
 
 
 def test_sampling_off_computes_no_seconds_and_counts_nothing() -> None:

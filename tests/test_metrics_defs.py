@@ -28,7 +28,8 @@ def test_metric_names_are_unique_and_valid() -> None:
     assert len(stems) == len(set(stems))
     for name in names:
         assert METRIC_NAME.match(name), name
-        assert name.startswith(("kafka_consumergroup_", "kafka_partition_", "kafka_lag_exporter_")), name
+        assert name.startswith(("kafka_consumergroup_", "kafka_sharegroup_", "kafka_partition_",
+                                "kafka_lag_exporter_")), name
 
 
 def test_label_names_are_valid_and_not_repeated() -> None:

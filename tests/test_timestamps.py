@@ -7,6 +7,7 @@ from typing import Any, List, Mapping
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
+from klag_collector.lag import CaughtUp
 from klag_collector.model import CacheStats, ClusterData, GroupInfo
 from klag_collector.timestamps import (
     CacheEntry,
@@ -44,6 +45,15 @@ class CacheTests(SynchronousTestCase):
         cache = TimestampCache(ttl=30)
         cache.store(("t", 0, 9), None, now=0)
         self.assertEqual(cache.lookup(("t", 0, 9), now=29), CacheEntry(None, stored_at=0))
+        self.assertIsNone(cache.lookup(("t", 0, 9), now=30))
+
+    def test_a_caught_up_answer_is_cached_as_itself_for_one_ttl(self) -> None:
+        """A CaughtUp answer keeps its type in the cache, and is asked again after the TTL."""
+        cache = TimestampCache(ttl=30)
+        cache.store(("t", 0, 9), CaughtUp(10), now=0)
+        entry = cache.lookup(("t", 0, 9), now=29)
+        assert entry is not None
+        self.assertIsInstance(entry.timestamp, CaughtUp)
         self.assertIsNone(cache.lookup(("t", 0, 9), now=30))
 
     def test_sweep_runs_every_two_ttls_and_drops_only_expired(self) -> None:
