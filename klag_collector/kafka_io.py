@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import (
@@ -240,19 +240,9 @@ class AdminReads:
 
     async def _consumer_group_describe(self, names: List[str]) -> List[Any]:
         # One ConsumerGroupDescribe per coordinator, as kafka-python does for DescribeGroups.
-        coordinators = await self._admin._find_coordinator_ids(names)
-        by_node: Dict[int, List[str]] = {}
-        for name in names:
-            by_node.setdefault(coordinators[name], []).append(name)
-        responses = []
-        for node, node_names in by_node.items():
-            for start in range(0, len(node_names), DESCRIBE_BATCH):
-                request = kafka_protocol.ConsumerGroupDescribeRequest(
-                    group_ids=node_names[start : start + DESCRIBE_BATCH],
-                    include_authorized_operations=False,
-                )
-                responses.append(await self._admin._manager.send(request, node_id=node))
-        return responses
+        return await self._per_coordinator(names, lambda ids: (
+            kafka_protocol.ConsumerGroupDescribeRequest(
+                group_ids=ids, include_authorized_operations=False)))
 
     # -- share groups (KIP-932) ----------------------------------------------------
 
@@ -304,8 +294,11 @@ class AdminReads:
         except KafkaError:  # no coordinator, or one that lacks the request: nothing this cycle
             return []
 
-    async def _per_coordinator(self, names: List[str], build: Any) -> List[Any]:
-        # Share groups are found like any group: FindCoordinator with key type GROUP.
+    async def _per_coordinator(
+        self, names: List[str], build: Callable[[List[str]], Any]
+    ) -> List[Any]:
+        # Every group kind is found the same way: FindCoordinator with key type GROUP; one
+        # request per coordinator and batch of DESCRIBE_BATCH groups.
         coordinators = await self._admin._find_coordinator_ids(names)
         by_node: Dict[int, List[str]] = {}
         for name in names:
@@ -513,70 +506,97 @@ class KafkaIO:
         with the offset it stopped at and the partition's end offset."""
         # Groups at different offsets of one partition share a batch: each partition
         # has a queue of wanted offsets, read in ascending order by re-seeking.
-        pending: Dict[TopicPartition, List[Tuple[RecordKey, int]]] = {}
+        read = _SampleRead(consumer)
         for key, end in sorted(items):
-            pending.setdefault(TopicPartition(key[0], key[1]), []).append((key, end))
-        sought: Dict[TopicPartition, int] = {}
-        consumer.assign(list(pending))
-        for tp, wanted in pending.items():
-            sought[tp] = wanted[0][0][2]
-            consumer.seek(tp, sought[tp])
-        found: Dict[RecordKey, Optional[int]] = {}
-        held: Dict[RecordKey, Tuple[int, int]] = {}
-        # Last stable offsets, asked only for reads that stopped short of the end.
-        stable: Dict[TopicPartition, int] = {}
+            read.pending.setdefault(TopicPartition(key[0], key[1]), []).append((key, end))
+        consumer.assign(list(read.pending))
+        for tp, wanted in read.pending.items():
+            read.seek(tp, wanted[0][0][2])
         idle = 0
-        while pending and time.monotonic() < deadline:
+        while read.pending and time.monotonic() < deadline:
             records = consumer.poll(timeout_ms=200)
             idle = 0 if records else idle + 1
             for tp, batch in records.items():
-                queue = pending.get(tp)
-                # Records from before the last seek are not the ones asked for.
-                run = [r for r in batch if r.offset >= sought[tp]] if queue else []
-                if not run:
-                    continue
-                # `run` is contiguous from the sought offset: it answers every wanted
-                # offset up to its last record (the first record at or after each).
-                while queue and queue[0][0][2] <= run[-1].offset:
-                    key, _ = queue.pop(0)
-                    stamp = next(r for r in run if r.offset >= key[2]).timestamp
-                    found[key] = stamp if stamp is not None and stamp >= 0 else None
-                if queue:
-                    sought[tp] = queue[0][0][2]
-                    consumer.seek(tp, sought[tp])
-                else:
-                    del pending[tp]
-                    consumer.pause(tp)
+                read.answer(tp, batch)
             if idle < IDLE_POLLS_BEFORE_END_CHECK:
                 continue
             # Nothing arrives any more: the partitions still pending may have no data record
             # left. position() walks every assigned partition in kafka-python, so checking
             # after every poll (the first ones are empty while fetches are in flight) would
             # cost O(partitions^2).
-            positions = {tp: consumer.position(tp) for tp in pending}
-            for tp, at in positions.items():
-                if at < pending[tp][0][1]:
-                    continue
-                # Read up to the end without a data record: only transaction markers and
-                # aborted records (or nothing compaction left) follow, so a consumer there
-                # receives nothing: it is caught up.
-                for key, _ in pending.pop(tp):
-                    found[key] = CaughtUp(at)
-                consumer.pause(tp)
-            if not committed:
+            positions = {tp: consumer.position(tp) for tp in read.pending}
+            read.settle_read_to_end(positions)
+            if committed and not read.settle_held(positions, deadline):
+                break
+        return read.found, read.held
+
+
+class _SampleRead:
+    """One batched timestamp read in progress: what is still wanted and what was answered."""
+
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self.consumer = consumer
+        # partition -> the (key, end offset) still wanted, lowest offset first
+        self.pending: Dict[TopicPartition, List[Tuple[RecordKey, int]]] = {}
+        self.sought: Dict[TopicPartition, int] = {}
+        self.found: Dict[RecordKey, Optional[int]] = {}
+        self.held: Dict[RecordKey, Tuple[int, int]] = {}
+        # Last stable offsets, asked only for reads that stopped short of the end.
+        self.stable: Dict[TopicPartition, int] = {}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.sought[tp] = offset
+        self.consumer.seek(tp, offset)
+
+    def done(self, tp: TopicPartition) -> None:
+        del self.pending[tp]
+        self.consumer.pause(tp)
+
+    def answer(self, tp: TopicPartition, batch: List[Any]) -> None:
+        """Answer the wanted offsets a polled batch of *tp* covers; seek to the next one."""
+        queue = self.pending.get(tp)
+        # Records from before the last seek are not the ones asked for.
+        run = [r for r in batch if r.offset >= self.sought[tp]] if queue else []
+        if not queue or not run:
+            return
+        # `run` is contiguous from the sought offset: it answers every wanted
+        # offset up to its last record (the first record at or after each).
+        while queue and queue[0][0][2] <= run[-1].offset:
+            key, _ = queue.pop(0)
+            stamp = next(r for r in run if r.offset >= key[2]).timestamp
+            self.found[key] = stamp if stamp is not None and stamp >= 0 else None
+        if queue:
+            self.seek(tp, queue[0][0][2])
+        else:
+            self.done(tp)
+
+    def settle_read_to_end(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Partitions read up to their end without a data record: caught up."""
+        for tp, at in positions.items():
+            if at < self.pending[tp][0][1]:
                 continue
-            # A read_committed fetch ends at the last stable offset: a read stopped there,
-            # short of the end, waits on an open transaction. ListOffsets of this consumer
-            # answers the last stable offset, asked once per partition.
-            short = [tp for tp in pending if tp not in stable]
-            if short:
-                try:
-                    stable.update(consumer.end_offsets(
-                        short, timeout_ms=max(1, int((deadline - time.monotonic()) * 1000))))
-                except KafkaTimeoutError:
-                    break
-            for tp in [tp for tp in pending if tp in stable and positions[tp] >= stable[tp]]:
-                for key, end in pending.pop(tp):
-                    held[key] = (positions[tp], end)
-                consumer.pause(tp)
-        return found, held
+            # Only transaction markers and aborted records (or nothing compaction left)
+            # follow, so a consumer there receives nothing: it is caught up.
+            for key, _ in self.pending[tp]:
+                self.found[key] = CaughtUp(at)
+            self.done(tp)
+
+    def settle_held(self, positions: Mapping[TopicPartition, int], deadline: float) -> bool:
+        """Partitions stopped at the last stable offset: held by an open transaction.
+
+        A read_committed fetch ends at the last stable offset; ListOffsets of this consumer
+        answers it, asked once per partition. False when that request ran out of time.
+        """
+        short = [tp for tp in self.pending if tp not in self.stable]
+        if short:
+            try:
+                self.stable.update(self.consumer.end_offsets(
+                    short, timeout_ms=max(1, int((deadline - time.monotonic()) * 1000))))
+            except KafkaTimeoutError:
+                return False
+        for tp in [tp for tp in self.pending
+                   if tp in self.stable and positions[tp] >= self.stable[tp]]:
+            for key, end in self.pending[tp]:
+                self.held[key] = (positions[tp], end)
+            self.done(tp)
+        return True
