@@ -46,7 +46,7 @@ from .model import (
     ShareOffset,
     TopicDescription,
 )
-from .lag import CaughtUp
+from .record_age import CaughtUp, RecordTime
 from .timestamps import FetchItem
 
 # Groups per DescribeGroups call: bounds one request's size on clusters with thousands of groups.
@@ -446,7 +446,7 @@ class KafkaIO:
 
     # -- timestamps -----------------------------------------------------------
 
-    def fetch_timestamps(self, items: List[FetchItem]) -> Dict[RecordKey, Optional[int]]:
+    def fetch_timestamps(self, items: List[FetchItem]) -> Dict[RecordKey, RecordTime]:
         """Timestamps of the first record a read_committed consumer receives at or after each offset.
 
         Transaction markers and aborted records are never dated. A key followed only by them
@@ -475,7 +475,7 @@ class KafkaIO:
 
     def _read(
         self, items: List[FetchItem], deadline: float, isolation: str, **extra: Any
-    ) -> Tuple[Dict[RecordKey, Optional[int]], Dict[RecordKey, Tuple[int, int]]]:
+    ) -> Tuple[Dict[RecordKey, RecordTime], Dict[RecordKey, Tuple[int, int]]]:
         # A fresh consumer per fetch: a reused kafka-python consumer keeps records it
         # buffered for a paused partition and then never fetches that partition again.
         consumer = kafka_clients.build(KafkaConsumer, dict(
@@ -501,7 +501,7 @@ class KafkaIO:
 
     def _sample(
         self, consumer: KafkaConsumer, items: List[FetchItem], deadline: float, committed: bool
-    ) -> Tuple[Dict[RecordKey, Optional[int]], Dict[RecordKey, Tuple[int, int]]]:
+    ) -> Tuple[Dict[RecordKey, RecordTime], Dict[RecordKey, Tuple[int, int]]]:
         """(found, held): answered keys, and keys whose read an open transaction holds,
         with the offset it stopped at and the partition's end offset."""
         # Groups at different offsets of one partition share a batch: each partition
@@ -539,7 +539,7 @@ class _SampleRead:
         # partition -> the (key, end offset) still wanted, lowest offset first
         self.pending: Dict[TopicPartition, List[Tuple[RecordKey, int]]] = {}
         self.sought: Dict[TopicPartition, int] = {}
-        self.found: Dict[RecordKey, Optional[int]] = {}
+        self.found: Dict[RecordKey, RecordTime] = {}
         self.held: Dict[RecordKey, Tuple[int, int]] = {}
         # Last stable offsets, asked only for reads that stopped short of the end.
         self.stable: Dict[TopicPartition, int] = {}

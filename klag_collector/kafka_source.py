@@ -15,6 +15,7 @@ from . import selection
 from .config import ClusterConfig, Performance
 from .kafka_io import KafkaIO
 from .model import ClusterData, ClusterRead, GroupDescriptions, RecordKey
+from .record_age import RecordTime
 from .timestamps import FetchItem
 
 
@@ -68,7 +69,7 @@ class KafkaSource:
                 cluster=self.cluster.name, group=group, reason=reason,
             )
 
-    def fetch_timestamps(self, items: List[FetchItem]) -> Dict[RecordKey, Optional[int]]:
+    def fetch_timestamps(self, items: List[FetchItem]) -> Dict[RecordKey, RecordTime]:
         """Timestamps of the first record at or after each offset, in one batched fetch.
 
         A key whose partition ends before any record is found maps to None (a miss);

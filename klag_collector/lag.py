@@ -11,6 +11,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Dict, Iterable, List, Mapping, Optional, Set
 
+from .record_age import (
+    TIMESTAMP_UNAVAILABLE,
+    WATERMARK_UNAVAILABLE,
+    Timestamps,
+    sampled_offset,
+    time_lag,
+)
 from .share_lag import compute_share_lag, share_timestamp_requests
 from .model import (
     NO_MEMBER,
@@ -23,40 +30,6 @@ from .model import (
     RecordKey,
 )
 
-# Reasons for leaving a partition's figures out, as they appear in the `reason` label.
-WATERMARK_UNAVAILABLE = "watermark_unavailable"
-TIMESTAMP_UNAVAILABLE = "timestamp_unavailable"
-
-
-class CaughtUp(int):
-    """A timestamp look-up's answer that no record lies ahead for a read_committed consumer.
-
-    From the committed offset to the partition's end there are only transaction markers,
-    aborted records, or nothing compaction left: the group will receive nothing, so its
-    time lag is 0 although its offset lag (high watermark - committed) is not. It is typed,
-    not a magic timestamp: `time_lag` tells it by its type. Its int value is the offset the
-    read reached (for logs and tests), never a time; it is an int so that the look-up
-    results keep their `Optional[int]` type through the sampler, cache and poller.
-    """
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return f"CaughtUp(at={int(self)})"
-
-
-# A timestamp look-up result: the record's timestamp in ms, None when the record's time is
-# unknown, or a CaughtUp when a read_committed consumer has nothing ahead to receive.
-Timestamps = Mapping[RecordKey, Optional[int]]
-
-
-def sampled_offset(committed: int, earliest: int) -> int:
-    """The offset whose record age is the group's time lag.
-
-    Normally the committed offset (the next record the group reads); after data loss the
-    group will next read the earliest retained record, so that one's age counts.
-    """
-    return committed if committed >= earliest else earliest
 
 
 def offset_lag(committed: int, latest: int) -> int:
@@ -96,20 +69,6 @@ def timestamp_requests(data: ClusterData) -> Set[RecordKey]:
     return wanted | share_timestamp_requests(data)
 
 
-def time_lag(lag: int, record_ms: Optional[int], now: float) -> Optional[float]:
-    """Seconds behind: 0 when caught up, None when the record's age is unknown.
-
-    Caught up is an offset lag of 0, or a look-up that found only transaction markers and
-    aborted records ahead (`CaughtUp`). A record stamped in the future (producer clock
-    skew) counts as 0, not negative.
-    """
-    if lag == 0 or isinstance(record_ms, CaughtUp):
-        return 0.0
-    if record_ms is None:
-        return None
-    return max(0.0, now - record_ms / 1000.0)
-
-
 def retention_ratio(lag: int, earliest: int, latest: int) -> float:
     """Lag as a percentage of what the partition retains; 0 when it retains nothing."""
     retained = latest - earliest
@@ -139,7 +98,7 @@ def compute_lag(
         partitions.extend(rows)
         groups.append(_aggregate(name, info, rows))
     share_partitions, share_groups, share_skipped = compute_share_lag(
-        data, timestamps, now, time_lag
+        data, timestamps, now
     )
     for reason, count in share_skipped.items():
         skipped[reason] += count

@@ -23,7 +23,8 @@ from . import families
 from .backoff import backoff_delay
 from .config import ClusterConfig, ExporterConfig
 from .errors import describe_error
-from .lag import Timestamps, compute_lag
+from .lag import compute_lag
+from .record_age import RecordTime, Timestamps
 from .loop import RunEnd, SerialLoop
 from .metrics import CLUSTER, Granularity
 from .model import ClusterData, ClusterHealth, LagView, RecordKey
@@ -53,7 +54,7 @@ class Source(Protocol):
 
     def read(self, now: float) -> ClusterData: ...
 
-    def fetch_timestamps(self, items: List[FetchItem]) -> Mapping[RecordKey, Optional[int]]: ...
+    def fetch_timestamps(self, items: List[FetchItem]) -> Mapping[RecordKey, RecordTime]: ...
 
     def reset(self) -> None: ...
 
@@ -211,7 +212,7 @@ class ClusterPoller(service.Service):
 
     def _fetch_timestamps(
         self, batch: List[FetchItem]
-    ) -> "defer.Deferred[Mapping[RecordKey, Optional[int]]]":
+    ) -> "defer.Deferred[Mapping[RecordKey, RecordTime]]":
         timeout = self.exporter.performance.kafka_timeout
         return self._run(self.source.fetch_timestamps, batch).addTimeout(timeout, self.clock)
 

@@ -12,8 +12,15 @@ No I/O, no clock; unknown stays unknown (None or left out), never 0.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Set, Tuple
 
+from .record_age import (
+    TIMESTAMP_UNAVAILABLE,
+    WATERMARK_UNAVAILABLE,
+    Timestamps,
+    sampled_offset,
+    time_lag,
+)
 from .model import (
     TP,
     ClusterData,
@@ -23,9 +30,6 @@ from .model import (
     SharePartitionLag,
 )
 
-# As in lag: the reasons a partition's figures are left out.
-WATERMARK_UNAVAILABLE = "watermark_unavailable"
-TIMESTAMP_UNAVAILABLE = "timestamp_unavailable"
 
 
 def share_offset_lag(offset: ShareOffset, latest: Optional[int]) -> Optional[int]:
@@ -37,28 +41,13 @@ def share_offset_lag(offset: ShareOffset, latest: Optional[int]) -> Optional[int
     return max(0, latest - offset.start_offset)
 
 
-def share_sampled_offset(start: int, earliest: Optional[int]) -> int:
-    """The offset whose record age is the time lag: the start offset, or the earliest retained
-    record when retention removed the records at the start offset."""
-    return start if earliest is None or start >= earliest else earliest
-
-
-def share_time_lag(lag: int, record_ms: Optional[int], now: float) -> Optional[float]:
-    """Seconds behind: 0 when lag is 0, None when the record's age is unknown, never negative."""
-    if lag == 0:
-        return 0.0
-    if record_ms is None:
-        return None
-    return max(0.0, now - record_ms / 1000.0)
-
-
 def _lagging_key(data: ClusterData, tp: TP, offset: ShareOffset) -> Optional[RecordKey]:
     latest = data.latest.get(tp)
     lag = share_offset_lag(offset, latest)
     # The sampler needs the partition's end offset, and a record exists only below it.
     if not lag or latest is None or offset.start_offset >= latest:
         return None
-    return (tp[0], tp[1], share_sampled_offset(offset.start_offset, data.earliest.get(tp)))
+    return (tp[0], tp[1], _sampled(offset.start_offset, data.earliest.get(tp)))
 
 
 def share_timestamp_requests(data: ClusterData) -> Set[RecordKey]:
@@ -74,21 +63,20 @@ def share_timestamp_requests(data: ClusterData) -> Set[RecordKey]:
     return wanted
 
 
-# (lag, record timestamp in ms or None, now) -> seconds behind, or None when unknown
-TimeLag = Callable[[int, Optional[int], float], Optional[float]]
+def _sampled(start: int, earliest: Optional[int]) -> int:
+    # Without a known earliest offset the start offset is all there is to date.
+    return start if earliest is None else sampled_offset(start, earliest)
 
 
 def compute_share_lag(
     data: ClusterData,
-    timestamps: Optional[Mapping[RecordKey, Optional[int]]],
+    timestamps: Optional[Timestamps],
     now: float,
-    time_lag: TimeLag = share_time_lag,
 ) -> Tuple[Tuple[SharePartitionLag, ...], Tuple[ShareGroupLag, ...], Dict[str, int]]:
     """Every share group's partition rows and aggregates, and the partitions left out by reason.
 
     `timestamps` is None when timestamp sampling is off: no time lag, none counted missing.
-    `time_lag` turns a look-up answer into seconds: lag.compute_lag passes lag.time_lag, so
-    a share group reads the sampler's answers exactly as a consumer group does.
+    A look-up answer becomes seconds exactly as for a consumer group (record_age.time_lag).
     """
     skipped: Dict[str, int] = defaultdict(int)
     partitions: List[SharePartitionLag] = []

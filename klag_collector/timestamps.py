@@ -19,7 +19,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .errors import describe_error
-from .lag import Timestamps, timestamp_requests
+from .lag import timestamp_requests
+from .record_age import RecordTime, Timestamps
 from .model import CacheStats, ClusterData, RecordKey
 
 log = Logger()
@@ -37,16 +38,16 @@ class FetchItem(NamedTuple):
 
 
 # Runs the blocking fetch of one batch; answers key -> timestamp (or None, or a
-# lag.CaughtUp) for the keys it could read.
-FetchBatch = Callable[[List[FetchItem]], "defer.Deferred[Mapping[RecordKey, Optional[int]]]"]
+# record_age.CaughtUp) for the keys it could read.
+FetchBatch = Callable[[List[FetchItem]], "defer.Deferred[Mapping[RecordKey, RecordTime]]"]
 
 
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
     """A cached answer and when it came: the record's timestamp, None (no time to date it by),
-    or a `lag.CaughtUp` (only transaction markers or aborted records up to the end)."""
+    or a `record_age.CaughtUp` (only transaction markers or aborted records up to the end)."""
 
-    timestamp: Optional[int]
+    timestamp: RecordTime
     stored_at: float
 
 
@@ -78,7 +79,7 @@ class TimestampCache:
         self.misses += 1
         return None
 
-    def store(self, key: RecordKey, timestamp: Optional[int], now: float) -> None:
+    def store(self, key: RecordKey, timestamp: RecordTime, now: float) -> None:
         """Remember a fetched answer: a timestamp, None, or a CaughtUp."""
         self._entries[key] = CacheEntry(timestamp, now)
 
@@ -121,7 +122,7 @@ class FetchPlan:
 class Fetched:
     """The answers of a plan's batches; a failed batch's keys are in none of them."""
 
-    answers: List[Mapping[RecordKey, Optional[int]]]
+    answers: List[Mapping[RecordKey, RecordTime]]
     failed_batches: int
 
 
@@ -164,7 +165,7 @@ class TimestampSampler:
     def plan(self, data: ClusterData, now: float) -> FetchPlan:
         """In a worker thread: read the cache, and batch by leader what it lacks."""
         self.cache.maybe_sweep(now)
-        cached: Dict[RecordKey, Optional[int]] = {}
+        cached: Dict[RecordKey, RecordTime] = {}
         missing: List[RecordKey] = []
         for key in timestamp_requests(data):
             entry = self.cache.lookup(key, now)
@@ -181,7 +182,7 @@ class TimestampSampler:
         # On the reactor: per batch (per leader broker), never per record.
         calls = [self._limit.run(self._fetch, batch) for batch in batches]
         results = yield defer.DeferredList(calls, consumeErrors=True)
-        answers: List[Mapping[RecordKey, Optional[int]]] = []
+        answers: List[Mapping[RecordKey, RecordTime]] = []
         failed = 0
         for ok, result in results:
             if ok:

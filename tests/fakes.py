@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from klag_collector.config import Config, parse_config
 from klag_collector.model import ClusterData, GroupInfo, RecordKey
+from klag_collector.record_age import RecordTime
 from klag_collector.poller import ClusterPoller, RunInThread, Source
 
 
@@ -26,10 +27,10 @@ class FakeSource:
     def __init__(
         self,
         data: Optional[ClusterData] = None,
-        timestamps: Optional[Dict[RecordKey, Optional[int]]] = None,
+        timestamps: Optional[Dict[RecordKey, RecordTime]] = None,
     ) -> None:
         self.data = data or ClusterData(groups={}, committed={}, earliest={}, latest={})
-        self.timestamps: Dict[RecordKey, Optional[int]] = dict(timestamps or {})
+        self.timestamps: Dict[RecordKey, RecordTime] = dict(timestamps or {})
         self.error: Optional[Exception] = None
         self.reads: List[float] = []
         self.fetches: List[List[Any]] = []
@@ -41,7 +42,7 @@ class FakeSource:
             raise self.error
         return self.data
 
-    def fetch_timestamps(self, items: List[Any]) -> Dict[RecordKey, Optional[int]]:
+    def fetch_timestamps(self, items: List[Any]) -> Dict[RecordKey, RecordTime]:
         self.fetches.append(list(items))
         return {key: self.timestamps.get(key) for key, _ in items if key in self.timestamps}
 

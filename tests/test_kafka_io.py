@@ -320,7 +320,7 @@ def sample(logs: Dict[TopicPartition, Tuple[List[Tuple[int, int]], int]], items:
 
 def test_a_read_to_the_end_without_a_record_is_caught_up() -> None:
     """Only markers/aborted records up to the end: CaughtUp at the end, never a time."""
-    from klag_collector.lag import CaughtUp
+    from klag_collector.record_age import CaughtUp
     from klag_collector.timestamps import FetchItem
 
     tp = TopicPartition("t", 0)
@@ -328,7 +328,7 @@ def test_a_read_to_the_end_without_a_record_is_caught_up() -> None:
     found, held, consumer = sample({tp: ([(0, 100), (1, 200)], 3)},
                                    [FetchItem(("t", 0, 0), 3), FetchItem(("t", 0, 2), 3)])
     assert found[("t", 0, 0)] == 100
-    assert isinstance(found[("t", 0, 2)], CaughtUp) and found[("t", 0, 2)] == 3
+    assert found[("t", 0, 2)] == CaughtUp(3)
     assert held == {}
     assert consumer.end_offsets_asked == []
 

@@ -8,16 +8,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from klag_collector.lag import (
-    TIMESTAMP_UNAVAILABLE,
-    WATERMARK_UNAVAILABLE,
-    CaughtUp,
     compute_lag,
     offset_lag,
     offset_out_of_range,
     retention_ratio,
+    timestamp_requests,
+)
+from klag_collector.record_age import (
+    TIMESTAMP_UNAVAILABLE,
+    WATERMARK_UNAVAILABLE,
+    CaughtUp,
     sampled_offset,
     time_lag,
-    timestamp_requests,
 )
 from klag_collector.model import (
     NO_MEMBER,
@@ -223,7 +225,7 @@ def test_caught_up_is_told_by_its_type_not_its_value() -> None:
     assert time_lag(3, CaughtUp(NOW_MS - 60_000), NOW) == 0.0
     assert time_lag(3, CaughtUp(0), NOW) == 0.0
     assert time_lag(3, NOW_MS - 60_000, NOW) == 60.0
-    assert repr(CaughtUp(7)) == "CaughtUp(at=7)"
+    assert repr(CaughtUp(7)) == "CaughtUp(at_offset=7)"
 
 
 def test_caught_up_partition_does_not_hide_another_lagging_ones_time() -> None:

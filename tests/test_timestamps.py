@@ -7,7 +7,7 @@ from typing import Any, List, Mapping
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from klag_collector.lag import CaughtUp
+from klag_collector.record_age import CaughtUp
 from klag_collector.model import CacheStats, ClusterData, GroupInfo
 from klag_collector.timestamps import (
     CacheEntry,

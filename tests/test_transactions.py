@@ -18,7 +18,7 @@ from exporter import ExporterProcess, cluster_toml, config_toml, free_port, now_
 from kafkahelp import commit, create_topic, produce
 from klag_collector.config import Performance
 from klag_collector.kafka_io import KafkaIO
-from klag_collector.lag import CaughtUp
+from klag_collector.record_age import CaughtUp
 from klag_collector.timestamps import FetchItem
 
 pytestmark = pytest.mark.broker
