@@ -54,19 +54,35 @@ def compiled(version: Optional[str] = None, source: pathlib.Path = SOURCE) -> st
     return f"{out}:{cp}"
 
 
-class GroupDriver:
+class _Driver:
+    """A Java driver process: started with its arguments, told to leave by closing stdin."""
+
+    def __init__(self, classpath: str, main_class: str, args: List[str]) -> None:
+        java = shutil.which("java")
+        if java is None:
+            raise JavaDriverError("java not found on PATH")
+        self.proc = subprocess.Popen([java, "-cp", classpath, main_class, *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+
+    def close(self, timeout: float = 30) -> int:
+        """Close stdin, so the driver leaves the group and exits; kill it if it does not."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+class GroupDriver(_Driver):
     """One running driver: a consumer-protocol member of `group` on `topic`."""
 
     def __init__(self, bootstrap: str, group: str, topic: str, client_id: str,
                  offsets: Mapping[int, int], version: Optional[str] = None) -> None:
-        java = shutil.which("java")
-        if java is None:
-            raise JavaDriverError("java not found on PATH")
-        args: List[str] = [java, "-cp", compiled(version), "GroupDriver",
-                           bootstrap, group, topic, client_id,
-                           *[f"{p}={o}" for p, o in sorted(offsets.items())]]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+        super().__init__(compiled(version), "GroupDriver", [
+            bootstrap, group, topic, client_id, *[f"{p}={o}" for p, o in sorted(offsets.items())]])
         self.member_id = ""
         self.assigned = ""
 
@@ -83,18 +99,9 @@ class GroupDriver:
                 break
         raise JavaDriverError(f"driver ended before it was ready (rc={self.proc.poll()})")
 
-    def close(self, timeout: float = 30) -> int:
-        """Close stdin, so the driver leaves the group and exits; kill it if it does not."""
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
 
 
-class ShareDriver:
+class ShareDriver(_Driver):
     """One running share consumer (KafkaShareConsumer) of share group `group` on `topic`.
 
     It accepts the records of offset < `accept` and releases the others it is given, until
@@ -104,13 +111,8 @@ class ShareDriver:
 
     def __init__(self, bootstrap: str, group: str, topic: str, client_id: str, accept: int,
                  count: int, version: Optional[str] = None) -> None:
-        java = shutil.which("java")
-        if java is None:
-            raise JavaDriverError("java not found on PATH")
-        args: List[str] = [java, "-cp", compiled(version, SHARE_SOURCE), "ShareDriver",
-                           bootstrap, group, topic, client_id, str(accept), str(count)]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+        super().__init__(compiled(version, SHARE_SOURCE), "ShareDriver", [
+            bootstrap, group, topic, client_id, str(accept), str(count)])
         # partition -> (start offset, lag or None), as Admin.listShareGroupOffsets said
         self.start: Dict[int, Tuple[int, Optional[int]]] = {}
 
@@ -128,12 +130,3 @@ class ShareDriver:
                 break
         raise JavaDriverError(f"driver ended before it was ready (rc={self.proc.poll()})")
 
-    def close(self, timeout: float = 30) -> int:
-        """Close stdin, so the driver leaves the group and exits; kill it if it does not."""
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)

@@ -7,10 +7,8 @@ ConsumerGroupDescribe and reports them like classic groups.
 
 from __future__ import annotations
 
-import uuid
 
 import pytest
-from kafka import KafkaAdminClient
 
 from devtools import localkafka
 from devtools.javadriver import GroupDriver
@@ -35,16 +33,12 @@ def need_kafka_4():
         pytest.skip("consumer-protocol groups need Kafka 4 (KIP-848 GA)")
 
 
-def test_consumer_protocol_group_live_then_empty(kafka, need_kafka_4, tmp_path):
+def test_consumer_protocol_group_live_then_empty(kafka, need_kafka_4, admin, unique, tmp_path):
     """Stable with its one member's labels, exact lag and time lag; after the member leaves:
     Empty, 0 members, offsets still reported. Never counted as a describe failure."""
-    prefix = f"klagt-kip848-{uuid.uuid4().hex[:8]}"
+    prefix = unique
     topic, group, client = f"{prefix}-t", f"{prefix}-g", f"{prefix}-c"
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap, request_timeout_ms=15000)
-    try:
-        create_topic(admin, topic, 2)
-    finally:
-        admin.close()
+    create_topic(admin, topic, 2)
     stamp = now_ms() - AGE_S * 1000
     # Partition 0: 5 records an hour old, one a second; partition 1: 3 records.
     produce(kafka.bootstrap, topic, 0, [stamp + i * 1000 for i in range(5)])

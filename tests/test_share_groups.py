@@ -9,10 +9,8 @@ says (Admin.listShareGroupOffsets in the driver), then against the exporter's /m
 
 from __future__ import annotations
 
-import uuid
 
 import pytest
-from kafka import KafkaAdminClient
 
 from devtools import localkafka
 from devtools.javadriver import ShareDriver
@@ -42,14 +40,10 @@ def need_share_groups():
         pytest.skip("share groups (KIP-932) are GA from Kafka 4.1")
 
 
-def test_share_group_start_offset_lag_and_time_lag(kafka, need_share_groups, tmp_path):
-    prefix = f"klagt-share-{uuid.uuid4().hex[:8]}"
+def test_share_group_start_offset_lag_and_time_lag(kafka, need_share_groups, admin, unique, tmp_path):
+    prefix = unique
     topic, group, client = f"{prefix}-t", f"{prefix}-g", f"{prefix}-c"
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap, request_timeout_ms=15000)
-    try:
-        create_topic(admin, topic, 2)
-    finally:
-        admin.close()
+    create_topic(admin, topic, 2)
     stamp = now_ms() - AGE_S * 1000
     # Partition 0: 10 records an hour old, one a second; partition 1: 3 records.
     produce(kafka.bootstrap, topic, 0, [stamp + i * 1000 for i in range(10)])
