@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional, Protocol, Sequence
 
-from .model import ClusterHealth, LagView, PartitionLag
+from .model import ClusterHealth, GroupType, LagView, PartitionLag, SharePartitionLag
 from .poller import ClusterSnapshot
 from .render import Rendered
 
@@ -77,7 +77,29 @@ def _groups_entry(view: LagView) -> Dict[str, Any]:
     }
     for row in view.partitions:
         groups[row.group]["partitions"].append(_partition_entry(row))
+    for share in view.share_groups:
+        groups[share.group] = {
+            "type": str(GroupType.SHARE),
+            "state": share.state,
+            "members": share.members,
+            "sum_lag": share.sum_lag,
+            "max_lag_seconds": share.max_lag_seconds,
+            "partitions": [],
+        }
+    for share_row in view.share_partitions:
+        groups[share_row.group]["partitions"].append(_share_partition_entry(share_row, view))
     return groups
+
+
+def _share_partition_entry(row: SharePartitionLag, view: LagView) -> Dict[str, Any]:
+    return {
+        "topic": row.topic,
+        "partition": row.partition,
+        "start_offset": row.start_offset,
+        "latest": view.latest.get((row.topic, row.partition)),
+        "lag": row.lag,
+        "lag_seconds": row.lag_seconds,
+    }
 
 
 def as_dict(clusters: Sequence[ClusterResult]) -> Dict[str, Any]:
@@ -120,6 +142,29 @@ def _table_rows(name: str, view: LagView) -> List[Sequence[str]]:
             row.member.client_id or "-",
         )
         for row in view.partitions
+    ] + _share_table_rows(name, view)
+
+
+def _share_table_rows(name: str, view: LagView) -> List[Sequence[str]]:
+    # A share group has no committed offset: CURRENT-OFFSET is its share-partition start offset.
+    state = {group.group: group.state for group in view.share_groups}
+    return [
+        (
+            name,
+            row.group,
+            str(GroupType.SHARE),
+            state[row.group],
+            row.topic,
+            str(row.partition),
+            str(row.start_offset),
+            str(view.latest.get((row.topic, row.partition), "-")),
+            str(row.lag),
+            _seconds(row.lag_seconds),
+            "-",
+            "-",
+            "-",
+        )
+        for row in view.share_partitions
     ]
 
 

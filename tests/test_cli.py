@@ -22,7 +22,9 @@ from twisted.internet import task
 
 from klag_collector import __version__
 from klag_collector.logs import kafka_threshold
-from klag_collector.model import ClusterData, GroupInfo, GroupType, Member
+from klag_collector.model import (
+    ClusterData, GroupInfo, GroupType, Member, ShareGroupInfo, ShareOffset,
+)
 from klag_collector.output import TABLE_COLUMNS, as_dict, as_json, as_table
 from exporter import ExporterProcess
 from fakes import FakeSource, pollers_on_clock
@@ -322,7 +324,8 @@ WORKER = Member(consumer_id="consumer-1-abc", client_id="billing", host="10.0.0.
 
 def output_data() -> ClusterData:
     """billing: t/0 5 behind (age known), t/1 3 behind (age unknown); idle (a consumer-protocol
-    group): caught up; one group whose offsets could not be read."""
+    group): caught up; one group whose offsets could not be read; sharers, a share group at
+    start offset 16 of t/1, its lag as the broker reports it (2)."""
     return ClusterData(
         groups={
             "billing": GroupInfo("billing", "Stable", members=1, assignments={("t", 0): WORKER}),
@@ -333,6 +336,8 @@ def output_data() -> ClusterData:
         latest={("t", 0): 10, ("t", 1): 20},
         leaders={("t", 0): 1, ("t", 1): 1},
         skipped_groups={"offsets_unavailable": 1},
+        share_groups={"sharers": ShareGroupInfo("sharers", "Stable", members=2)},
+        share_offsets={"sharers": {("t", 1): ShareOffset(16, lag=2)}},
     )
 
 
@@ -364,13 +369,14 @@ def test_table_columns_and_values(pollers) -> None:
     """The table has kafka-consumer-groups' columns plus time lag, one row per partition."""
     lines = as_table(pollers).splitlines()
     assert cells(lines[0]) == list(TABLE_COLUMNS)
-    assert [cells(line) for line in lines[1:4]] == [
+    assert [cells(line) for line in lines[1:5]] == [
         ["c1", "billing", "classic", "Stable", "t", "0", "5", "10", "5", "12.5",
          "consumer-1-abc", "10.0.0.7", "billing"],
         ["c1", "billing", "classic", "Stable", "t", "1", "17", "20", "3", "-", "-", "-", "-"],
         ["c1", "idle", "consumer", "Empty", "t", "0", "10", "10", "0", "0.0", "-", "-", "-"],
+        ["c1", "sharers", "share", "Stable", "t", "1", "16", "20", "2", "-", "-", "-", "-"],
     ]
-    assert lines[4:] == ["cluster c1: groups skipped: 1 offsets_unavailable",
+    assert lines[5:] == ["cluster c1: groups skipped: 1 offsets_unavailable",
                          "cluster c2: not collected: ConnectionError: broker down"]
 
 
@@ -378,7 +384,7 @@ def test_table_columns_are_aligned(pollers) -> None:
     """Every cell starts where its header does."""
     lines = as_table(pollers).splitlines()
     header = starts(lines[0])
-    for line in lines[1:4]:
+    for line in lines[1:5]:
         assert starts(line) == header, line
 
 
@@ -394,9 +400,15 @@ def test_json_has_groups_partitions_and_failures(pollers) -> None:
     doc = json.loads(as_json(pollers))
     assert doc == as_dict(pollers)
     c1 = doc["clusters"]["c1"]
-    assert (c1["ok"], c1["error"], c1["skipped"]) == (True, "", {"timestamp_unavailable": 1})
+    # billing t/1 and the share group's t/1: lagging, their record ages unknown
+    assert (c1["ok"], c1["error"], c1["skipped"]) == (True, "", {"timestamp_unavailable": 2})
     assert c1["skipped_groups"] == {"offsets_unavailable": 1}
     assert c1["groups"]["idle"]["type"] == "consumer"
+    assert c1["groups"]["sharers"] == {
+        "type": "share", "state": "Stable", "members": 2, "sum_lag": 2, "max_lag_seconds": None,
+        "partitions": [{"topic": "t", "partition": 1, "start_offset": 16, "latest": 20,
+                        "lag": 2, "lag_seconds": None}],
+    }
     billing = c1["groups"]["billing"]
     assert {k: v for k, v in billing.items() if k != "partitions"} == {
         "type": "classic", "state": "Stable", "members": 1, "sum_lag": 8, "max_lag": 5, "max_lag_seconds": 12.5,
