@@ -6,7 +6,9 @@
 
 It starts a single-node Kafka from Maven jars (no Docker) in DIR (reused between runs),
 or uses the loopback broker given by --bootstrap; plays the klag-exporter test stack's
-producer and consumer schedules against it (devtools.traffic); writes an exporter
+producer and consumer schedules against it (devtools.traffic), and, with a JDK, runs a
+consumer-protocol group (KIP-848) and a share group (KIP-932) beside the classic ones
+(devtools.traffic.JavaGroups, Java driver processes); writes an exporter
 config for it to DIR/klag-config.toml and serves the metrics on
 http://127.0.0.1:PORT/metrics; and, when `prometheus` is on PATH (Debian's package),
 runs it with DIR/prometheus.yml scraping the exporter and evaluating the repo's
@@ -167,7 +169,7 @@ def _free_port() -> int:
 
 def banner(bootstrap: str, http_port: int, workdir: pathlib.Path, speed: float,
            minutes: float, *, prometheus: Optional[str] = None,
-           own_broker: bool = True) -> str:
+           own_broker: bool = True, java_groups: Optional[str] = None) -> str:
     """What the demo prints once everything is up; `prometheus` is its URL, or why not."""
     stop = "Ctrl-C, or kill -TERM %d" % os.getpid()
     if minutes > 0:
@@ -178,6 +180,10 @@ def banner(bootstrap: str, http_port: int, workdir: pathlib.Path, speed: float,
         f"  Kafka bootstrap: {bootstrap}   {kafka}",
         f"  traffic:         test-topic (6 partitions) -> test-consumer-group, "
         f"high-volume-topic (3) -> high-volume-consumer, speed x{speed:g}",
+    ]
+    if java_groups:
+        lines.append(f"  java groups:     {java_groups}")
+    lines += [
         f"  metrics:         http://127.0.0.1:{http_port}/metrics",
         f"  config:          {workdir / CONFIG_NAME}",
     ]
@@ -291,7 +297,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from klag_collector.errors import ConfigError
 
     from . import localkafka
-    from .traffic import Traffic
+    from .javadriver import JavaDriverError
+    from .traffic import JAVA_GROUPS, SHARE_GROUP, JavaGroups, Traffic
 
     if args.bootstrap:
         try:
@@ -306,6 +313,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     broker: Optional[localkafka.LocalBroker] = None
     traffic: Optional[Traffic] = None
+    java_groups: Optional[JavaGroups] = None
     prometheus: Optional[DemoPrometheus] = None
     try:
         if not port_free(args.port):
@@ -332,6 +340,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         _show_traffic_logs()
         traffic = Traffic(bootstrap, speed=args.speed).start()
+        if shutil.which("java") and shutil.which("javac"):
+            java_groups = JavaGroups(bootstrap, speed=args.speed)
+            try:
+                java_groups.start()
+                java_note: Optional[str] = ", ".join(
+                    f"{topic} -> {group} ({'share' if group == SHARE_GROUP else 'consumer'} "
+                    f"protocol, pid {java_groups.pids[group]})"
+                    for group, (topic, _) in JAVA_GROUPS.items())
+            except JavaDriverError as e:
+                java_groups = None
+                java_note = f"not started: {e}"
+        else:
+            java_note = "not started: no JDK (java and javac) on PATH"
 
         path = workdir / CONFIG_NAME
         path.write_text(config_text(bootstrap, args.port,
@@ -354,7 +375,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         logs.start_logging("info", "text")
         sys.stdout.write(banner(bootstrap, args.port, workdir, args.speed, args.minutes,
-                                prometheus=prom_note, own_broker=broker is not None))
+                                prometheus=prom_note, own_broker=broker is not None,
+                                java_groups=java_note))
         sys.stdout.flush()
 
         from twisted.internet import reactor
@@ -377,6 +399,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"demo: stopping Prometheus (pid file {prometheus.pid_file})", file=sys.stderr,
                   flush=True)
             prometheus.stop()
+        if java_groups is not None:
+            print("demo: stopping the Java groups (pids "
+                  + ", ".join(str(p) for p in java_groups.pids.values()) + ")",
+                  file=sys.stderr, flush=True)
+            java_groups.stop()
         if traffic is not None:
             print("demo: stopping traffic", file=sys.stderr, flush=True)
             traffic.stop()

@@ -77,12 +77,19 @@ class _Driver:
 
 
 class GroupDriver(_Driver):
-    """One running driver: a consumer-protocol member of `group` on `topic`."""
+    """One running driver: a consumer-protocol member of `group` on `topic`.
+
+    With `rate`, it consumes the topic (at most `rate` records a second) and commits as it
+    goes, until closed; without, it commits `offsets` and reads nothing.
+    """
 
     def __init__(self, bootstrap: str, group: str, topic: str, client_id: str,
-                 offsets: Mapping[int, int], version: Optional[str] = None) -> None:
+                 offsets: Mapping[int, int], version: Optional[str] = None, *,
+                 rate: Optional[int] = None) -> None:
+        paced = [f"rate={max(1, int(rate))}"] if rate else []
         super().__init__(compiled(version), "GroupDriver", [
-            bootstrap, group, topic, client_id, *[f"{p}={o}" for p, o in sorted(offsets.items())]])
+            bootstrap, group, topic, client_id, *paced,
+            *[f"{p}={o}" for p, o in sorted(offsets.items())]])
         self.member_id = ""
         self.assigned = ""
 
@@ -106,13 +113,16 @@ class ShareDriver(_Driver):
 
     It accepts the records of offset < `accept` and releases the others it is given, until
     it has accepted `count`, so each share-partition's start offset stops at `accept` (or
-    its end) (see devtools/java/ShareDriver.java).
+    its end) (see devtools/java/ShareDriver.java). With `rate`, it accepts every record
+    it is given instead, at most `rate` a second, until closed (wait_ready then returns {}).
     """
 
-    def __init__(self, bootstrap: str, group: str, topic: str, client_id: str, accept: int,
-                 count: int, version: Optional[str] = None) -> None:
+    def __init__(self, bootstrap: str, group: str, topic: str, client_id: str, accept: int = 0,
+                 count: int = 0, version: Optional[str] = None, *,
+                 rate: Optional[int] = None) -> None:
+        args = [f"rate={max(1, int(rate))}"] if rate else [str(accept), str(count)]
         super().__init__(compiled(version, SHARE_SOURCE), "ShareDriver", [
-            bootstrap, group, topic, client_id, str(accept), str(count)])
+            bootstrap, group, topic, client_id, *args])
         # partition -> (start offset, lag or None), as Admin.listShareGroupOffsets said
         self.start: Dict[int, Tuple[int, Optional[int]]] = {}
 

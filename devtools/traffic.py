@@ -28,6 +28,17 @@ TEST_GROUP = "test-consumer-group"
 HIGH_VOLUME_GROUP = "high-volume-consumer"
 GROUPS: Mapping[str, str] = {TEST_GROUP: TEST_TOPIC, HIGH_VOLUME_GROUP: HIGH_VOLUME_TOPIC}
 
+# Beside the classic groups, two run by the Java drivers (devtools/javadriver.py), since
+# kafka-python can be neither: a KIP-848 consumer-protocol group and a KIP-932 share group,
+# each consuming all the time at a steady pace (records per second at speed 1), so their
+# lag rises during the producer's bursts and falls again after.
+KIP848_GROUP = "kip848-consumer-group"
+SHARE_GROUP = "share-group"
+JAVA_GROUPS: Mapping[str, Tuple[str, int]] = {
+    KIP848_GROUP: (TEST_TOPIC, 15),
+    SHARE_GROUP: (HIGH_VOLUME_TOPIC, 5),
+}
+
 log = logging.getLogger(__name__)
 
 
@@ -347,6 +358,73 @@ class Traffic:
         assigned = consumer.assignment()
         return all(consumer.position(tp, timeout_ms=5000) >= end
                    for tp, end in target.items() if tp in assigned)
+
+
+class JavaGroups:
+    """The consumer-protocol and the share group of JAVA_GROUPS, as Java driver processes.
+
+    start() compiles the drivers if needed (a JDK is needed: JavaDriverError otherwise) and
+    starts one process per group; stop() closes their stdin, so they leave their groups,
+    and kills by PID whichever does not exit.
+    """
+
+    def __init__(self, bootstrap: str, speed: float = 1.0, *, allow_remote: bool = False,
+                 version: Optional[str] = None) -> None:
+        Traffic(bootstrap, speed, allow_remote=allow_remote)  # the same refusals
+        self.bootstrap, self.speed, self.version = bootstrap, float(speed), version
+        self.drivers: Dict[str, object] = {}
+        self.lines: List[Tuple[str, str]] = []  # (group, driver output line)
+        self._readers: List[threading.Thread] = []
+
+    def start(self) -> "JavaGroups":
+        from devtools.javadriver import GroupDriver, ShareDriver
+
+        ensure_topics(self.bootstrap, TOPICS)
+        try:
+            for group, (topic, rate) in JAVA_GROUPS.items():
+                kind = ShareDriver if group == SHARE_GROUP else GroupDriver
+                paced = max(1, round(rate * self.speed))
+                if kind is ShareDriver:
+                    driver = ShareDriver(self.bootstrap, group, topic, f"klag-demo-{group}",
+                                         version=self.version, rate=paced)
+                else:
+                    driver = GroupDriver(self.bootstrap, group, topic, f"klag-demo-{group}", {},
+                                         version=self.version, rate=paced)
+                self.drivers[group] = driver
+                reader = threading.Thread(target=self._read, args=(group, driver), daemon=True,
+                                          name=f"klag-demo-{group}")
+                reader.start()
+                self._readers.append(reader)
+                log.info("%s (%s) consuming %s at %d records/s, pid %d", group,
+                         "share group" if kind is ShareDriver else "group.protocol=consumer",
+                         topic, paced, driver.proc.pid)  # type: ignore[attr-defined]
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _read(self, group: str, driver) -> None:  # type: ignore[no-untyped-def]
+        for line in driver.proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append((group, line))
+            log.info("%s: %s", group, line)
+
+    @property
+    def pids(self) -> Dict[str, int]:
+        return {g: d.proc.pid for g, d in self.drivers.items()}  # type: ignore[attr-defined]
+
+    @property
+    def running(self) -> bool:
+        return any(d.proc.poll() is None for d in self.drivers.values())  # type: ignore[attr-defined]
+
+    def stop(self, timeout: float = 30) -> None:
+        drivers, self.drivers = self.drivers, {}
+        for group, driver in drivers.items():
+            rc = driver.close(timeout)  # type: ignore[attr-defined]
+            log.info("%s: driver exited with %s", group, rc)
+        for reader in self._readers:
+            reader.join(5)
+        self._readers = []
 
 
 def ensure_topics(bootstrap: str, topics: Mapping[str, int],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import re
 import shutil
 import subprocess
@@ -16,7 +17,8 @@ from devtools.demo import (ALERTS_FILE, banner, config_text, parser,
                                   prometheus_config_text)
 from klag_collector.metrics import Granularity
 from devtools.traffic import (CONSUMER_PHASES, HIGH_VOLUME_GROUP, HIGH_VOLUME_TOPIC,
-                                    PRODUCER_PHASES, TEST_GROUP, TEST_TOPIC, Traffic)
+                                    JAVA_GROUPS, KIP848_GROUP, PRODUCER_PHASES, SHARE_GROUP,
+                                    TEST_GROUP, TEST_TOPIC, JavaGroups, Traffic)
 
 MESSAGE = re.compile(r"message-\d+-\d{19}")
 
@@ -151,6 +153,50 @@ def test_schedules_match_the_seed_stack():
     assert [p.pause for p in CONSUMER_PHASES if not p.reads] == [30]
     caught_up = {r.group for p in CONSUMER_PHASES for r in p.reads if r.catch_up}
     assert caught_up == {TEST_GROUP, HIGH_VOLUME_GROUP}
+
+
+def test_banner_names_the_java_groups():
+    """The banner says which Java groups run, or why not."""
+    text = banner("127.0.0.1:9092", 18000, pathlib.Path("/tmp"), 1, 0,
+                  java_groups="test-topic -> kip848-consumer-group (consumer protocol, pid 1)")
+    assert "java groups:     test-topic -> kip848-consumer-group" in text
+    assert "java groups" not in banner("127.0.0.1:9092", 18000, pathlib.Path("/tmp"), 1, 0)
+
+
+def test_java_groups_are_one_of_each_new_kind_on_the_demo_topics():
+    """A consumer-protocol group and a share group, on the demo's topics, and loopback only."""
+    assert set(JAVA_GROUPS) == {KIP848_GROUP, SHARE_GROUP}
+    assert {topic for topic, _ in JAVA_GROUPS.values()} <= {TEST_TOPIC, HIGH_VOLUME_TOPIC}
+    assert all(rate > 0 for _, rate in JAVA_GROUPS.values())
+    with pytest.raises(ValueError, match="not loopback"):
+        JavaGroups("kafka.example.com:9092")
+
+
+@pytest.mark.broker
+@pytest.mark.skipif(shutil.which("javac") is None, reason="needs a JDK")
+def test_java_groups_consume_and_stop_by_pid(kafka, admin):
+    """Both drivers join, the consumer-protocol group commits as it reads, stop() ends them."""
+    traffic = Traffic(kafka.bootstrap, speed=10).start()
+    groups = JavaGroups(kafka.bootstrap, speed=10).start()
+    try:
+        procs = [d.proc for d in groups.drivers.values()]
+        assert len(procs) == 2 and groups.running
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            said = {(g, line.split()[0]) for g, line in list(groups.lines) if line}
+            committed = admin.list_group_offsets({KIP848_GROUP: None})[KIP848_GROUP]
+            if {(KIP848_GROUP, "ASSIGNED"), (SHARE_GROUP, "READY")} <= said and any(
+                    oam.offset > 0 for oam in committed.values()):
+                break
+            assert all(p.poll() is None for p in procs), groups.lines
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the Java groups did not get going: {groups.lines}")
+    finally:
+        groups.stop()
+        traffic.stop()
+    assert all(p.poll() is not None for p in procs)
+    assert not groups.running and groups.drivers == {}
 
 
 def test_traffic_refuses_non_loopback_bootstrap():

@@ -4,8 +4,9 @@ The demo runs shortened against the session broker (--bootstrap), Prometheus scr
 second. Then, through /api/v1/query_range and /api/v1/rules on 127.0.0.1:
 every PromQL target of every dashboard panel (read from the dashboard JSON, its variables
 substituted) returns data; test-consumer-group's lag rose during a consumer pause and fell
-during the catch-up that followed (phase times from the demo's traffic log); and
-prometheus/alerts.yml's rules are loaded and evaluated.
+during the catch-up that followed (phase times from the demo's traffic log); the demo's
+consumer-protocol group (KIP-848) and share group (KIP-932), run by the Java drivers, are
+seen beside the classic ones; and prometheus/alerts.yml's rules are loaded and evaluated.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ import urllib.request
 import pytest
 import yaml
 
-from devtools.traffic import CONSUMER_PHASES, TEST_GROUP
+from devtools.traffic import (CONSUMER_PHASES, GROUPS, HIGH_VOLUME_TOPIC, JAVA_GROUPS,
+                              KIP848_GROUP, SHARE_GROUP, TEST_GROUP, TOPICS)
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "grafana" / "dashboards" / "klag-collector.json"
 ALERTS = REPO / "prometheus" / "alerts.yml"
 
-DEMO_GROUPS = "test-consumer-group|high-volume-consumer"
+# The classic groups, the consumer-protocol group, the share group: all three kinds.
+CONSUMER_GROUPS = {*GROUPS, KIP848_GROUP}
+SHARE_GROUPS = {SHARE_GROUP}
+DEMO_GROUPS = "|".join([*GROUPS, KIP848_GROUP, SHARE_GROUP])
 # Dashboard variables as Grafana would fill them in for the demo.
 VARIABLES = {
     "cluster": "local",
@@ -53,6 +58,8 @@ pytestmark = [
     pytest.mark.broker,
     pytest.mark.skipif(shutil.which("prometheus") is None,
                        reason="needs Debian's prometheus (apt install prometheus)"),
+    pytest.mark.skipif(shutil.which("java") is None or shutil.which("javac") is None,
+                       reason="the demo's consumer-protocol and share groups need a JDK"),
 ]
 
 # Never through an *_proxy: everything here is on 127.0.0.1.
@@ -208,7 +215,8 @@ class Demo:
                 body = f"{type(e).__name__}: {e}"
             if path == "/metrics":
                 body = "\n".join(line for line in body.splitlines()
-                                 if line.startswith(("kafka_lag_exporter", "kafka_consumergroup_group_sum")))
+                                 if line.startswith(("kafka_lag_exporter", "kafka_consumergroup_group_sum",
+                                                     "kafka_sharegroup_group_sum")))
             text.append(f"--- {path}:\n{body}\n")
         return "".join(text)
 
@@ -349,7 +357,33 @@ def test_demo_prometheus_sees_every_panel_lag_rising_and_falling_and_the_alert_r
         pytest.fail(f"no consumer pause with lag rising, then falling in catch-up "
                     f"(lag before pause, peak, after catch-up): {shapes}\nlag: {points}")
 
-    # (c) prometheus/alerts.yml's rules are loaded, healthy and evaluated; none fires.
+    # (c) The consumer-protocol group is a consumer group like the classic ones: Stable (3),
+    # one member, its lag summed; the share group has one member and its start offsets.
+    def now(expr: str) -> list:
+        return _api(base, "query", query=expr, time=f"{end:.3f}")["result"]
+
+    def last_values(expr: str) -> list[float]:
+        return [float(r["value"][1]) for r in now(expr)]
+
+    kip848 = f'{{cluster_name="local", group="{KIP848_GROUP}"}}'
+    share = f'{{cluster_name="local", group="{SHARE_GROUP}"}}'
+    assert last_values(f"kafka_consumergroup_group_state{kip848}") == [3.0], demo.output[-3000:]
+    assert last_values(f"kafka_consumergroup_group_members{kip848}") == [1.0]
+    assert len(last_values(f"kafka_consumergroup_group_sum_lag{kip848}")) == 1
+    assert not now(f"kafka_sharegroup_group_sum_lag{kip848}")
+    assert last_values(f"kafka_sharegroup_group_members{share}") == [1.0], demo.output[-3000:]
+    starts = now(f"kafka_sharegroup_group_start_offset{share}")
+    share_topic = JAVA_GROUPS[SHARE_GROUP][0]
+    assert {(r["metric"]["topic"], r["metric"]["partition"]) for r in starts} == {
+        (share_topic, str(p)) for p in range(TOPICS[share_topic])}, starts
+    assert max(float(r["value"][1]) for r in starts) > 0, starts  # it accepted records
+    assert not now(f"kafka_consumergroup_group_sum_lag{share}")  # not a consumer group
+    # Both consume all the time at a pace the producer's bursts outrun: their lag moves.
+    for expr in (f"kafka_consumergroup_group_sum_lag{kip848}",
+                 f"kafka_sharegroup_group_sum_lag{share}"):
+        assert max(_values(_query_range(base, expr, start, end)), default=0) > 0, expr
+
+    # (d) prometheus/alerts.yml's rules are loaded, healthy and evaluated; none fires.
     expected = {r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"]
                 for r in g["rules"] if "alert" in r}
     assert len(expected) >= 5
@@ -384,21 +418,30 @@ def _assert_panel_values(results: dict, exprs: dict) -> None:
 
     assert set(last(series_of("kafka_lag_exporter_up{"))) == {1.0}
     assert all(0 < v < 30 for v in last(series_of("kafka_lag_exporter_scrape_duration_seconds")))
-    demo_groups = set(DEMO_GROUPS.split("|"))
+    share_topic = JAVA_GROUPS[SHARE_GROUP][0]
     for key, series in results.items():
         labels = [s["metric"] for s in series]
-        if any("group" in m for m in labels):  # per-group panels show exactly the demo groups
-            assert {m["group"] for m in labels} == demo_groups, (key, labels)
+        is_share = "kafka_sharegroup_" in exprs[key]
+        if any("group" in m for m in labels):
+            # per-group panels show exactly the demo groups of their kind
+            assert {m["group"] for m in labels} == (
+                SHARE_GROUPS if is_share else CONSUMER_GROUPS), (key, labels)
         if "partition" in exprs[key] and "group" in exprs[key]:
-            # per group and partition: test-topic's 6 and high-volume-topic's 3
-            assert {(m["topic"], m["partition"]) for m in labels} == (
-                {("test-topic", str(p)) for p in range(6)}
-                | {("high-volume-topic", str(p)) for p in range(3)}), (key, labels)
+            # per group and partition: test-topic's 6 and high-volume-topic's 3 (the share
+            # group reads high-volume-topic only)
+            want = ({(share_topic, str(p)) for p in range(TOPICS[share_topic])} if is_share else
+                    {("test-topic", str(p)) for p in range(6)}
+                    | {(HIGH_VOLUME_TOPIC, str(p)) for p in range(3)})
+            assert {(m["topic"], m["partition"]) for m in labels} == want, (key, labels)
     counts = [key for key in results if exprs[key].startswith("count(")]
-    assert counts and all(max(_values(results[k])) == 2 for k in counts), counts
+    assert counts and all(max(_values(results[k])) == len(CONSUMER_GROUPS) for k in counts), counts
     assert max(_values(series_of("kafka_consumergroup_group_sum_lag"))) > 0
     assert max(_values(series_of("kafka_consumergroup_group_max_lag_seconds"))) > 0
     assert max(_values(series_of("kafka_consumergroup_group_members"))) >= 1
+    assert max(_values(series_of("kafka_sharegroup_group_sum_lag"))) > 0
+    assert max(_values(series_of("kafka_sharegroup_group_members"))) == 1
+    assert max(_values(series_of("kafka_sharegroup_group_max_lag_seconds"))) >= 0
+    assert max(_values(series_of("kafka_sharegroup_group_lag{"))) > 0
     produced = [s for k, s in results.items() if "rate(kafka_partition_latest_offset" in exprs[k]]
     consumed = [s for k, s in results.items() if "rate(kafka_consumergroup_group_offset" in exprs[k]]
     assert produced and max(_values(produced[0])) > 0

@@ -59,7 +59,7 @@ DATA_LOSS_PANELS = {"Lag / Retention Ratio", "Data-Loss Partitions", "Messages L
 
 EXPECTED_ALERTS = {
     "KafkaConsumerGroupNearDataLoss", "KafkaConsumerGroupDataLoss", "KafkaConsumerGroupTimeLagHigh",
-    "KafkaConsumerGroupOffsetOutOfRange",
+    "KafkaConsumerGroupOffsetOutOfRange", "KafkaShareGroupTimeLagHigh",
     "KlagCollectorDown", "KlagClusterDown", "KlagClusterStale",
 }
 
@@ -249,7 +249,8 @@ def test_dashboard_has_every_seed_panel_and_the_data_loss_row(dashboard):
     """The dashboard JSON is valid and has the seed's panels, the data-loss row and unique ids."""
     titles = [p["title"] for p in all_panels(dashboard)]
     assert SEED_PANELS | DATA_LOSS_PANELS <= set(titles)
-    assert {"Overview", "Lag over time", "Per partition", "Partition offsets", "Data loss"} <= set(titles)
+    assert {"Overview", "Lag over time", "Per partition", "Partition offsets", "Data loss",
+            "Share groups"} <= set(titles)
     ids = [p["id"] for p in all_panels(dashboard)]
     assert len(ids) == len(set(ids))
     assert dashboard["uid"] == "klag-collector"
@@ -280,7 +281,9 @@ def test_dashboard_queries_name_only_exported_metrics(dashboard):
               metrics.PARTITION_LATEST_OFFSET, metrics.GROUP_OFFSET,
               metrics.GROUP_LAG_RETENTION_RATIO, metrics.DATA_LOSS_PARTITIONS,
               metrics.GROUP_MESSAGES_LOST, metrics.GROUP_OFFSET_OUT_OF_RANGE,
-              metrics.OFFSET_OUT_OF_RANGE_PARTITIONS):
+              metrics.OFFSET_OUT_OF_RANGE_PARTITIONS, metrics.SHARE_GROUP_SUM_LAG,
+              metrics.SHARE_GROUP_MAX_LAG_SECONDS, metrics.SHARE_GROUP_LAG,
+              metrics.SHARE_GROUP_STATE, metrics.SHARE_GROUP_MEMBERS):
         assert d.name in named, d.name
 
 
@@ -291,9 +294,13 @@ def test_dashboard_has_cluster_group_topic_variables(dashboard):
                         ("topic", metrics.TOPIC)):
         v = variables[name]
         assert v["type"] == "query"
-        assert re.fullmatch(rf"label_values\(kafka_[a-z_]+(\{{.*\}})?, {label}\)", v["definition"])
+        assert re.fullmatch(rf"label_values\((kafka_[a-z_]+)?(\{{.*\}})?, {label}\)", v["definition"])
+        assert metric_names(v["definition"]), v["definition"]
         assert v["query"]["query"] == v["definition"]
         assert v["includeAll"] and v["multi"]
+    # The group variable lists share groups (KIP-932) as well as consumer groups.
+    assert {metrics.GROUP_SUM_LAG.name, metrics.SHARE_GROUP_SUM_LAG.name} <= metric_names(
+        variables["group"]["definition"])
 
 
 VAR_RE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
@@ -403,6 +410,7 @@ def test_alert_expressions_name_only_exported_metrics():
     assert by_alert["KafkaConsumerGroupDataLoss"] == {metrics.GROUP_MESSAGES_LOST.name,
                                                       metrics.DATA_LOSS_PARTITIONS.name}
     assert by_alert["KafkaConsumerGroupTimeLagHigh"] == {metrics.GROUP_MAX_LAG_SECONDS.name}
+    assert by_alert["KafkaShareGroupTimeLagHigh"] == {metrics.SHARE_GROUP_MAX_LAG_SECONDS.name}
     assert by_alert["KafkaConsumerGroupOffsetOutOfRange"] == {
         metrics.GROUP_OFFSET_OUT_OF_RANGE.name, metrics.OFFSET_OUT_OF_RANGE_PARTITIONS.name}
     assert by_alert["KlagClusterDown"] == {metrics.UP.name}

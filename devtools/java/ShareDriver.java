@@ -7,6 +7,10 @@
 // (Admin.listShareGroupOffsets):
 // "START <partition>=<start offset> <lag or ->" per partition, and "READY". Then waits, no
 // longer polling (nothing is in flight), until stdin closes, and closes, leaving the group.
+//   ShareDriver <bootstrap> <group> <topic> <client-id> rate=<n>
+// The paced mode (the demo's share consumer): accepts every record delivered, at most <n> a
+// second, committing the acknowledgements after each batch; prints "READY" once it has been
+// given records (or after 10 s without any), and goes on until stdin closes.
 import java.io.InputStream;
 import java.time.Duration;
 import java.util.List;
@@ -31,7 +35,9 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
 public final class ShareDriver {
     public static void main(String[] args) throws Exception {
         String bootstrap = args[0], group = args[1], topic = args[2], clientId = args[3];
-        long accept = Long.parseLong(args[4]), count = Long.parseLong(args[5]);
+        long rate = args[4].startsWith("rate=") ? Math.max(1, Long.parseLong(args[4].substring(5))) : 0;
+        long accept = rate > 0 ? 0 : Long.parseLong(args[4]);
+        long count = rate > 0 ? 0 : Long.parseLong(args[5]);
         Properties adminProps = new Properties();
         adminProps.put("bootstrap.servers", bootstrap);
         try (Admin admin = Admin.create(adminProps)) {
@@ -46,6 +52,9 @@ public final class ShareDriver {
         props.put("client.id", clientId);
         props.put("share.acknowledgement.mode", "explicit");
         props.put("metadata.max.age.ms", "1000");
+        if (rate > 0) {
+            props.put("max.poll.records", String.valueOf(Math.min(rate, 500)));
+        }
         AtomicBoolean stop = new AtomicBoolean(false);
         Thread watcher = new Thread(() -> {
             try {
@@ -59,6 +68,12 @@ public final class ShareDriver {
         try (KafkaShareConsumer<byte[], byte[]> consumer = new KafkaShareConsumer<>(
                 props, new ByteArrayDeserializer(), new ByteArrayDeserializer())) {
             consumer.subscribe(List.of(topic));
+            if (rate > 0) {
+                paced(consumer, rate, stop);
+                System.out.println("CLOSED");
+                System.out.flush();
+                return;
+            }
             long accepted = 0;
             long deadline = System.currentTimeMillis() + 60_000;
             while (accepted < count && !stop.get()) {
@@ -102,5 +117,34 @@ public final class ShareDriver {
         }
         System.out.println("CLOSED");
         System.out.flush();
+    }
+
+    private static void paced(KafkaShareConsumer<byte[], byte[]> consumer, long rate,
+                              AtomicBoolean stop) throws InterruptedException {
+        boolean announced = false;
+        long began = System.currentTimeMillis();
+        long start = began, consumed = 0;
+        while (!stop.get()) {
+            ConsumerRecords<byte[], byte[]> records = consumer.poll(Duration.ofMillis(200));
+            if (!announced && (!records.isEmpty() || System.currentTimeMillis() - began > 10_000)) {
+                System.out.println("READY");
+                System.out.flush();
+                announced = true;
+            }
+            if (records.isEmpty()) {
+                start = System.currentTimeMillis();
+                consumed = 0;
+                continue;
+            }
+            for (ConsumerRecord<byte[], byte[]> r : records) {
+                consumer.acknowledge(r, AcknowledgeType.ACCEPT);
+            }
+            consumer.commitSync();
+            consumed += records.count();
+            long due = start + consumed * 1000 / rate;
+            while (!stop.get() && System.currentTimeMillis() < due) {
+                Thread.sleep(Math.min(100, Math.max(1, due - System.currentTimeMillis())));
+            }
+        }
     }
 }
