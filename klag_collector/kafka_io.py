@@ -32,6 +32,7 @@ from kafka.errors import (
 
 from . import kafka_clients, kafka_protocol
 from .config import Performance
+from .errors import describe_error
 from .model import (
     TP,
     GroupType,
@@ -139,6 +140,13 @@ def share_group_offsets(raw: Any) -> Dict[TP, ShareOffset]:
     return found
 
 
+def _fail_all(names: Sequence[str], reason: str, failed: Dict[str, str]) -> List[Any]:
+    """Record *reason* for every name not failed yet; no answers."""
+    for name in names:
+        failed.setdefault(name, reason)
+    return []
+
+
 def _error_text(code: int, message: Optional[str]) -> str:
     error = for_code(code)
     return f"{error.__name__}: {message}" if message else error.__name__
@@ -220,8 +228,7 @@ class AdminReads:
         if not names:
             return {}, {}
         manager = self._admin._manager
-        versions = manager.broker_version_data.api_versions if manager.broker_version_data else None
-        if not kafka_protocol.supports(versions, kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY):
+        if not self._offers(kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY):
             # Kafka 3.9 lists consumer groups but does not offer ConsumerGroupDescribe.
             return {}, {n: NO_CONSUMER_GROUP_DESCRIBE for n in names}
         described: Dict[str, GroupInfo] = {}
@@ -252,25 +259,50 @@ class AdminReads:
         Each request goes only to a broker whose ApiVersions lists it (ShareGroupDescribe,
         key 77; DescribeShareGroupOffsets, key 90), at the group's coordinator. A group the
         coordinator answers with an error, or a broker without the request, leaves it out of
-        `described` or `offsets`; it is still `asked`.
+        `described` or `offsets`, with the reason in `failed`; it is still `asked`.
         """
         if not names:
             return ShareGroupsRead()
-        manager = self._admin._manager
-        versions = manager.broker_version_data.api_versions if manager.broker_version_data else None
+        failed: Dict[str, str] = {}
         described: Dict[str, ShareGroupInfo] = {}
+        for group in self._share_answers(names, kafka_protocol.SHARE_GROUP_DESCRIBE_KEY,
+                                         self._share_describe_request, failed):
+            described[group.group_id] = share_group_info(group)
         offsets: Dict[str, Dict[TP, ShareOffset]] = {}
-        if kafka_protocol.supports(versions, kafka_protocol.SHARE_GROUP_DESCRIBE_KEY):
-            for response in self._share_requests(names, self._share_describe_request):
-                for group in response.groups:
-                    if not group.error_code:
-                        described[group.group_id] = share_group_info(group)
-        if kafka_protocol.supports(versions, kafka_protocol.DESCRIBE_SHARE_GROUP_OFFSETS_KEY):
-            for response in self._share_requests(names, self._share_offsets_request):
-                for group in response.groups:
-                    if not group.error_code:
-                        offsets[group.group_id] = share_group_offsets(group)
-        return ShareGroupsRead(described=described, offsets=offsets, asked=tuple(names))
+        for group in self._share_answers(names, kafka_protocol.DESCRIBE_SHARE_GROUP_OFFSETS_KEY,
+                                         self._share_offsets_request, failed):
+            offsets[group.group_id] = share_group_offsets(group)
+        return ShareGroupsRead(described=described, offsets=offsets, asked=tuple(names),
+                               failed=failed)
+
+    def _share_answers(
+        self, names: Sequence[str], api_key: int, build: Callable[[List[str]], Any],
+        failed: Dict[str, str],
+    ) -> List[Any]:
+        """The groups of the responses that came without an error; the others' reasons go
+        into *failed* (a group's first reason wins: one line says what went wrong first)."""
+        request = kafka_protocol.API_NAMES[api_key]
+        if not self._offers(api_key):
+            reason = f"the broker does not offer {request} (API key {api_key})"
+            return _fail_all(names, reason, failed)
+        try:
+            responses = self._admin._manager.run(self._per_coordinator, list(names), build)
+        except KafkaError as e:  # no coordinator, or one that lacks the request
+            return _fail_all(names, f"{request} failed: {describe_error(e)}", failed)
+        answered = []
+        for response in responses:
+            for group in response.groups:
+                if group.error_code:
+                    failed.setdefault(group.group_id, f"{request}: " + _error_text(
+                        group.error_code, group.error_message))
+                else:
+                    answered.append(group)
+        return answered
+
+    def _offers(self, api_key: int) -> bool:
+        """Whether the broker's ApiVersions lists *api_key*."""
+        data = self._admin._manager.broker_version_data
+        return kafka_protocol.supports(data.api_versions if data else None, api_key)
 
     @staticmethod
     def _share_describe_request(names: List[str]) -> Any:
@@ -284,15 +316,6 @@ class AdminReads:
         group = request.DescribeShareGroupOffsetsRequestGroup
         # Topics null: every topic-partition the group has a share-partition on.
         return request(groups=[group(group_id=n, topics=None) for n in names])
-
-    def _share_requests(self, names: Sequence[str], build: Any) -> List[Any]:
-        try:
-            responses: List[Any] = self._admin._manager.run(
-                self._per_coordinator, list(names), build
-            )
-            return responses
-        except KafkaError:  # no coordinator, or one that lacks the request: nothing this cycle
-            return []
 
     async def _per_coordinator(
         self, names: List[str], build: Callable[[List[str]], Any]
@@ -375,7 +398,10 @@ class AdminReads:
 
 
 # The reason given for a consumer group on a broker without ConsumerGroupDescribe.
-NO_CONSUMER_GROUP_DESCRIBE = "the broker does not offer ConsumerGroupDescribe (API key 69)"
+NO_CONSUMER_GROUP_DESCRIBE = (
+    f"the broker does not offer {kafka_protocol.API_NAMES[kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY]}"
+    f" (API key {kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY})"
+)
 # How the other describe request says a group is not of its kind.
 _NOT_THIS_KIND = ("GroupIdNotFoundError", "not a classic group", "not a consumer group")
 

@@ -28,6 +28,12 @@ from kafka.protocol.schemas import StructField
 CONSUMER_GROUP_DESCRIBE_KEY = 69
 SHARE_GROUP_DESCRIBE_KEY = 77
 DESCRIBE_SHARE_GROUP_OFFSETS_KEY = 90
+# The requests' names, for the lines that say one is missing or failed.
+API_NAMES = {
+    CONSUMER_GROUP_DESCRIBE_KEY: "ConsumerGroupDescribe",
+    SHARE_GROUP_DESCRIBE_KEY: "ShareGroupDescribe",
+    DESCRIBE_SHARE_GROUP_OFFSETS_KEY: "DescribeShareGroupOffsets",
+}
 
 _ASSIGNMENT: List[Dict[str, Any]] = [
     {"name": "TopicPartitions", "type": "[]TopicPartitions", "versions": "0+",

@@ -7,7 +7,7 @@ Every method here blocks and must run in a worker thread, never on the reactor.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, FrozenSet, List, Optional
+from typing import Dict, FrozenSet, List, Mapping, Optional
 
 from twisted.logger import Logger
 
@@ -42,7 +42,7 @@ class KafkaSource:
         share = kafka.read_share_groups(
             selection.share_groups_to_describe(every, self.cluster.groups)
         )
-        self._log_failures(groups)
+        self._log_failures(groups, share.failed)
         offsets = kafka.committed_offsets(selection.offset_groups(groups))
         topics = kafka.describe_topics()
         partitions = selection.watermark_partitions(topics, self.cluster.topics)
@@ -60,9 +60,17 @@ class KafkaSource:
         compacted = self._cleanup_policies.update(involved, policies, now)
         return replace(data, compacted_topics=compacted)
 
-    def _log_failures(self, groups: GroupDescriptions) -> None:
-        new, self._logged_failures = selection.failures_to_log(groups, self._logged_failures)
+    def _log_failures(self, groups: GroupDescriptions, share_failed: Mapping[str, str]) -> None:
+        # Group ids are unique across group types, so one remembered set serves both kinds.
+        failures = {**selection.describe_failures(groups), **share_failed}
+        new, self._logged_failures = selection.failures_to_log(failures, self._logged_failures)
         for group, reason in new:
+            if group in share_failed:
+                self.log.warn(
+                    "cluster {cluster}: share group {group}: {reason}; reporting what was read",
+                    cluster=self.cluster.name, group=group, reason=reason,
+                )
+                continue
             self.log.warn(
                 "cluster {cluster}: group {group} could not be described ({reason}); "
                 "reporting its offsets and lag with state Unknown",

@@ -283,3 +283,5 @@ class ShareGroupsRead:
     offsets: Mapping[str, Mapping[TP, ShareOffset]] = field(default_factory=dict)
     # every share group asked about
     asked: Tuple[str, ...] = ()
+    # share group -> why its description or its offsets could not be read
+    failed: Mapping[str, str] = field(default_factory=dict)

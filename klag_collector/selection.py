@@ -109,14 +109,19 @@ def reported_groups(groups: GroupDescriptions) -> Dict[str, GroupInfo]:
     return found
 
 
+def describe_failures(groups: GroupDescriptions) -> Dict[str, str]:
+    """Each group whose description failed, with why."""
+    return {name: groups.reasons.get(name, "") for name in groups.failed}
+
+
 def failures_to_log(
-    groups: GroupDescriptions, logged: AbstractSet[Failure]
+    failures: Mapping[str, str], logged: AbstractSet[Failure]
 ) -> Tuple[List[Failure], FrozenSet[Failure]]:
-    """The describe failures not logged yet, sorted; and the failures to remember as logged.
+    """The (group, reason) failures not logged yet, sorted; and the ones to remember as logged.
 
     Only this cycle's failures are remembered: one that ends and comes back is logged again.
     """
-    now = frozenset((name, groups.reasons.get(name, "")) for name in groups.failed)
+    now = frozenset(failures.items())
     return sorted(now - logged), now
 
 

@@ -170,3 +170,30 @@ def test_a_failed_description_is_reported_with_its_offsets_and_logged_once() -> 
     assert data.committed["app-broken"] == {("orders", 0): 3}
     assert data.skipped_groups == {DESCRIBE_FAILED: 1}
     assert [(e["group"], e["reason"]) for e in events] == [("app-broken", "GroupIdNotFoundError")]
+
+
+class ShareFailingReads(RecordingReads):
+    """The share group's offsets cannot be read: the coordinator answers with an error."""
+
+    def read_share_groups(self, names: Sequence[str]) -> ShareGroupsRead:
+        read = super().read_share_groups(names)
+        return ShareGroupsRead(described=read.described, offsets={}, asked=read.asked,
+                               failed={n: "DescribeShareGroupOffsets: NotCoordinatorError"
+                                       for n in names})
+
+
+def test_a_share_group_read_failure_is_logged_once_and_never_a_skipped_group() -> None:
+    from twisted.logger import Logger
+
+    io = RecordingIO()
+    io.reads = ShareFailingReads()
+    source = source_on(io)
+    events: List[Dict[str, Any]] = []
+    source.log = Logger(observer=events.append)
+    for now in (1000, 1001):
+        data = source.read(now=now)
+    assert data.share_groups["app-share"].state == "Stable"
+    assert data.share_offsets.get("app-share", {}) == {}
+    assert DESCRIBE_FAILED not in data.skipped_groups
+    assert [(e["group"], e["reason"]) for e in events] == [
+        ("app-share", "DescribeShareGroupOffsets: NotCoordinatorError")]

@@ -24,6 +24,7 @@ from klag_collector.selection import (
     DESCRIBE_FAILED,
     OFFSETS_UNAVAILABLE,
     CleanupPolicyCache,
+    describe_failures,
     failures_to_log,
     groups_to_describe,
     offset_groups,
@@ -390,8 +391,8 @@ def test_a_group_whose_description_failed_is_still_reported_with_state_unknown()
 
 
 def test_each_describe_failure_is_logged_once_while_it_lasts() -> None:
-    def failing(reasons: Dict[str, str]) -> GroupDescriptions:
-        return GroupDescriptions({}, failed=tuple(reasons), reasons=reasons)
+    def failing(reasons: Dict[str, str]) -> Dict[str, str]:
+        return describe_failures(GroupDescriptions({}, failed=tuple(reasons), reasons=reasons))
 
     new, logged = failures_to_log(failing({"a": "X", "b": "Y"}), frozenset())
     assert new == [("a", "X"), ("b", "Y")]
