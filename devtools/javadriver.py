@@ -12,7 +12,7 @@ import hashlib
 import pathlib
 import shutil
 import subprocess
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 from devtools import localkafka
 
@@ -25,17 +25,25 @@ class JavaDriverError(RuntimeError):
     """No JDK, or the driver did not compile."""
 
 
-def classpath(jars: pathlib.Path) -> str:
-    """kafka-clients and what it needs at run time, from the broker's jar folder."""
-    names = sorted(str(p) for p in jars.glob("*.jar")
-                   if p.name.startswith(("kafka-clients-", "slf4j-", "lz4-", "snappy-", "zstd-")))
+# The streams application (KIP-1071, group.protocol=streams): Kafka Streams 4.1+.
+STREAMS_SOURCE = SOURCE.with_name("StreamsDriver.java")
+_CLIENT_JARS = ("kafka-clients-", "slf4j-", "lz4-", "snappy-", "zstd-")
+_STREAMS_JARS = ("kafka-streams-", "jackson-")
+
+
+def classpath(jars: pathlib.Path, source: pathlib.Path = SOURCE) -> str:
+    """kafka-clients and what it needs at run time (and kafka-streams for the streams
+    driver), from the broker's jar folder."""
+    wanted = _CLIENT_JARS + (_STREAMS_JARS if source == STREAMS_SOURCE else ())
+    names = sorted(str(p) for p in jars.glob("*.jar") if p.name.startswith(wanted)
+                   and not p.name.startswith("kafka-streams-test-utils"))
     return ":".join(names)
 
 
 def compiled(version: Optional[str] = None, source: pathlib.Path = SOURCE) -> str:
     """The classpath to run a driver with, compiling it first if its classes are not cached."""
     jars = localkafka.fetch_jars(version)
-    cp = classpath(jars)
+    cp = classpath(jars, source)
     digest = hashlib.sha256(source.read_bytes() + cp.encode()).hexdigest()[:16]
     out = jars / "klag-java-driver" / digest
     if not (out / (source.stem + ".class")).exists():
@@ -65,6 +73,18 @@ class _Driver:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
 
+    def _lines(self, until: str) -> Iterator[str]:
+        """The driver's lines up to the one starting with *until* (not given); an ERROR line
+        or the end of its output first is a JavaDriverError."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(until):
+                return
+            if line.startswith("ERROR"):
+                break
+            yield line
+        raise JavaDriverError(f"driver ended before {until} (rc={self.proc.poll()})")
+
     def close(self, timeout: float = 30) -> int:
         """Close stdin, so the driver leaves the group and exits; kill it if it does not."""
         if self.proc.stdin is not None and not self.proc.stdin.closed:
@@ -91,20 +111,13 @@ class GroupDriver(_Driver):
             bootstrap, group, topic, client_id, *paced,
             *[f"{p}={o}" for p, o in sorted(offsets.items())]])
         self.member_id = ""
-        self.assigned = ""
 
     def wait_ready(self) -> str:
         """Block until the driver has its assignment and committed; return its member id."""
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        for line in self._lines("ASSIGNED "):
             if line.startswith("MEMBER "):
                 self.member_id = line.split(" ", 1)[1].strip()
-            elif line.startswith("ASSIGNED "):
-                self.assigned = line.split(" ", 1)[1].strip()
-                return self.member_id
-            elif line.startswith("ERROR"):
-                break
-        raise JavaDriverError(f"driver ended before it was ready (rc={self.proc.poll()})")
+        return self.member_id
 
 
 
@@ -128,15 +141,39 @@ class ShareDriver(_Driver):
 
     def wait_ready(self) -> Dict[int, Tuple[int, Optional[int]]]:
         """Block until the records are acknowledged; return what the broker says of them."""
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        for line in self._lines("READY"):
             if line.startswith("START "):
                 partition, rest = line.split(" ", 1)[1].split("=", 1)
                 offset, lag = rest.split()
                 self.start[int(partition)] = (int(offset), None if lag == "-" else int(lag))
-            elif line.startswith("READY"):
-                return self.start
-            elif line.startswith("ERROR"):
-                break
-        raise JavaDriverError(f"driver ended before it was ready (rc={self.proc.poll()})")
+        return self.start
+
+
+class StreamsDriver(_Driver):
+    """One running Kafka Streams application (group.protocol=streams) reading `topic` as
+    streams group `group` (its application.id): it processes every record and commits every
+    100 ms until paused or closed (see devtools/java/StreamsDriver.java)."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, client_id: str,
+                 version: Optional[str] = None) -> None:
+        super().__init__(compiled(version, STREAMS_SOURCE), "StreamsDriver",
+                         [bootstrap, group, topic, client_id])
+        # member id -> (client id, host), as Admin.describeStreamsGroups told it
+        self.members: Dict[str, Tuple[str, str]] = {}
+
+    def wait_ready(self) -> Dict[str, Tuple[str, str]]:
+        """Block until the application runs with its tasks assigned; return its members."""
+        for line in self._lines("READY"):
+            if line.startswith("MEMBER "):
+                member_id, client_id, host = line.split()[1:4]
+                self.members[member_id] = (client_id, host.lstrip("/"))
+        return self.members
+
+    def pause(self) -> None:
+        """Stop processing (the member stays in the group) once its progress is committed."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("pause\n")
+        self.proc.stdin.flush()
+        for _line in self._lines("PAUSED"):
+            pass
 

@@ -32,12 +32,17 @@ KAFKA_VERSION = "4.4.0"
 
 _MARKER = ".klag-complete"
 # kafka_2.13's pom brings slf4j-api but no binding (the distribution adds one), so
-# without slf4j-simple Kafka would log nothing, not even why it died.
+# without slf4j-simple Kafka would log nothing, not even why it died. kafka-streams is for
+# the tests' streams application (devtools/java/StreamsDriver.java); its topology keeps no
+# state, so RocksDB (60 MB of native code) is left out.
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
   <groupId>klag-collector</groupId><artifactId>localkafka</artifactId><version>0</version>
   <dependencies>
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
       <version>{version}</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-streams</artifactId>
+      <version>{version}</version><exclusions><exclusion><groupId>org.rocksdb</groupId>
+      <artifactId>rocksdbjni</artifactId></exclusion></exclusions></dependency>
     <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-simple</artifactId>
       <version>1.7.36</version></dependency>
   </dependencies>

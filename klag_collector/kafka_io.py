@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple,
+)
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import (
@@ -24,15 +25,25 @@ from kafka.admin import (
 )
 from kafka.errors import (
     BrokerResponseError,
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
     IncompatibleBrokerVersion,
     KafkaError,
     KafkaTimeoutError,
+    NotCoordinatorError,
     for_code,
 )
 
 from . import kafka_clients, kafka_protocol
 from .config import Performance
 from .errors import describe_error
+from .group_answers import (
+    consumer_group_info,
+    group_info,
+    share_group_info,
+    share_group_offsets,
+    streams_group_info,
+)
 from .model import (
     TP,
     GroupType,
@@ -63,93 +74,36 @@ SAMPLE_POLL_RECORDS = 20_000
 SAMPLE_ISOLATION = "read_committed"
 
 
-def _member(raw: Mapping[str, Any]) -> Member:
-    return Member(
-        consumer_id=raw.get("member_id") or "",
-        client_id=raw.get("client_id") or "",
-        # The coordinator reports hosts as "/1.2.3.4"; the slash is noise in a label.
-        host=(raw.get("client_host") or "").lstrip("/"),
-    )
-
-
-
-def group_info(name: str, raw: Mapping[str, Any]) -> GroupInfo:
-    """A GroupInfo from one entry of kafka-python's describe_groups() result."""
-    assignments: Dict[TP, Member] = {}
-    members = raw.get("members") or []
-    for m in members:
-        member = _member(m)
-        assignment = m.get("member_assignment") or {}
-        if not isinstance(assignment, Mapping):  # undecodable: the group uses another protocol
-            continue
-        for entry in assignment.get("assigned_partitions") or []:
-            for partition in entry["partitions"]:
-                assignments[(entry["topic"], partition)] = member
-    return GroupInfo(
-        name=name,
-        state=raw.get("group_state") or "Unknown",
-        members=len(members),
-        assignments=assignments,
-    )
-
-
-def consumer_group_info(raw: Any) -> GroupInfo:
-    """A GroupInfo from one group of a ConsumerGroupDescribe response (no error code).
-
-    Each member's labels come from its current assignment, what it owns and reads now (the
-    target assignment is what the coordinator wants it to own next). In a group migrating
-    from the classic protocol, classic members are described here too, assignment included.
-    """
-    assignments: Dict[TP, Member] = {}
-    for m in raw.members:
-        member = Member(
-            consumer_id=m.member_id or "",
-            client_id=m.client_id or "",
-            host=(m.client_host or "").lstrip("/"),
-        )
-        for entry in m.assignment.topic_partitions if m.assignment is not None else []:
-            for partition in entry.partitions:
-                assignments[(entry.topic_name, partition)] = member
-    return GroupInfo(
-        name=raw.group_id,
-        state=raw.group_state or "Unknown",
-        members=len(raw.members),
-        assignments=assignments,
-        group_type=GroupType.CONSUMER,
-    )
-
-
-def share_group_info(raw: Any) -> ShareGroupInfo:
-    """A ShareGroupInfo from one group of a ShareGroupDescribe response (no error code)."""
-    return ShareGroupInfo(name=raw.group_id, state=raw.group_state or "Unknown",
-                          members=len(raw.members))
-
-
-def share_group_offsets(raw: Any) -> Dict[TP, ShareOffset]:
-    """partition -> start offset (and broker lag) from one group of a DescribeShareGroupOffsets
-    response; partitions answered with an error are left out, -1 offsets passed on."""
-    found: Dict[TP, ShareOffset] = {}
-    for topic in raw.topics:
-        for p in topic.partitions:
-            if p.error_code:
-                continue
-            lag = getattr(p, "lag", -1)  # absent before version 1
-            found[(topic.topic_name, p.partition_index)] = ShareOffset(
-                start_offset=p.start_offset, lag=lag if lag is not None and lag >= 0 else None
-            )
-    return found
-
-
-def _fail_all(names: Sequence[str], reason: str, failed: Dict[str, str]) -> List[Any]:
-    """Record *reason* for every name not failed yet; no answers."""
-    for name in names:
-        failed.setdefault(name, reason)
-    return []
-
-
 def _error_text(code: int, message: Optional[str]) -> str:
     error = for_code(code)
     return f"{error.__name__}: {message}" if message else error.__name__
+
+
+def not_offered(api_key: int) -> str:
+    """The reason given for a group whose request the broker's ApiVersions does not list."""
+    return f"the broker does not offer {kafka_protocol.API_NAMES[api_key]} (API key {api_key})"
+
+
+# Group errors that mean "ask again": the coordinator moved or is loading the group.
+_COORDINATOR_MOVED = frozenset({
+    CoordinatorLoadInProgressError.errno, CoordinatorNotAvailableError.errno,
+    NotCoordinatorError.errno,
+})
+# How a describe request says a group is not of its kind.
+_NOT_THIS_KIND = ("GroupIdNotFoundError", "not a classic group", "not a consumer group")
+
+
+def _changed(name: str, reasons: Mapping[str, str]) -> bool:
+    """Whether the describe of `name` failed because the group is of the other kind now."""
+    return name in reasons and any(marker in reasons[name] for marker in _NOT_THIS_KIND)
+
+
+class _Answers(NamedTuple):
+    """The groups of a request's responses answered without an error, and why the others
+    were not (group -> one line)."""
+
+    groups: List[Any]
+    failed: Dict[str, str]
 
 
 class AdminReads:
@@ -172,37 +126,34 @@ class AdminReads:
     def describe_groups(self, groups: Sequence[ListedGroup]) -> GroupDescriptions:
         """The description of each group, or why it came back without one.
 
-        Classic groups (and streams groups, which no describe of ours knows yet) go to
-        DescribeGroups, consumer groups to ConsumerGroupDescribe where the broker has it.
-        A group that changed type since it was listed (a classic group migrating to the
-        consumer protocol, or back) is asked again with the other request.
+        Classic groups go to DescribeGroups, consumer groups to ConsumerGroupDescribe and
+        streams groups to StreamsGroupDescribe where the broker has them. A group that
+        changed type since it was listed (a classic group migrating to the consumer
+        protocol, or back) is asked again with the other request.
         Share groups are not asked about: they are not given here (see selection).
         """
         types = {g.name: g.group_type for g in groups}
+        of = {kind: [n for n, t in types.items() if t is kind] for kind in GroupType}
         described: Dict[str, GroupInfo] = {}
         reasons: Dict[str, str] = {}
-        classic = [g.name for g in groups if g.group_type != GroupType.CONSUMER]
-        consumer = [g.name for g in groups if g.group_type == GroupType.CONSUMER]
-        first, retry = self._describe_classic(classic)
-        described.update(first)
-        reasons.update(retry)
-        migrated = [n for n in retry if types[n] == GroupType.CLASSIC and _changed(n, retry)]
-        second, failed = self._describe_consumer(consumer + migrated)
-        described.update(second)
-        reasons.update(failed)
-        back = [n for n in consumer if n in failed and _changed(n, failed)]
-        third, still = self._describe_classic(back)
-        described.update(third)
-        reasons.update(still)
+
+        def ask(how: Callable[[Sequence[str]], Tuple[Dict[str, GroupInfo], Dict[str, str]]],
+                names: Sequence[str]) -> Dict[str, str]:
+            got, failed = how(names)
+            described.update(got)
+            reasons.update(failed)
+            return failed
+
+        classic = ask(self._describe_classic, of[GroupType.CLASSIC])
+        consumer = ask(self._describe_consumer, of[GroupType.CONSUMER]
+                       + [n for n in of[GroupType.CLASSIC] if _changed(n, classic)])
+        ask(self._describe_classic, [n for n in of[GroupType.CONSUMER] if _changed(n, consumer)])
+        ask(self._describe_streams, of[GroupType.STREAMS])
         for name in described:
             reasons.pop(name, None)
-        described = {
-            name: info if info.group_type is GroupType.CONSUMER
-            else replace(info, group_type=types[name])
-            for name, info in described.items()
-        }
         return GroupDescriptions(
-            described=described,
+            # The type is what the describe that answered says (a migrating group's changes).
+            described={n: described[n] for n in types if n in described},
             failed=tuple(n for n in types if n in reasons),
             reasons={n: reasons[n] for n in types if n in reasons},
             types=types,
@@ -225,31 +176,18 @@ class AdminReads:
     def _describe_consumer(
         self, names: Sequence[str]
     ) -> Tuple[Dict[str, GroupInfo], Dict[str, str]]:
-        if not names:
-            return {}, {}
-        manager = self._admin._manager
-        if not self._offers(kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY):
-            # Kafka 3.9 lists consumer groups but does not offer ConsumerGroupDescribe.
-            return {}, {n: NO_CONSUMER_GROUP_DESCRIBE for n in names}
-        described: Dict[str, GroupInfo] = {}
-        failed: Dict[str, str] = {}
-        try:
-            responses = manager.run(self._consumer_group_describe, list(names))
-        except IncompatibleBrokerVersion:  # a coordinator that lacks it
-            return {}, {n: NO_CONSUMER_GROUP_DESCRIBE for n in names}
-        for response in responses:
-            for group in response.groups:
-                if group.error_code:
-                    failed[group.group_id] = _error_text(group.error_code, group.error_message)
-                else:
-                    described[group.group_id] = consumer_group_info(group)
-        return described, failed
-
-    async def _consumer_group_describe(self, names: List[str]) -> List[Any]:
-        # One ConsumerGroupDescribe per coordinator, as kafka-python does for DescribeGroups.
-        return await self._per_coordinator(names, lambda ids: (
+        answers = self._answers(names, kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY, lambda ids: (
             kafka_protocol.ConsumerGroupDescribeRequest(
                 group_ids=ids, include_authorized_operations=False)))
+        return {g.group_id: consumer_group_info(g) for g in answers.groups}, answers.failed
+
+    def _describe_streams(
+        self, names: Sequence[str]
+    ) -> Tuple[Dict[str, GroupInfo], Dict[str, str]]:
+        answers = self._answers(names, kafka_protocol.STREAMS_GROUP_DESCRIBE_KEY, lambda ids: (
+            kafka_protocol.StreamsGroupDescribeRequest(
+                group_ids=ids, include_authorized_operations=False)))
+        return {g.group_id: streams_group_info(g) for g in answers.groups}, answers.failed
 
     # -- share groups (KIP-932) ----------------------------------------------------
 
@@ -259,45 +197,58 @@ class AdminReads:
         Each request goes only to a broker whose ApiVersions lists it (ShareGroupDescribe,
         key 77; DescribeShareGroupOffsets, key 90), at the group's coordinator. A group the
         coordinator answers with an error, or a broker without the request, leaves it out of
-        `described` or `offsets`, with the reason in `failed`; it is still `asked`.
+        `described` or `offsets`, with the reason in `failed` (a group's first reason: one
+        line says what went wrong first); it is still `asked`.
         """
         if not names:
             return ShareGroupsRead()
-        failed: Dict[str, str] = {}
-        described: Dict[str, ShareGroupInfo] = {}
-        for group in self._share_answers(names, kafka_protocol.SHARE_GROUP_DESCRIBE_KEY,
-                                         self._share_describe_request, failed):
-            described[group.group_id] = share_group_info(group)
-        offsets: Dict[str, Dict[TP, ShareOffset]] = {}
-        for group in self._share_answers(names, kafka_protocol.DESCRIBE_SHARE_GROUP_OFFSETS_KEY,
-                                         self._share_offsets_request, failed):
-            offsets[group.group_id] = share_group_offsets(group)
-        return ShareGroupsRead(described=described, offsets=offsets, asked=tuple(names),
-                               failed=failed)
+        described = self._answers(names, kafka_protocol.SHARE_GROUP_DESCRIBE_KEY,
+                                  self._share_describe_request)
+        offsets = self._answers(names, kafka_protocol.DESCRIBE_SHARE_GROUP_OFFSETS_KEY,
+                                self._share_offsets_request)
+        return ShareGroupsRead(
+            described={g.group_id: share_group_info(g) for g in described.groups},
+            offsets={g.group_id: share_group_offsets(g) for g in offsets.groups},
+            asked=tuple(names),
+            failed={**offsets.failed, **described.failed},
+        )
 
-    def _share_answers(
-        self, names: Sequence[str], api_key: int, build: Callable[[List[str]], Any],
-        failed: Dict[str, str],
-    ) -> List[Any]:
-        """The groups of the responses that came without an error; the others' reasons go
-        into *failed* (a group's first reason wins: one line says what went wrong first)."""
+    def _answers(
+        self, names: Sequence[str], api_key: int, build: Callable[[List[str]], Any]
+    ) -> _Answers:
+        """*api_key*'s answers for *names*, sent to each group's coordinator, where the
+        broker's ApiVersions lists the request. Groups whose coordinator moved or was
+        loading are asked once more, after the coordinator is looked up again."""
         request = kafka_protocol.API_NAMES[api_key]
+        if not names:
+            return _Answers([], {})
         if not self._offers(api_key):
-            reason = f"the broker does not offer {request} (API key {api_key})"
-            return _fail_all(names, reason, failed)
-        try:
-            responses = self._admin._manager.run(self._per_coordinator, list(names), build)
-        except KafkaError as e:  # no coordinator, or one that lacks the request
-            return _fail_all(names, f"{request} failed: {describe_error(e)}", failed)
-        answered = []
-        for response in responses:
-            for group in response.groups:
-                if group.error_code:
-                    failed.setdefault(group.group_id, f"{request}: " + _error_text(
-                        group.error_code, group.error_message))
-                else:
-                    answered.append(group)
-        return answered
+            return _Answers([], {n: not_offered(api_key) for n in names})
+        answers = _Answers([], {})
+        pending = list(names)
+        for _attempt in range(2):
+            try:
+                responses = self._admin._manager.run(self._per_coordinator, pending, build)
+            except IncompatibleBrokerVersion:  # a coordinator that lacks the request
+                answers.failed.update({n: not_offered(api_key) for n in pending})
+                break
+            except KafkaError as e:  # no coordinator found
+                answers.failed.update({n: f"{request} failed: {describe_error(e)}"
+                                       for n in pending})
+                break
+            pending = []
+            for group in (g for response in responses for g in response.groups):
+                if not group.error_code:
+                    answers.groups.append(group)
+                    answers.failed.pop(group.group_id, None)
+                    continue
+                answers.failed[group.group_id] = f"{request}: " + _error_text(
+                    group.error_code, group.error_message)
+                if group.error_code in _COORDINATOR_MOVED:
+                    pending.append(group.group_id)
+            if not pending:
+                break
+        return answers
 
     def _offers(self, api_key: int) -> bool:
         """Whether the broker's ApiVersions lists *api_key*."""
@@ -397,18 +348,7 @@ class AdminReads:
         }
 
 
-# The reason given for a consumer group on a broker without ConsumerGroupDescribe.
-NO_CONSUMER_GROUP_DESCRIBE = (
-    f"the broker does not offer {kafka_protocol.API_NAMES[kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY]}"
-    f" (API key {kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY})"
-)
-# How the other describe request says a group is not of its kind.
-_NOT_THIS_KIND = ("GroupIdNotFoundError", "not a classic group", "not a consumer group")
-
-
-def _changed(name: str, reasons: Mapping[str, str]) -> bool:
-    """Whether the describe of `name` failed because the group is of the other kind now."""
-    return any(marker in reasons[name] for marker in _NOT_THIS_KIND)
+NO_CONSUMER_GROUP_DESCRIBE = not_offered(kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY)
 
 
 class KafkaIO:

@@ -12,6 +12,9 @@ ApiVersions) and the response registry are kafka-python's.
   access): the state and members of groups of type `share`.
 - DescribeShareGroupOffsets (API key 90, KIP-932; versions 0-1, 1 adds Lag, KIP-1226): each
   share-partition's start offset, and from version 1 the lag the broker computes.
+- StreamsGroupDescribe (API key 89, KIP-1071; version 0, which every broker that has it
+  accepts): the state, topology and members (with their active tasks) of groups of type
+  `streams`.
 
 A request is only sent to a broker whose ApiVersions lists its API key: see `supports()`.
 """
@@ -28,11 +31,13 @@ from kafka.protocol.schemas import StructField
 CONSUMER_GROUP_DESCRIBE_KEY = 69
 SHARE_GROUP_DESCRIBE_KEY = 77
 DESCRIBE_SHARE_GROUP_OFFSETS_KEY = 90
+STREAMS_GROUP_DESCRIBE_KEY = 89
 # The requests' names, for the lines that say one is missing or failed.
 API_NAMES = {
     CONSUMER_GROUP_DESCRIBE_KEY: "ConsumerGroupDescribe",
     SHARE_GROUP_DESCRIBE_KEY: "ShareGroupDescribe",
     DESCRIBE_SHARE_GROUP_OFFSETS_KEY: "DescribeShareGroupOffsets",
+    STREAMS_GROUP_DESCRIBE_KEY: "StreamsGroupDescribe",
 }
 
 _ASSIGNMENT: List[Dict[str, Any]] = [
@@ -79,6 +84,81 @@ _MEMBER_COMMON: List[Dict[str, Any]] = [
 _AUTHORIZED_OPERATIONS: Dict[str, Any] = {
     "name": "AuthorizedOperations", "type": "int32", "versions": "0+", "default": "-2147483648",
     "about": "32-bit bitfield to represent authorized operations for this group."}
+
+# StreamsGroupDescribe's common structs, inlined where they are used.
+_KEY_VALUE: List[Dict[str, Any]] = [
+    {"name": "Key", "type": "string", "versions": "0+", "about": "key of the config"},
+    {"name": "Value", "type": "string", "versions": "0+", "about": "value of the config"},
+]
+_TOPIC_INFO: List[Dict[str, Any]] = [
+    {"name": "Name", "type": "string", "versions": "0+", "about": "The name of the topic."},
+    {"name": "Partitions", "type": "int32", "versions": "0+",
+     "about": "The number of partitions in the topic."},
+    {"name": "ReplicationFactor", "type": "int16", "versions": "0+",
+     "about": "The replication factor of the topic."},
+    {"name": "TopicConfigs", "type": "[]KeyValue", "versions": "0+",
+     "about": "Topic-level configurations as key-value pairs.", "fields": _KEY_VALUE},
+]
+_TASK_OFFSET: List[Dict[str, Any]] = [
+    {"name": "SubtopologyId", "type": "string", "versions": "0+",
+     "about": "The subtopology identifier."},
+    {"name": "Partition", "type": "int32", "versions": "0+", "about": "The partition."},
+    {"name": "Offset", "type": "int64", "versions": "0+", "about": "The offset."},
+]
+_TASK_IDS: List[Dict[str, Any]] = [
+    {"name": "SubtopologyId", "type": "string", "versions": "0+",
+     "about": "The subtopology identifier."},
+    {"name": "Partitions", "type": "[]int32", "versions": "0+",
+     "about": "The partitions of the input topics processed by this member."},
+]
+_TASKS: List[Dict[str, Any]] = [
+    {"name": name, "type": "[]TaskIds", "versions": "0+", "about": f"{name} of this client.",
+     "fields": _TASK_IDS}
+    for name in ("ActiveTasks", "StandbyTasks", "WarmupTasks")
+]
+_STREAMS_MEMBER: List[Dict[str, Any]] = [
+    {"name": "MemberId", "type": "string", "versions": "0+", "about": "The member ID."},
+    {"name": "MemberEpoch", "type": "int32", "versions": "0+", "about": "The member epoch."},
+    {"name": "InstanceId", "type": "string", "versions": "0+", "nullableVersions": "0+",
+     "default": "null", "about": "The member instance ID for static membership."},
+    {"name": "RackId", "type": "string", "versions": "0+", "nullableVersions": "0+",
+     "default": "null", "about": "The rack ID."},
+    {"name": "ClientId", "type": "string", "versions": "0+", "about": "The client ID."},
+    {"name": "ClientHost", "type": "string", "versions": "0+", "about": "The client host."},
+    {"name": "TopologyEpoch", "type": "int32", "versions": "0+",
+     "about": "The epoch of the topology on the client."},
+    {"name": "ProcessId", "type": "string", "versions": "0+",
+     "about": "Identity of the streams instance that may have multiple clients."},
+    {"name": "UserEndpoint", "type": "Endpoint", "versions": "0+", "nullableVersions": "0+",
+     "default": "null", "about": "User-defined endpoint for Interactive Queries.", "fields": [
+        {"name": "Host", "type": "string", "versions": "0+", "about": "host of the endpoint"},
+        {"name": "Port", "type": "uint16", "versions": "0+", "about": "port of the endpoint"},
+    ]},
+    {"name": "ClientTags", "type": "[]KeyValue", "versions": "0+",
+     "about": "Used for rack-aware assignment algorithm.", "fields": _KEY_VALUE},
+    {"name": "TaskOffsets", "type": "[]TaskOffset", "versions": "0+",
+     "about": "Cumulative changelog offsets for tasks.", "fields": _TASK_OFFSET},
+    {"name": "TaskEndOffsets", "type": "[]TaskOffset", "versions": "0+",
+     "about": "Cumulative changelog end offsets for tasks.", "fields": _TASK_OFFSET},
+    {"name": "Assignment", "type": "Assignment", "versions": "0+",
+     "about": "The current assignment.", "fields": _TASKS},
+    {"name": "TargetAssignment", "type": "Assignment", "versions": "0+",
+     "about": "The target assignment.", "fields": _TASKS},
+    {"name": "IsClassic", "type": "bool", "versions": "0+",
+     "about": "True for classic members that have not been upgraded yet."},
+]
+_SUBTOPOLOGY: List[Dict[str, Any]] = [
+    {"name": "SubtopologyId", "type": "string", "versions": "0+",
+     "about": "String to uniquely identify the subtopology."},
+    {"name": "SourceTopics", "type": "[]string", "versions": "0+",
+     "about": "The topics the subtopology reads from."},
+    {"name": "RepartitionSinkTopics", "type": "[]string", "versions": "0+",
+     "about": "The repartition topics the subtopology writes to."},
+    {"name": "StateChangelogTopics", "type": "[]TopicInfo", "versions": "0+",
+     "about": "The state changelog topics of this subtopology.", "fields": _TOPIC_INFO},
+    {"name": "RepartitionSourceTopics", "type": "[]TopicInfo", "versions": "0+",
+     "about": "The internal repartition topics it reads from.", "fields": _TOPIC_INFO},
+]
 
 SCHEMAS: Dict[str, Dict[str, Any]] = {
     "ConsumerGroupDescribeRequest": {
@@ -240,6 +320,49 @@ SCHEMAS: Dict[str, Dict[str, Any]] = {
             ]},
         ],
     },
+    "StreamsGroupDescribeRequest": {
+        "apiKey": STREAMS_GROUP_DESCRIBE_KEY,
+        "type": "request",
+        "name": "StreamsGroupDescribeRequest",
+        # Version 1 adds IncludeTopologyDescription (KIP-1331), which we do not read.
+        "validVersions": "0",
+        "flexibleVersions": "0+",
+        "fields": [
+            {"name": "GroupIds", "type": "[]string", "versions": "0+", "entityType": "groupId",
+             "about": "The ids of the groups to describe"},
+            {"name": "IncludeAuthorizedOperations", "type": "bool", "versions": "0+",
+             "about": "Whether to include authorized operations."},
+        ],
+    },
+    "StreamsGroupDescribeResponse": {
+        "apiKey": STREAMS_GROUP_DESCRIBE_KEY,
+        "type": "response",
+        "name": "StreamsGroupDescribeResponse",
+        "validVersions": "0",
+        "flexibleVersions": "0+",
+        "fields": [
+            {"name": "ThrottleTimeMs", "type": "int32", "versions": "0+",
+             "about": "The throttle time in ms."},
+            {"name": "Groups", "type": "[]DescribedGroup", "versions": "0+",
+             "about": "Each described group.", "fields": [
+                *_GROUP_HEADER[:-1],  # all but AssignorName, which streams groups lack
+                {"name": "Topology", "type": "Topology", "versions": "0+",
+                 "nullableVersions": "0+", "default": "null",
+                 "about": "The topology metadata currently initialized for the group.",
+                 "fields": [
+                    {"name": "Epoch", "type": "int32", "versions": "0+",
+                     "about": "The epoch of the currently initialized topology."},
+                    {"name": "Subtopologies", "type": "[]Subtopology", "versions": "0+",
+                     "nullableVersions": "0+", "default": "null",
+                     "about": "The subtopologies, or null if the group is uninitialized.",
+                     "fields": _SUBTOPOLOGY},
+                ]},
+                {"name": "Members", "type": "[]Member", "versions": "0+",
+                 "about": "The members.", "fields": _STREAMS_MEMBER},
+                _AUTHORIZED_OPERATIONS,
+            ]},
+        ],
+    },
 }
 
 
@@ -278,6 +401,14 @@ class DescribeShareGroupOffsetsRequest(ApiMessage, metaclass=_InlineSchema):  # 
 
 class DescribeShareGroupOffsetsResponse(ApiMessage, metaclass=_InlineSchema):  # type: ignore[misc]
     """DescribeShareGroupOffsets' answer: each share-partition's start offset (and lag, v1+)."""
+
+
+class StreamsGroupDescribeRequest(ApiMessage, metaclass=_InlineSchema):  # type: ignore[misc]
+    """StreamsGroupDescribe (API key 89): the groups of type `streams` to describe."""
+
+
+class StreamsGroupDescribeResponse(ApiMessage, metaclass=_InlineSchema):  # type: ignore[misc]
+    """StreamsGroupDescribe's answer: each streams group's state, topology and members."""
 
 
 def supports(api_versions: Any, api_key: int) -> bool:

@@ -43,6 +43,8 @@ GROUP_STATES: Dict[str, int] = {
     "Empty": 5,
     "Assigning": 6,
     "Reconciling": 7,
+    # a streams group (KIP-1071) whose source topics are missing or wrongly partitioned
+    "NotReady": 8,
 }
 
 

@@ -7,13 +7,16 @@ ConsumerGroupDescribe and reports them like classic groups.
 
 from __future__ import annotations
 
+import threading
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from devtools import localkafka
 from devtools.javadriver import GroupDriver
 from exporter import ExporterProcess, cluster_toml, config_toml, free_port, now_ms
-from kafkahelp import create_topic, produce
+from kafkahelp import create_topic, produce, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -82,3 +85,73 @@ def test_consumer_protocol_group_live_then_empty(kafka, need_kafka_4, admin, uni
     finally:
         driver.close()
         assert exporter.stop() == 0, exporter.log.read_text()[-3000:]
+
+
+def test_online_migration_from_classic_is_reported_at_every_poll(
+        kafka, need_kafka_4, admin, unique, tmp_path):
+    """A classic member, then a consumer-protocol member joins (the group turns into a consumer
+    group with a classic member), then the classic member leaves: every scrape in between shows
+    the group's offsets and a described state, and no describe failure is counted."""
+    topic, group = f"{unique}-t", f"{unique}-g"
+    create_topic(admin, topic, 2)
+    produce(kafka.bootstrap, topic, 0, [now_ms()] * 6)
+    produce(kafka.bootstrap, topic, 1, [now_ms()] * 6)
+    port = free_port()
+    exporter = ExporterProcess(tmp_path,
+                               config_toml(port, cluster_toml("migrate", kafka.bootstrap, unique)),
+                               port)
+    classic = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap, group_id=group,
+                            client_id=f"{unique}-classic", enable_auto_commit=False,
+                            auto_offset_reset="earliest", metadata_max_age_ms=1000,
+                            max_poll_records=1)
+    stop_polling, stop_sampling = threading.Event(), threading.Event()
+    samples: list = []
+    driver = None
+    try:
+        wait_until(lambda: classic.poll(timeout_ms=200) is not None and classic.assignment(),
+                   timeout=60, interval=0, what="the classic member to own its partitions")
+        classic.commit({TopicPartition(topic, p): OffsetAndMetadata(1, "", -1) for p in (0, 1)})
+        exporter.wait_for(lambda s: s.get(OFFSET, group=group, topic=topic, partition="0") == 1,
+                          timeout=60, what="the classic group")
+        # The classic member must keep polling to take part in the rebalances to come.
+        poller = threading.Thread(target=lambda: [classic.poll(timeout_ms=100, max_records=1)
+                                                  for _ in iter(stop_polling.is_set, True)])
+        poller.start()
+        sampler = threading.Thread(target=_sample_until, args=(exporter, group, stop_sampling,
+                                                               samples))
+        sampler.start()
+        driver = GroupDriver(kafka.bootstrap, group, topic, f"{unique}-new", {0: 2, 1: 2})
+        driver.wait_ready()
+        exporter.wait_for(lambda s: s.get(OFFSET, group=group, topic=topic, partition="0") == 2
+                          and s.get(MEMBERS, group=group) == 2,
+                          timeout=60, what="both members in the migrated group")
+        stop_polling.set()
+        poller.join(30)
+        classic.close(autocommit=False)
+        s = exporter.wait_for(lambda s: s.get(MEMBERS, group=group) == 1
+                              and s.get(STATE, group=group) == STABLE,
+                              timeout=90, what="the consumer group after the classic member left")
+        stop_sampling.set()
+        sampler.join(30)
+        labels, _ = s.find(LAG, group=group, topic=topic, partition="0")[0]
+        assert labels["consumer_id"] == driver.member_id
+    finally:
+        stop_polling.set()
+        stop_sampling.set()
+        if driver is not None:
+            driver.close()
+        assert exporter.stop() == 0, exporter.log.read_text()[-3000:]
+    assert len(samples) >= 5, samples
+    gaps = [s for s in samples if s[0] is None or s[1] in (None, 0) or s[2]]
+    assert not gaps, gaps
+
+
+def _sample_until(exporter: ExporterProcess, group: str, stop: threading.Event,
+                  samples: list) -> None:
+    """(offset of partition 0, state, describe failures) at every poll (1 s) until *stop*."""
+    while not stop.is_set():
+        s = exporter.scrape()
+        offsets = s.find(OFFSET, group=group, partition="0")
+        samples.append((offsets[0][1] if offsets else None, s.get(STATE, group=group),
+                        s.get(SKIPPED_GROUPS, reason="describe_failed")))
+        stop.wait(0.5)

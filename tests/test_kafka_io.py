@@ -16,13 +16,18 @@ from kafka.admin import OffsetSpec
 from kafka.errors import GroupAuthorizationFailedError
 from kafka.structs import OffsetAndMetadata
 
+from klag_collector.group_answers import group_info
 from klag_collector.kafka_io import (
     DESCRIBE_BATCH,
     NO_CONSUMER_GROUP_DESCRIBE,
     AdminReads,
-    group_info,
+    not_offered,
 )
-from klag_collector.kafka_protocol import ConsumerGroupDescribeResponse
+from klag_collector.kafka_protocol import (
+    ConsumerGroupDescribeResponse,
+    StreamsGroupDescribeRequest,
+    StreamsGroupDescribeResponse,
+)
 from klag_collector.model import GroupInfo, GroupType, ListedGroup, Member, TopicDescription
 
 
@@ -207,17 +212,29 @@ class FakeManager:
         return asyncio.run(coro(*args))
 
     async def send(self, request: Any, node_id: int) -> Any:
-        self.admin.calls.append(("ConsumerGroupDescribe", node_id, list(request.group_ids)))
-        return ConsumerGroupDescribeResponse(throttle_time_ms=0, groups=[
-            self.admin.consumer_groups.get(n) or described_group(n, "", error=69)
-            for n in request.group_ids])
+        streams = isinstance(request, StreamsGroupDescribeRequest)
+        name = "StreamsGroupDescribe" if streams else "ConsumerGroupDescribe"
+        self.admin.calls.append((name, node_id, list(request.group_ids)))
+        answers = [self.admin.answer(name, n) for n in request.group_ids]
+        response = StreamsGroupDescribeResponse if streams else ConsumerGroupDescribeResponse
+        return response(throttle_time_ms=0, groups=answers)
 
 
 class ConsumerAdmin(RecordingAdmin):
     def __init__(self, api_versions: Optional[Dict[int, Any]] = None, **kw: Any) -> None:
         super().__init__(**kw)
         self.consumer_groups: Dict[str, Any] = {}
+        self.streams_groups: Dict[str, Any] = {}
+        # request name -> answers to give before the group's own (errors such as NOT_COORDINATOR)
+        self.first_answers: Dict[str, List[Any]] = {}
         self._manager = FakeManager(self, api_versions)
+
+    def answer(self, request: str, name: str) -> Any:
+        if self.first_answers.get(name):
+            return self.first_answers[name].pop(0)
+        if request == "StreamsGroupDescribe":
+            return self.streams_groups.get(name) or streams_group(name, "", error=69)
+        return self.consumer_groups.get(name) or described_group(name, "", error=69)
 
     async def _find_coordinator_ids(self, names: List[str]) -> Dict[str, int]:
         return {n: 1 if n < "m" else 2 for n in names}
@@ -262,7 +279,82 @@ def test_a_consumer_group_describe_error_is_a_failure_with_its_reason() -> None:
     admin.consumer_groups = {"a": described_group("a", error=30)}
     result = reads(admin).describe_groups([ListedGroup("a", GroupType.CONSUMER)])
     assert result.failed == ("a",)
-    assert result.reasons == {"a": "GroupAuthorizationFailedError"}
+    assert result.reasons == {"a": "ConsumerGroupDescribe: GroupAuthorizationFailedError"}
+
+
+def test_a_group_whose_coordinator_moved_is_asked_once_more() -> None:
+    """NOT_COORDINATOR (16) and COORDINATOR_LOAD_IN_PROGRESS (14): the coordinator is looked
+    up again and the group asked again, once; a third such answer is the group's failure."""
+    admin = ConsumerAdmin({69: (0, 1)})
+    admin.consumer_groups = {"a": described_group("a"), "b": described_group("b")}
+    admin.first_answers = {"a": [described_group("a", error=16)],
+                           "b": [described_group("b", error=14), described_group("b", error=16)]}
+    result = reads(admin).describe_groups(
+        [ListedGroup("a", GroupType.CONSUMER), ListedGroup("b", GroupType.CONSUMER)])
+    assert admin.calls == [("ConsumerGroupDescribe", 1, ["a", "b"]),
+                           ("ConsumerGroupDescribe", 1, ["a", "b"])]
+    assert list(result.described) == ["a"]
+    assert result.reasons == {"b": "ConsumerGroupDescribe: NotCoordinatorError"}
+
+
+# --- streams groups (KIP-1071): StreamsGroupDescribe ------------------------------------------
+
+_SGroup = StreamsGroupDescribeResponse.DescribedGroup
+_SMember = _SGroup.Member
+_Tasks = _SMember.Assignment
+
+
+def streams_group(name: str, state: str = "Stable", error: int = 0) -> Any:
+    """Subtopology "0" reads topic t and repartition topic r; "1" reads topic u. The one
+    member runs tasks 0_0, 0_2 (active), 1_1 (standby only)."""
+    sub = _SGroup.Topology.Subtopology
+    topology = _SGroup.Topology(epoch=1, subtopologies=[
+        sub(subtopology_id="0", source_topics=["t"], repartition_sink_topics=[],
+            state_changelog_topics=[], repartition_source_topics=[
+                sub.TopicInfo(name="r", partitions=3, replication_factor=1, topic_configs=[])]),
+        sub(subtopology_id="1", source_topics=["u"], repartition_sink_topics=[],
+            state_changelog_topics=[], repartition_source_topics=[]),
+    ])
+    member = _SMember(
+        member_id=f"{name}-m", member_epoch=3, client_id="app-StreamThread-1-consumer",
+        client_host="/10.0.0.9", topology_epoch=1, process_id="p", client_tags=[],
+        task_offsets=[], task_end_offsets=[], is_classic=False,
+        assignment=_Tasks(active_tasks=[_Tasks.TaskIds(subtopology_id="0", partitions=[0, 2])],
+                          standby_tasks=[_Tasks.TaskIds(subtopology_id="1", partitions=[1])],
+                          warmup_tasks=[]),
+        target_assignment=_Tasks(active_tasks=[], standby_tasks=[], warmup_tasks=[]))
+    return _SGroup(error_code=error, error_message=None, group_id=name, group_state=state,
+                   group_epoch=3, assignment_epoch=3, topology=None if error else topology,
+                   members=[] if error else [member])
+
+
+def test_streams_groups_are_described_with_streams_group_describe() -> None:
+    """A member's active tasks give it every source partition of their subtopology."""
+    admin = ConsumerAdmin({89: (0, 1)})
+    admin.streams_groups = {"s": streams_group("s", "NotReady")}
+    result = reads(admin).describe_groups([ListedGroup("s", GroupType.STREAMS)])
+    assert admin.calls == [("StreamsGroupDescribe", 2, ["s"])]
+    member = Member("s-m", "app-StreamThread-1-consumer", "10.0.0.9")
+    assert result.described == {"s": GroupInfo(
+        "s", "NotReady", 1,
+        {("t", 0): member, ("t", 2): member, ("r", 0): member, ("r", 2): member},
+        group_type=GroupType.STREAMS)}
+    assert result.failed == ()
+
+
+def test_a_streams_group_where_the_broker_lacks_the_request_is_a_failure() -> None:
+    admin = ConsumerAdmin({69: (0, 1)})
+    result = reads(admin).describe_groups([ListedGroup("s", GroupType.STREAMS)])
+    assert admin.calls == []
+    assert result.reasons == {"s": not_offered(89)}
+    assert result.reasons["s"] == "the broker does not offer StreamsGroupDescribe (API key 89)"
+
+
+def test_a_streams_group_describe_error_is_a_failure_with_its_reason() -> None:
+    admin = ConsumerAdmin({89: (0, 1)})
+    admin.streams_groups = {"s": streams_group("s", error=30)}
+    result = reads(admin).describe_groups([ListedGroup("s", GroupType.STREAMS)])
+    assert result.reasons == {"s": "StreamsGroupDescribe: GroupAuthorizationFailedError"}
 
 
 # -- timestamps: what a read_committed read answers ------------------------------------------

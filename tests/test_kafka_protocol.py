@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from klag_collector.kafka_io import consumer_group_info
+from klag_collector.group_answers import consumer_group_info
 from klag_collector.kafka_protocol import (
     CONSUMER_GROUP_DESCRIBE_KEY,
     ConsumerGroupDescribeRequest,
@@ -104,7 +104,7 @@ def test_the_request_is_sent_only_where_api_versions_lists_it() -> None:
 
 # -- ShareGroupDescribe (API key 77) and DescribeShareGroupOffsets (API key 90) ---------------
 
-from klag_collector.kafka_io import share_group_info, share_group_offsets  # noqa: E402
+from klag_collector.group_answers import share_group_info, share_group_offsets  # noqa: E402
 from klag_collector.kafka_protocol import (  # noqa: E402
     DESCRIBE_SHARE_GROUP_OFFSETS_KEY,
     SHARE_GROUP_DESCRIBE_KEY,
