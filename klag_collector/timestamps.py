@@ -1,4 +1,4 @@
-"""Record timestamps for time lag: a TTL cache, and a sampler that batches fetches per leader.
+"""Record timestamps for time lag: a cache, and a sampler that batches fetches per leader.
 
 The cache is plain data with `now` passed in. The sampler asks the Kafka edge for the
 records the cache lacks, one batched fetch per leader broker, at most
@@ -52,11 +52,14 @@ class CacheEntry:
 
 
 class TimestampCache:
-    """Timestamps keyed by (topic, partition, offset), kept for `ttl` seconds.
+    """Timestamps keyed by (topic, partition, offset).
 
-    A record's timestamp never changes, so an entry could live forever; the TTL bounds
-    memory and lets a "no record" or "caught up" answer be retried once the partition has
-    moved on.
+    The timestamp of the record at an offset never changes while the record exists, so a
+    record's time stays valid for as long as some group sits at that offset: it is never
+    fetched again. `ttl` bounds the rest: how long an entry no cycle asks for is kept, how
+    long a "no time" (None) or "caught up" answer is believed before it is asked again (the
+    partition moves on), and how often an entry on a compacted topic is re-checked
+    (compaction may remove the record, and the first one after it is another).
 
     Not locked: only its poller's cycles use it, one cycle at a time, and a cycle's
     sampler calls it from one worker-thread step after the other.
@@ -65,35 +68,44 @@ class TimestampCache:
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._entries: Dict[RecordKey, CacheEntry] = {}
+        # key -> when a cycle last asked for it
+        self._used: Dict[RecordKey, float] = {}
         self._last_sweep: Optional[float] = None
         self.hits = 0
         self.misses = 0
         self.fetch_errors = 0
 
-    def lookup(self, key: RecordKey, now: float) -> Optional[CacheEntry]:
-        """The live entry for `key`, or None when it must be fetched."""
+    def lookup(self, key: RecordKey, now: float, compacted: bool = False) -> Optional[CacheEntry]:
+        """The valid entry for `key`, or None when it must be fetched."""
         entry = self._entries.get(key)
-        if entry is not None and now - entry.stored_at < self.ttl:
+        if entry is not None and not self._expired(entry, now, compacted):
             self.hits += 1
+            self._used[key] = now
             return entry
         self.misses += 1
         return None
 
+    def _expired(self, entry: CacheEntry, now: float, compacted: bool) -> bool:
+        lasting = isinstance(entry.timestamp, int) and not compacted
+        return not lasting and now - entry.stored_at >= self.ttl
+
     def store(self, key: RecordKey, timestamp: RecordTime, now: float) -> None:
         """Remember a fetched answer: a timestamp, None, or a CaughtUp."""
         self._entries[key] = CacheEntry(timestamp, now)
+        self._used[key] = now
 
     def maybe_sweep(self, now: float) -> int:
-        """Drop expired entries every 2 x ttl; returns how many were dropped."""
+        """Every ttl, drop the entries no cycle asked for in a ttl; returns how many."""
         if self._last_sweep is None:
             self._last_sweep = now
-        if now - self._last_sweep < 2 * self.ttl:
+        if now - self._last_sweep < self.ttl:
             return 0
         self._last_sweep = now
-        expired = [k for k, e in self._entries.items() if now - e.stored_at >= self.ttl]
-        for key in expired:
+        unused = [k for k, used in self._used.items() if now - used >= self.ttl]
+        for key in unused:
             del self._entries[key]
-        return len(expired)
+            del self._used[key]
+        return len(unused)
 
     def stats(self) -> CacheStats:
         """Current figures, for the exporter's own metrics."""
@@ -164,15 +176,17 @@ class TimestampSampler:
 
     def plan(self, data: ClusterData, now: float) -> FetchPlan:
         """In a worker thread: read the cache, and batch by leader what it lacks."""
-        self.cache.maybe_sweep(now)
         cached: Dict[RecordKey, RecordTime] = {}
         missing: List[RecordKey] = []
+        compacted = data.compacted_topics
         for key in timestamp_requests(data):
-            entry = self.cache.lookup(key, now)
+            entry = self.cache.lookup(key, now, key[0] in compacted)
             if entry is None:
                 missing.append(key)
             else:
                 cached[key] = entry.timestamp
+        # After the look-ups, which mark what this cycle still asks for.
+        self.cache.maybe_sweep(now)
         return FetchPlan(cached, batches_by_leader(data, missing), now)
 
     @defer.inlineCallbacks

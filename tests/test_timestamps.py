@@ -32,13 +32,21 @@ def data_on_leaders() -> ClusterData:
 
 
 class CacheTests(SynchronousTestCase):
-    def test_hit_within_ttl_and_miss_after(self) -> None:
-        """An entry answers for ttl seconds, then counts as a miss."""
+    def test_a_record_time_is_never_fetched_again_while_asked_for(self) -> None:
+        """A record's timestamp never changes: it answers past the ttl, as long as it is used."""
         cache = TimestampCache(ttl=60)
         cache.store(("t", 0, 5), 1234, now=100)
-        self.assertEqual(cache.lookup(("t", 0, 5), now=159.9), CacheEntry(1234, stored_at=100))
-        self.assertIsNone(cache.lookup(("t", 0, 5), now=160))
-        self.assertEqual((cache.hits, cache.misses), (1, 1))
+        for now in (159.9, 160, 219, 278):
+            self.assertEqual(cache.lookup(("t", 0, 5), now=now), CacheEntry(1234, stored_at=100))
+        self.assertEqual((cache.hits, cache.misses), (4, 0))
+
+    def test_on_a_compacted_topic_a_record_time_is_rechecked_every_ttl(self) -> None:
+        """Compaction may remove the record: the first record after the offset is another."""
+        cache = TimestampCache(ttl=60)
+        cache.store(("t", 0, 5), 1234, now=100)
+        self.assertEqual(cache.lookup(("t", 0, 5), 159.9, compacted=True),
+                         CacheEntry(1234, stored_at=100))
+        self.assertIsNone(cache.lookup(("t", 0, 5), 160, compacted=True))
 
     def test_a_no_record_miss_is_cached_for_one_ttl(self) -> None:
         """'No record there' (None) is remembered for one TTL, then asked again."""
@@ -56,17 +64,22 @@ class CacheTests(SynchronousTestCase):
         self.assertIsInstance(entry.timestamp, CaughtUp)
         self.assertIsNone(cache.lookup(("t", 0, 9), now=30))
 
-    def test_sweep_runs_every_two_ttls_and_drops_only_expired(self) -> None:
-        """The sweep runs at 2 x ttl and removes expired entries only."""
+    def test_sweep_runs_every_ttl_and_drops_only_entries_nobody_asked_for(self) -> None:
+        """The sweep runs once a ttl and drops the entries unused for a ttl, however old
+        the others are."""
         cache = TimestampCache(ttl=10)
         self.assertEqual(cache.maybe_sweep(now=0), 0)
         cache.store(("t", 0, 1), 1, now=0)
-        cache.store(("t", 0, 2), 2, now=15)
-        self.assertEqual(cache.maybe_sweep(now=19.9), 0)
+        cache.store(("t", 0, 2), 2, now=0)
+        cache.lookup(("t", 0, 2), now=5)
+        self.assertEqual(cache.maybe_sweep(now=9.9), 0)
         self.assertEqual(cache.stats().entries, 2)
-        self.assertEqual(cache.maybe_sweep(now=20), 1)
+        self.assertEqual(cache.maybe_sweep(now=10), 1)
         self.assertEqual(cache.stats().entries, 1)
-        self.assertEqual(cache.lookup(("t", 0, 2), now=20), CacheEntry(2, stored_at=15))
+        self.assertEqual(cache.lookup(("t", 0, 2), now=14), CacheEntry(2, stored_at=0))
+        self.assertEqual(cache.maybe_sweep(now=20), 0, "asked for at 14: kept")
+        self.assertEqual(cache.maybe_sweep(now=30), 1)
+        self.assertEqual(cache.stats().entries, 0)
 
     def test_stats_report_entries_hits_misses_errors(self) -> None:
         """stats() carries the figures the exporter publishes."""
@@ -113,7 +126,8 @@ class SamplerTests(SynchronousTestCase):
         self.assertEqual(found, {("c", 0, 3): 7, ("a", 0, 3): 8, ("a", 1, 3): 8, ("b", 0, 3): 9})
 
     def test_cached_keys_are_not_fetched_again(self) -> None:
-        """A second sample within the TTL fetches nothing."""
+        """A steady cycle (no committed offset moved) fetches nothing, whatever the ttl; a
+        "no time" answer is asked again once the ttl has passed."""
         fetched: List[List[Any]] = []
 
         def fetch(batch: List[Any]) -> "defer.Deferred[Mapping[Any, Any]]":
@@ -122,12 +136,13 @@ class SamplerTests(SynchronousTestCase):
 
         sampler = TimestampSampler(TimestampCache(60), fetch, 10, run_in_thread=run_now)
         first = self.successResultOf(sampler.sample(data_on_leaders(), now=0)).timestamps
-        second = self.successResultOf(sampler.sample(data_on_leaders(), now=59)).timestamps
-        self.assertEqual(first, second)
+        for now in (59, 60, 600):
+            later = self.successResultOf(sampler.sample(data_on_leaders(), now=now)).timestamps
+            self.assertEqual(later, first)
         self.assertEqual(len(fetched), 3)
-        third = sampler.sample(data_on_leaders(), now=60)
-        self.successResultOf(third)
-        self.assertEqual(len(fetched), 6, "expired entries are fetched again")
+        sampler.cache.store(("a", 0, 3), None, now=600)
+        self.successResultOf(sampler.sample(data_on_leaders(), now=660))
+        self.assertEqual(fetched[3:], [[(("a", 0, 3), 10)]])
 
     def test_failed_batch_leaves_its_keys_unknown(self) -> None:
         """A failed fetch is counted and its keys stay absent (unknown), the others are kept."""
