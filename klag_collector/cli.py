@@ -76,8 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(summary(config))
         sys.exit(EXIT_OK)
     # --once prints its result on stdout; progress lines would only get in the way.
-    start_logging(args.log_level or ("warn" if args.once else "info"), args.log_format,
-                  quiet_kafka=args.once)
+    start_logging(args.log_level or ("warn" if args.once else "info"), args.log_format)
     if args.once:
         sys.exit(run_once(config, args.format))
     sys.exit(run_forever(config))

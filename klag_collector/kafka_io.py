@@ -16,7 +16,7 @@ from typing import (
     Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple,
 )
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from kafka.admin import (
     ConfigResource,
     ConfigResourceType,
@@ -29,12 +29,11 @@ from kafka.errors import (
     CoordinatorNotAvailableError,
     IncompatibleBrokerVersion,
     KafkaError,
-    KafkaTimeoutError,
     NotCoordinatorError,
     for_code,
 )
 
-from . import kafka_clients, kafka_protocol
+from . import kafka_clients, kafka_protocol, record_fetch
 from .config import Performance
 from .errors import describe_error
 from .group_answers import (
@@ -58,20 +57,11 @@ from .model import (
     ShareOffset,
     TopicDescription,
 )
-from .record_age import CaughtUp, RecordTime
+from .record_age import RecordTime
 from .timestamps import FetchItem
 
 # Groups per DescribeGroups call: bounds one request's size on clusters with thousands of groups.
 DESCRIBE_BATCH = 500
-# Bytes fetched per partition when sampling timestamps: one small batch is all we need.
-SAMPLE_FETCH_BYTES = 16 * 1024
-# Empty polls in a row after which the fetch looks for partitions read to their end.
-IDLE_POLLS_BEFORE_END_CHECK = 2
-# Records one poll may return: enough to answer thousands of partitions in a few polls.
-SAMPLE_POLL_RECORDS = 20_000
-# Timestamps are read as a read_committed consumer (Kafka Streams exactly-once, transactional
-# pipelines) receives records: transaction markers and aborted records are never dated.
-SAMPLE_ISOLATION = "read_committed"
 
 
 def _error_text(code: int, message: Optional[str]) -> str:
@@ -352,7 +342,8 @@ NO_CONSUMER_GROUP_DESCRIBE = not_offered(kafka_protocol.CONSUMER_GROUP_DESCRIBE_
 
 
 class KafkaIO:
-    """One cluster's kafka-python clients: the admin client, and a consumer per timestamp fetch."""
+    """One cluster's kafka-python client: the admin client, whose connections carry every
+    request of a cycle, the timestamp Fetches included."""
 
     def __init__(
         self,
@@ -370,7 +361,6 @@ class KafkaIO:
         # instead of losing the race to the cycle's "timed out".
         self._args.setdefault("bootstrap_timeout_ms", int(timeout_ms * 0.8))
         self._admin: Optional[KafkaAdminClient] = None
-        self._consumers: List[KafkaConsumer] = []
         self._lock = threading.Lock()
 
     # -- clients ------------------------------------------------------------
@@ -402,13 +392,11 @@ class KafkaIO:
         """Drop the clients after a failure, so the next cycle reconnects from scratch."""
         with self._lock:
             admin, self._admin = self._admin, None
-            consumers, self._consumers = self._consumers, []
-        for client in [admin, *consumers]:
-            if client is not None:
-                try:
-                    client.close()
-                except Exception:  # closing a broken client may fail; it is gone either way
-                    pass
+        if admin is not None:
+            try:
+                admin.close()
+            except Exception:  # closing a broken client may fail; it is gone either way
+                pass
 
     # -- timestamps -----------------------------------------------------------
 
@@ -419,150 +407,43 @@ class KafkaIO:
         (or by nothing compaction left) up to its partition's end maps to CaughtUp; a key
         whose read is held by an open transaction maps to the time of the first record the
         read stops at (that transaction's first record), read uncommitted. A record without
-        a timestamp maps to None; a key not answered in time is left out (unknown).
+        a timestamp maps to None; a key not answered in time, or on a partition without a
+        leader, is left out (unknown).
         """
         # Return what was found a little before the cycle's own timeout gives up on us.
         deadline = time.monotonic() + 0.8 * self.performance.kafka_timeout
-        found, held = self._read(items, deadline, SAMPLE_ISOLATION)
-        if not held or time.monotonic() >= deadline:
-            return found
-        # Each held read stopped at its partition's last stable offset: what it waits for
-        # is the first record from there on, which only an uncommitted read can see yet.
-        probes = {key: FetchItem((key[0], key[1], max(key[2], at)), end)
-                  for key, (at, end) in held.items()}
-        # Its consumer must connect within what is left, not within a whole bootstrap timeout.
-        left_ms = max(1, int((deadline - time.monotonic()) * 1000))
-        stamps, _ = self._read(sorted(set(probes.values())), deadline, "read_uncommitted",
-                               bootstrap_timeout_ms=min(left_ms, self._args["bootstrap_timeout_ms"]))
-        for key, probe in probes.items():
-            if probe.key in stamps:
-                found[key] = stamps[probe.key]
+        found: Dict[RecordKey, RecordTime] = {}
+        by_leader: Dict[int, List[FetchItem]] = {}
+        for item in items:
+            by_leader.setdefault(item.leader, []).append(item)
+        for leader, led in by_leader.items():
+            if leader >= 0:
+                found.update(self._read_led_by(leader, led, deadline))
         return found
 
-    def _read(
-        self, items: List[FetchItem], deadline: float, isolation: str, **extra: Any
-    ) -> Tuple[Dict[RecordKey, RecordTime], Dict[RecordKey, Tuple[int, int]]]:
-        # A fresh consumer per fetch: a reused kafka-python consumer keeps records it
-        # buffered for a paused partition and then never fetches that partition again.
-        consumer = kafka_clients.build(KafkaConsumer, dict(
-            self._args,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=SAMPLE_FETCH_BYTES,
-            fetch_max_wait_ms=100,
-            max_poll_records=SAMPLE_POLL_RECORDS,
-            isolation_level=isolation,
-            **extra,
-        ))
-        with self._lock:
-            self._consumers.append(consumer)
-        try:
-            return self._sample(consumer, items, deadline, isolation == "read_committed")
-        finally:
-            with self._lock:
-                if consumer in self._consumers:
-                    self._consumers.remove(consumer)
-            consumer.close()
+    def _read_led_by(
+        self, leader: int, items: List[FetchItem], deadline: float
+    ) -> Dict[RecordKey, RecordTime]:
+        admin = self.admin()
 
-    def _sample(
-        self, consumer: KafkaConsumer, items: List[FetchItem], deadline: float, committed: bool
-    ) -> Tuple[Dict[RecordKey, RecordTime], Dict[RecordKey, Tuple[int, int]]]:
-        """(found, held): answered keys, and keys whose read an open transaction holds,
-        with the offset it stopped at and the partition's end offset."""
-        # Groups at different offsets of one partition share a batch: each partition
-        # has a queue of wanted offsets, read in ascending order by re-seeking.
-        read = _SampleRead(consumer)
-        for key, end in sorted(items):
-            read.pending.setdefault(TopicPartition(key[0], key[1]), []).append((key, end))
-        consumer.assign(list(read.pending))
-        for tp, wanted in read.pending.items():
-            read.seek(tp, wanted[0][0][2])
-        idle = 0
-        while read.pending and time.monotonic() < deadline:
-            records = consumer.poll(timeout_ms=200)
-            idle = 0 if records else idle + 1
-            for tp, batch in records.items():
-                read.answer(tp, batch)
-            if idle < IDLE_POLLS_BEFORE_END_CHECK:
-                continue
-            # Nothing arrives any more: the partitions still pending may have no data record
-            # left. position() walks every assigned partition in kafka-python, so checking
-            # after every poll (the first ones are empty while fetches are in flight) would
-            # cost O(partitions^2).
-            positions = {tp: consumer.position(tp) for tp in read.pending}
-            read.settle_read_to_end(positions)
-            if committed and not read.settle_held(positions, deadline):
-                break
-        return read.found, read.held
+        def send(request: Any, timeout: float) -> Any:
+            return admin._manager.run(self._send, admin, request, leader,
+                                      max(1, int(timeout * 1000)))
 
+        first = record_fetch.read(items, send, True, deadline)
+        if not first.held or time.monotonic() >= deadline:
+            return first.found
+        # Each held read stopped at its partition's last stable offset: what it waits for
+        # is the first record from there on, which only an uncommitted read can see yet.
+        probes = {key: FetchItem((key[0], key[1], max(key[2], at)), end, leader)
+                  for key, (at, end) in first.held.items()}
+        second = record_fetch.read(sorted(set(probes.values())), send, False, deadline)
+        found = dict(first.found)
+        for key, probe in probes.items():
+            if probe.key in second.found:
+                found[key] = second.found[probe.key]
+        return found
 
-class _SampleRead:
-    """One batched timestamp read in progress: what is still wanted and what was answered."""
-
-    def __init__(self, consumer: KafkaConsumer) -> None:
-        self.consumer = consumer
-        # partition -> the (key, end offset) still wanted, lowest offset first
-        self.pending: Dict[TopicPartition, List[Tuple[RecordKey, int]]] = {}
-        self.sought: Dict[TopicPartition, int] = {}
-        self.found: Dict[RecordKey, RecordTime] = {}
-        self.held: Dict[RecordKey, Tuple[int, int]] = {}
-        # Last stable offsets, asked only for reads that stopped short of the end.
-        self.stable: Dict[TopicPartition, int] = {}
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.sought[tp] = offset
-        self.consumer.seek(tp, offset)
-
-    def done(self, tp: TopicPartition) -> None:
-        del self.pending[tp]
-        self.consumer.pause(tp)
-
-    def answer(self, tp: TopicPartition, batch: List[Any]) -> None:
-        """Answer the wanted offsets a polled batch of *tp* covers; seek to the next one."""
-        queue = self.pending.get(tp)
-        # Records from before the last seek are not the ones asked for.
-        run = [r for r in batch if r.offset >= self.sought[tp]] if queue else []
-        if not queue or not run:
-            return
-        # `run` is contiguous from the sought offset: it answers every wanted
-        # offset up to its last record (the first record at or after each).
-        while queue and queue[0][0][2] <= run[-1].offset:
-            key, _ = queue.pop(0)
-            stamp = next(r for r in run if r.offset >= key[2]).timestamp
-            self.found[key] = stamp if stamp is not None and stamp >= 0 else None
-        if queue:
-            self.seek(tp, queue[0][0][2])
-        else:
-            self.done(tp)
-
-    def settle_read_to_end(self, positions: Mapping[TopicPartition, int]) -> None:
-        """Partitions read up to their end without a data record: caught up."""
-        for tp, at in positions.items():
-            if at < self.pending[tp][0][1]:
-                continue
-            # Only transaction markers and aborted records (or nothing compaction left)
-            # follow, so a consumer there receives nothing: it is caught up.
-            for key, _ in self.pending[tp]:
-                self.found[key] = CaughtUp(at)
-            self.done(tp)
-
-    def settle_held(self, positions: Mapping[TopicPartition, int], deadline: float) -> bool:
-        """Partitions stopped at the last stable offset: held by an open transaction.
-
-        A read_committed fetch ends at the last stable offset; ListOffsets of this consumer
-        answers it, asked once per partition. False when that request ran out of time.
-        """
-        short = [tp for tp in self.pending if tp not in self.stable]
-        if short:
-            try:
-                self.stable.update(self.consumer.end_offsets(
-                    short, timeout_ms=max(1, int((deadline - time.monotonic()) * 1000))))
-            except KafkaTimeoutError:
-                return False
-        for tp in [tp for tp in self.pending
-                   if tp in self.stable and positions[tp] >= self.stable[tp]]:
-            for key, end in self.pending[tp]:
-                self.held[key] = (positions[tp], end)
-            self.done(tp)
-        return True
+    @staticmethod
+    async def _send(admin: KafkaAdminClient, request: Any, node: int, timeout_ms: int) -> Any:
+        return await admin._manager.send(request, node_id=node, request_timeout_ms=timeout_ms)

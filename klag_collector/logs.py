@@ -50,6 +50,16 @@ def redact(text: str) -> str:
     return text
 
 
+def printable(text: str) -> str:
+    """`text` safe to show on a terminal: each character repr() would escape (controls such
+    as ESC, line breaks, bidi overrides) as its Python escape, `\\x1b` for ESC."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def _line(event: Dict[str, Any]) -> Dict[str, Any]:
     record: Dict[str, Any] = {
         "time": round(event.get("log_time", 0.0), 3),
@@ -77,7 +87,9 @@ class LineObserver:
         if self.fmt == JSON:
             text = json.dumps(record, default=str)
         else:
-            text = f"{record['level'].upper():5} {record['logger']}: {record['message']}"
+            # Messages quote names from Kafka (groups, errors): no raw control byte reaches a
+            # terminal. JSON lines are escaped by json.dumps.
+            text = f"{record['level'].upper():5} {record['logger']}: {printable(record['message'])}"
             if "traceback" in record:
                 text += "\n" + record["traceback"]
         self.out.write(text + "\n")
@@ -105,32 +117,27 @@ def default_format(stream: IO[str]) -> str:
     return TEXT if stream.isatty() else JSON
 
 
-def start_logging(
-    level: str = "info", fmt: Optional[str] = None, out: IO[str] = sys.stderr,
-    quiet_kafka: bool = False,
-) -> None:
-    """Send Twisted's and kafka-python's logs to `out` at `level` and above.
-
-    With `quiet_kafka`, kafka-python says nothing unless `level` is debug or info: a one-shot
-    run's own error line per cluster already gives the reason.
-    """
+def start_logging(level: str = "info", fmt: Optional[str] = None, out: IO[str] = sys.stderr) -> None:
+    """Send Twisted's logs to `out` at `level` and above, kafka-python's only at debug."""
     fmt = fmt or default_format(out)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
     observer = FilteringLogObserver(LineObserver(out, fmt), [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    route_kafka_logs(level)
+
+
+def route_kafka_logs(level: str) -> None:
+    """kafka-python's records go to Twisted's observers at debug `level`, else nowhere.
+
+    It logs every reconnect attempt (a couple of ERROR lines a second while a broker is
+    down); our own line per change of a cluster's state says what matters. Records from
+    ERROR up are still made, below the handler: kafka_clients reads the connection errors
+    (TLS, authentication) from them to explain a failure.
+    """
+    shown = logging.DEBUG if level == "debug" else logging.CRITICAL + 1
     handler = _ToTwisted()
+    handler.setLevel(shown)
     kafka_logger = logging.getLogger("kafka")
     kafka_logger.handlers[:] = [handler]
-    kafka_logger.setLevel(kafka_threshold(level, quiet_kafka))
+    kafka_logger.setLevel(min(logging.ERROR, shown))
     kafka_logger.propagate = False
-
-
-def kafka_threshold(level: str, quiet: bool) -> int:
-    """The stdlib level from which kafka-python's records are passed on."""
-    if level == "debug":
-        return logging.DEBUG
-    if quiet and level != "info":
-        return logging.CRITICAL + 1
-    # kafka-python logs every reconnect attempt at INFO/WARNING; our own error line
-    # per failed cycle says it once.
-    return logging.ERROR

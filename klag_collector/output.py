@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional, Protocol, Sequence
 
+from .logs import printable
 from .model import ClusterHealth, GroupType, LagView, PartitionLag, SharePartitionLag
 from .poller import ClusterSnapshot
 from .render import Rendered
@@ -119,8 +120,9 @@ def as_dict(clusters: Sequence[ClusterResult]) -> Dict[str, Any]:
 
 
 def as_json(clusters: Sequence[ClusterResult]) -> str:
-    """JSON text of as_dict()."""
-    return json.dumps(as_dict(clusters), indent=2, sort_keys=True)
+    """JSON text of as_dict(), in ASCII: names and errors from Kafka come out with their control
+    characters escaped (\\u001b), never raw on a terminal."""
+    return json.dumps(as_dict(clusters), indent=2, sort_keys=True, ensure_ascii=True)
 
 
 def _table_rows(name: str, view: LagView) -> List[Sequence[str]]:
@@ -186,11 +188,13 @@ def as_table(clusters: Sequence[ClusterResult]) -> str:
         else:
             rows.extend(_table_rows(cluster.name, cluster.snapshot.view))
             notes.extend(_skipped_groups_line(cluster.name, cluster.snapshot.view))
-    widths = [max(len(row[column]) for row in rows) for column in range(len(TABLE_COLUMNS))]
+    # Names and errors come from Kafka: escaped, a group named "x\\x1b[2J" cannot clear the screen.
+    cells = [[printable(cell) for cell in row] for row in rows]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(TABLE_COLUMNS))]
     lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells
     ]
-    return "\n".join(lines + notes)
+    return "\n".join(lines + [printable(note) for note in notes])
 
 
 def as_prometheus(rendered: Optional[Rendered]) -> str:

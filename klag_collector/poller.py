@@ -1,7 +1,7 @@
 """One cluster's collection loop as a Twisted service.
 
 A SerialLoop runs a cycle every `poll_interval`, one at a time, retrying failed ones
-with backoff. A cycle reads Kafka, samples record timestamps, computes lag and builds
+with backoff, never more than one interval apart. A cycle reads Kafka, samples record timestamps, computes lag and builds
 families in worker threads, then swaps in a new immutable snapshot with one attribute
 assignment.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Generator, List, Mapping, Optional, Protocol, cast
+from typing import Any, Callable, Generator, List, Mapping, Optional, Protocol, Set, cast
 
 from twisted.application import service
 from twisted.internet import defer
@@ -34,6 +34,8 @@ __all__ = ["ClusterPoller", "ClusterSnapshot", "RunInThread", "Source", "build_s
 
 # How long stopService waits for an in-flight cycle before giving up on it.
 STOP_GRACE = 5.0
+# Reasons told per outage: an edge failing with ever-new texts stays a few lines.
+MAX_REASONS_TOLD = 8
 
 class ClusterState(str, enum.Enum):
     """A cluster's state as /ready and the status page report it."""
@@ -121,12 +123,15 @@ class ClusterPoller(service.Service):
             clock,
             exporter.poll_interval,
             self._cycle,
-            backoff=lambda failures: backoff_delay(failures, jitter),
+            backoff=lambda failures: backoff_delay(failures, exporter.poll_interval, jitter),
             label=f"cluster {cluster.name}",
             on_end=self._cycle_ended,
             on_skip=self._ticks_skipped,
         )
         self._stale_rerender: Optional[IDelayedCall] = None
+        # While failing: when the first failed cycle in a row ended, the reasons logged since.
+        self._failing_since = 0.0
+        self._reasons_told: Set[str] = set()
 
     # -- what readers see -------------------------------------------------------
 
@@ -224,6 +229,13 @@ class ClusterPoller(service.Service):
         self._on_change()
 
     def _succeeded(self, snapshot: ClusterSnapshot, end: RunEnd[ClusterSnapshot]) -> None:
+        if self.health.consecutive_failures:
+            self.log.info(
+                "cluster {cluster}: collection recovered after {seconds:.1f}s ({failures} failed cycles)",
+                cluster=self.name,
+                seconds=end.ended_at - self._failing_since,
+                failures=self.health.consecutive_failures,
+            )
         self.snapshot = snapshot
         self.health = replace(
             self.health,
@@ -239,17 +251,7 @@ class ClusterPoller(service.Service):
     def _failed(self, failure: Failure, end: RunEnd[ClusterSnapshot]) -> None:
         # A Failure of a run always holds the exception the run failed with.
         reason = describe_error(cast(BaseException, failure.value))
-        if end.retry_in is None:
-            self.log.error(
-                "cluster {cluster}: collection failed ({reason})", cluster=self.name, reason=reason
-            )
-        else:
-            self.log.error(
-                "cluster {cluster}: collection failed ({reason}); retry in {delay:.1f}s",
-                cluster=self.name,
-                reason=reason,
-                delay=end.retry_in,
-            )
+        self._tell_failure(reason, end)
         self.health = replace(
             self.health,
             last_duration=end.ended_at - end.started_at,
@@ -260,6 +262,45 @@ class ClusterPoller(service.Service):
         )
         # Reconnect from scratch next time: a client that timed out may be wedged.
         self._run(self.source.reset).addErrback(lambda f: None)
+
+    def _tell_failure(self, reason: str, end: RunEnd[ClusterSnapshot]) -> None:
+        # At info, one line per change: failing, a reason not told yet in this outage, recovered.
+        # An outage of hours is two lines, not thousands, however its reasons alternate.
+        if end.consecutive_failures == 1:
+            self._failing_since = end.ended_at
+            self._reasons_told = {reason}
+            self._log_failing(reason, end.retry_in)
+        elif reason not in self._reasons_told and len(self._reasons_told) < MAX_REASONS_TOLD:
+            self._reasons_told.add(reason)
+            self.log.error(
+                "cluster {cluster}: collection failed ({reason}), a new reason after {seconds:.1f}s "
+                "of failing",
+                cluster=self.name,
+                reason=reason,
+                seconds=end.ended_at - self._failing_since,
+            )
+        else:
+            self.log.debug(
+                "cluster {cluster}: still failing ({reason}), {failures} cycles in a row",
+                cluster=self.name,
+                reason=reason,
+                failures=end.consecutive_failures,
+            )
+
+    def _log_failing(self, reason: str, retry_in: Optional[float]) -> None:
+        if retry_in is None:  # a one-shot run, or one that ended after the stop
+            self.log.error(
+                "cluster {cluster}: collection failed ({reason})", cluster=self.name, reason=reason
+            )
+        else:
+            self.log.error(
+                "cluster {cluster}: collection failed ({reason}); retry in {delay:.1f}s, "
+                "backing off to every {interval:g}s",
+                cluster=self.name,
+                reason=reason,
+                delay=retry_in,
+                interval=self.exporter.poll_interval,
+            )
 
     def _ticks_skipped(self, total: int) -> None:
         self.health = replace(self.health, skipped_ticks=total)

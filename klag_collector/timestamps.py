@@ -31,10 +31,11 @@ RunInThread = Callable[..., "defer.Deferred[Any]"]
 
 class FetchItem(NamedTuple):
     """One record to read, with its partition's end offset, so that the fetcher can
-    tell "no record there" from "not fetched yet"."""
+    tell "no record there" from "not fetched yet", and the broker leading it (-1: none)."""
 
     key: RecordKey
     end_offset: int
+    leader: int
 
 
 # Runs the blocking fetch of one batch; answers key -> timestamp (or None, or a
@@ -117,7 +118,8 @@ def batches_by_leader(data: ClusterData, keys: Iterable[RecordKey]) -> List[List
     by_leader: Dict[int, List[FetchItem]] = defaultdict(list)
     for key in sorted(keys):
         tp = (key[0], key[1])
-        by_leader[data.leaders.get(tp, -1)].append(FetchItem(key, data.latest[tp]))
+        leader = data.leaders.get(tp, -1)
+        by_leader[leader].append(FetchItem(key, data.latest[tp], leader))
     return [by_leader[leader] for leader in sorted(by_leader)]
 
 

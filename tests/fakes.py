@@ -44,7 +44,7 @@ class FakeSource:
 
     def fetch_timestamps(self, items: List[Any]) -> Dict[RecordKey, RecordTime]:
         self.fetches.append(list(items))
-        return {key: self.timestamps.get(key) for key, _ in items if key in self.timestamps}
+        return {key: self.timestamps.get(key) for key, *_ in items if key in self.timestamps}
 
     def reset(self) -> None:
         self.resets += 1

@@ -6,6 +6,7 @@ functions are fed pollers built on a task.Clock with fake Kafka edges.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -13,15 +14,18 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, NamedTuple
 
 import pytest
 from twisted.internet import task
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from klag_collector import __version__
-from klag_collector.logs import kafka_threshold
+from klag_collector import kafka_clients
+from klag_collector.logs import TEXT, LineObserver, route_kafka_logs
 from klag_collector.model import (
     ClusterData, GroupInfo, GroupType, Member, ShareGroupInfo, ShareOffset,
 )
@@ -449,22 +453,48 @@ def test_once_stderr_is_our_one_line_per_failing_cluster(
     assert "kafka." not in run.err
 
 
-@pytest.mark.parametrize(
-    "level, quiet, threshold",
-    [
-        ("warn", True, logging.CRITICAL + 1),
-        ("error", True, logging.CRITICAL + 1),
-        ("info", True, logging.ERROR),
-        ("debug", True, logging.DEBUG),
-        ("warn", False, logging.ERROR),
-        ("info", False, logging.ERROR),
-        ("debug", False, logging.DEBUG),
-    ],
-)
-def test_kafka_python_is_quiet_in_one_shot_runs_unless_asked(level: str, quiet: bool,
-                                                             threshold: int) -> None:
-    """kafka-python's records pass from ERROR, none with --once unless -l info or debug."""
-    assert kafka_threshold(level, quiet) == threshold
+@pytest.fixture
+def kafka_logger():
+    """The `kafka` stdlib logger, its handlers, level and propagation restored afterwards."""
+    logger = logging.getLogger("kafka")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield logger
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+@pytest.mark.parametrize("level, shown", [
+    ("debug", True), ("info", False), ("warn", False), ("error", False), ("critical", False),
+])
+def test_kafka_python_logs_only_at_debug(kafka_logger: logging.Logger, level: str,
+                                         shown: bool) -> None:
+    """kafka-python's connection errors (two a second through an outage) reach our log only at
+    -l debug, in every mode; the records are still made, for kafka_clients to explain failures."""
+    events: List[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        route_kafka_logs(level)
+        since = time.time()
+        logging.getLogger("kafka.net.connection").error(
+            "%s: connect attempt failed: %s", "broker:9092", ConnectionRefusedError("refused"))
+        logging.getLogger("kafka.client").warning("bootstrap failed")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    kafka_lines = [(e["log_level"].name, formatEvent(e)) for e in events
+                   if e.get("log_namespace", "").startswith("kafka")]
+    expected = [("error", "broker:9092: connect attempt failed: refused"),
+                ("warn", "bootstrap failed")]
+    assert kafka_lines == (expected if shown else [])
+    recorded = kafka_clients._recorder.take(threading.get_ident(), since)
+    assert [str(e) for e in recorded] == ["refused"]
+
+
+def test_text_log_lines_escape_control_characters() -> None:
+    """A name from Kafka with ESC or a newline in a text log line prints as its escape, so it
+    can neither drive the terminal nor forge a line."""
+    out = io.StringIO()
+    LineObserver(out, TEXT)({"log_format": "group {g} failed", "g": "evil\x1b[2J\nERROR forged",
+                             "log_level": LogLevel.warn, "log_namespace": "klag_collector"})
+    assert out.getvalue() == "WARN  klag_collector: group evil\\x1b[2J\\nERROR forged failed\n"
 
 
 def occupied_port() -> socket.socket:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -118,7 +120,7 @@ class BackoffTests(LoopTestCase):
     def test_failures_retry_after_the_backoff_delays(self) -> None:
         """Retries after 1, 2, 4 and 8 s (jitter 0), never a moment earlier."""
         self.runs.error = ConnectionError("down")
-        self.make(interval=60, backoff=lambda n: backoff_delay(n, lambda: 0.0)).start()
+        self.make(interval=60, backoff=lambda n: backoff_delay(n, 60, lambda: 0.0)).start()
         for retry_at in (1, 3, 7, 15):
             before = len(self.runs.started)
             self.clock.advance(retry_at - 0.001 - self.clock.seconds())
@@ -133,12 +135,22 @@ class BackoffTests(LoopTestCase):
     def test_jitter_shortens_each_wait(self) -> None:
         """With jitter 0.5 each wait is a tenth shorter: 0.9, 1.8, 3.6 s."""
         self.runs.error = ConnectionError("down")
-        self.make(interval=60, backoff=lambda n: backoff_delay(n, lambda: 0.5)).start()
+        self.make(interval=60, backoff=lambda n: backoff_delay(n, 60, lambda: 0.5)).start()
         self.assertEqual(self.loop.next_attempt_at(), 0.9)
         self.clock.advance(0.9)
         self.clock.advance(1.8)
         self.assertEqual([end.retry_in for end in self.ends], [0.9, 1.8, 3.6])
         self.assertEqual(self.runs.started, [0, 0.9, 2.7])
+
+    def test_the_wait_is_capped_at_the_interval(self) -> None:
+        """With a 10 s interval: 1, 2, 4, 8 s, then 10 s for good, jitter or not."""
+        self.runs.error = ConnectionError("down")
+        self.make(interval=10, backoff=lambda n: backoff_delay(n, 10, lambda: 0.5)).start()
+        self.clock.pump([0.9, 1.8, 3.6, 7.2, 10, 10])
+        self.assertEqual([end.retry_in for end in self.ends], [0.9, 1.8, 3.6, 7.2, 10, 10, 10])
+        self.assertEqual([round(t, 9) for t in self.runs.started],
+                         [0, 0.9, 2.7, 6.3, 13.5, 23.5, 33.5])
+        self.assertEqual(self.loop.skipped_ticks, 0)
 
     def test_a_success_resets_the_failures_and_returns_to_the_ticks(self) -> None:
         """After a failed run and a successful retry, runs follow the interval again."""
@@ -196,6 +208,82 @@ class BackoffTests(LoopTestCase):
         self.clock.advance(10)
         self.assertEqual(self.runs.started, [0, 10])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+
+class Outage(NamedTuple):
+    attempts: List[float]  # when each run during the outage started
+    recovered_at: float  # when the first run after it started (and succeeded)
+
+
+def outage(interval: float, down: float, up: float, jitter: float = 0.0) -> Outage:
+    """A loop on its own clock, polling every `interval` with the exporter's backoff, whose
+    runs fail from `down` to `up` (Kafka away); stepped call by call until the first
+    success after `up`."""
+    clock = task.Clock()
+    runs = Runs(clock)
+    clock.callLater(down, setattr, runs, "error", ConnectionError("down"))
+    clock.callLater(up, setattr, runs, "error", None)
+    loop = SerialLoop(clock, interval, runs,
+                      backoff=lambda n: backoff_delay(n, interval, lambda: jitter))
+    loop.start()
+    while not [t for t in runs.started if t >= up]:
+        # One call at a time: every call sees its own moment as now.
+        clock.advance(min(call.getTime() for call in clock.getDelayedCalls()) - clock.seconds())
+    loop.stop()
+    return Outage([t for t in runs.started if down <= t < up],
+                  next(t for t in runs.started if t >= up))
+
+
+class OutageTests(SynchronousTestCase):
+    """Backoff through an outage: data back within one interval of Kafka's return, and no more
+    than one attempt per interval once the first quick retries are spent."""
+
+    def test_ten_minutes_down_with_a_2s_poll(self) -> None:
+        """Down from 9.5 s to 609.5 s: the tick at 10 fails, retries at 11, 13, ... 609, one
+        per interval; the retry at 611 gets the data, 1.5 s after the return."""
+        result = outage(interval=2, down=9.5, up=609.5)
+        self.assertEqual(result.attempts, [10, 11] + [float(t) for t in range(13, 610, 2)])
+        self.assertEqual(len(result.attempts), 301)
+        self.assertLessEqual(len(result.attempts), 600 / 2 + 1)
+        self.assertEqual(result.recovered_at, 611)
+
+    def test_kafka_back_just_after_an_attempt_is_still_within_one_interval(self) -> None:
+        """The worst moment to return, just after a failed retry: the data is back 2 s later."""
+        result = outage(interval=2, down=9.5, up=609.001)
+        self.assertEqual(result.attempts[-1], 609)
+        self.assertEqual(result.recovered_at, 611)
+        self.assertLessEqual(result.recovered_at - 609.001, 2)
+
+    def test_a_long_poll_interval_bounds_the_wait_too(self) -> None:
+        """A 10-minute poll, a day down: retries at +1, 2, 4 ... 512 s, then every 600 s."""
+        result = outage(interval=600, down=0.5, up=86_400.5)
+        gaps = [b - a for a, b in zip(result.attempts, result.attempts[1:])]
+        self.assertEqual(gaps[:10], [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+        self.assertEqual(set(gaps[10:]), {600})
+        self.assertLessEqual(result.recovered_at - 86_400.5, 600)
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        interval=st.sampled_from([0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0]),
+        down=st.floats(0.01, 50.0),
+        intervals_down=st.floats(0.0, 40.0),
+        jitter=st.floats(0.0, 0.999),
+    )
+    def test_any_outage(self, interval: float, down: float, intervals_down: float,
+                        jitter: float) -> None:
+        """Whatever the interval, the outage and the jitter: every gap between attempts is at
+        most one interval (so the data is back within one interval of the return), and once a
+        gap is a whole interval every later one is."""
+        up = down + intervals_down * interval
+        result = outage(interval, down, up, jitter)
+        times = result.attempts + [result.recovered_at]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        self.assertLessEqual(result.recovered_at - up, interval + 1e-9)
+        self.assertTrue(all(gap <= interval + 1e-9 for gap in gaps), gaps)
+        capped = [i for i, gap in enumerate(gaps) if gap >= interval - 1e-9]
+        if capped:
+            after = gaps[capped[0]:-1]  # the last gap, to the success, may be a tick's
+            self.assertTrue(all(abs(gap - interval) < 1e-9 for gap in after), gaps)
 
 
 class RunNowTests(LoopTestCase):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import task
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from klag_collector.model import ClusterData, GroupInfo
-from klag_collector.poller import ClusterPoller, ClusterState
+from klag_collector.poller import MAX_REASONS_TOLD, ClusterPoller, ClusterState
 from fakes import FakeSource, HeldRunner, one_partition_data, pollers_on_clock, run_now
 
 T0 = 1_700_000_000.0
@@ -61,6 +61,22 @@ class PollerTestCase(SynchronousTestCase):
             self.runner.release()
         self.successResultOf(stopped)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def fail_reads(self) -> None:
+        self.source.error = ConnectionError("broker down")
+
+    def failure_messages(self) -> list:
+        """The poller's lines above debug logged while the test runs, as (level, text)."""
+        messages: list = []
+
+        def observe(event: dict) -> None:
+            if (event.get("log_namespace") == "klag_collector.poller.ClusterPoller"
+                    and event["log_level"] is not LogLevel.debug):
+                messages.append((event["log_level"].name, formatEvent(event)))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return messages
 
 
 class CycleTests(PollerTestCase):
@@ -114,7 +130,7 @@ class CycleTests(PollerTestCase):
         """Two groups at one offset share a fetch; the next cycle hits the cache."""
         p = self.make()
         p.startService()
-        self.assertEqual(self.source.fetches, [[(("t", 0, 5), 10)]])
+        self.assertEqual(self.source.fetches, [[(("t", 0, 5), 10, 1)]])
         self.clock.advance(10)
         self.assertEqual(len(self.source.fetches), 1)
         self.assertEqual(p.health.cache.hits, 1)
@@ -122,7 +138,7 @@ class CycleTests(PollerTestCase):
         self.source.data = lagging_data(committed=6)
         self.source.timestamps[("t", 0, 6)] = int((T0 - 50) * 1000)
         self.clock.advance(10)
-        self.assertEqual(self.source.fetches[-1], [(("t", 0, 6), 10)], "a moved offset is refetched")
+        self.assertEqual(self.source.fetches[-1], [(("t", 0, 6), 10, 1)], "a moved offset is refetched")
         self.stop()
 
     def test_timestamp_fetch_failure_leaves_time_lag_out(self) -> None:
@@ -151,25 +167,23 @@ class CycleTests(PollerTestCase):
 
 
 class FailureTests(PollerTestCase):
-    def fail_reads(self) -> None:
-        self.source.error = ConnectionError("broker down")
-
     def test_failures_back_off_exponentially_and_success_resets(self) -> None:
-        """Retries wait 1, 2, 4, 8 s; a success goes back to the normal interval."""
+        """Retries wait 1, 2, 4, 8 s, then the 10 s poll interval; a success goes back to the ticks."""
         self.fail_reads()
         p = self.make()
         p.startService()
-        for delay in (1, 2, 4, 8):
+        for delay in (1, 2, 4, 8, 10, 10):
             before = len(self.source.reads)
             self.clock.advance(delay - 0.01)
             self.assertEqual(len(self.source.reads), before)
             self.clock.advance(0.01)
             self.assertEqual(len(self.source.reads), before + 1)
-        self.assertEqual(p.health.consecutive_failures, 5)
-        self.assertEqual(p.health.failures_total, 5)
+        self.assertEqual(p.health.consecutive_failures, 7)
+        self.assertEqual(p.health.failures_total, 7)
         self.assertEqual(p.health.last_error, "ConnectionError: broker down")
+        self.assertEqual(p.next_attempt_in(self.clock.seconds()), 10.0)
         self.source.error = None
-        self.clock.advance(16)
+        self.clock.advance(10)
         self.assertEqual(p.health.consecutive_failures, 0)
         self.assertEqual(p.state(self.clock.seconds()), ClusterState.OK)
         self.flushLoggedErrors()
@@ -211,7 +225,7 @@ class FailureTests(PollerTestCase):
         p = self.make()
         p.startService()
         self.fail_reads()
-        self.clock.advance(10)  # fails; retries back off 1, 2, 4, 8, 16...
+        self.clock.advance(10)  # fails; retries back off 1, 2, 4, 8, then every 10
         changes = self.changes
         self.clock.advance(20)
         self.assertTrue(p.is_fresh(T0 + 30))
@@ -222,26 +236,14 @@ class FailureTests(PollerTestCase):
         self.flushLoggedErrors()
         self.stop()
 
-    def failure_messages(self) -> list:
-        """The poller's error lines logged while the test runs."""
-        messages: list = []
-
-        def observe(event: dict) -> None:
-            if event.get("log_namespace") == "klag_collector.poller.ClusterPoller":
-                messages.append(formatEvent(event))
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
-        return messages
-
     def test_a_started_poller_says_when_it_retries(self) -> None:
-        """A failed cycle of the running loop names its reason and the backoff wait."""
+        """A failed cycle of the running loop names its reason, the first wait and the cap."""
         messages = self.failure_messages()
         self.fail_reads()
         p = self.make()
         p.startService()
-        self.assertEqual(messages, ["cluster c1: collection failed (ConnectionError: broker down); "
-                                    "retry in 1.0s"])
+        self.assertEqual(messages, [("error", "cluster c1: collection failed (ConnectionError: "
+                                              "broker down); retry in 1.0s, backing off to every 10s")])
         self.stop()
 
     def test_a_one_shot_failure_schedules_and_announces_no_retry(self) -> None:
@@ -250,7 +252,8 @@ class FailureTests(PollerTestCase):
         self.fail_reads()
         p = self.make()
         self.successResultOf(p.poll_now())
-        self.assertEqual(messages, ["cluster c1: collection failed (ConnectionError: broker down)"])
+        self.assertEqual(messages, [("error", "cluster c1: collection failed (ConnectionError: "
+                                              "broker down)")])
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertIsNone(p.next_attempt_in(self.clock.seconds()))
         self.assertEqual(p.state(self.clock.seconds()), ClusterState.FAILING)
@@ -270,6 +273,109 @@ class FailureTests(PollerTestCase):
         self.fail_reads()
         self.clock.advance(10)
         self.assertEqual(p.next_attempt_in(self.clock.seconds()), 1.0)
+        self.stop()
+
+
+POLL_2S = CONFIG.replace('poll_interval = "10s"', 'poll_interval = "2s"')
+
+
+class OutageLogTests(PollerTestCase):
+    """What an outage writes to the log: one line when a cluster starts failing, with the
+    reason, one when it recovers, with how long it took; nothing per cycle above debug."""
+
+    def kafka(self, down: float, up: float) -> None:
+        """The fake Kafka fails reads from T0 + `down` to T0 + `up`."""
+        self.clock.callLater(down, setattr, self.source, "error", ConnectionError("broker down"))
+        self.clock.callLater(up, setattr, self.source, "error", None)
+
+    def test_ten_minutes_down_is_two_lines_and_data_back_within_2s(self) -> None:
+        """2 s poll, Kafka away from +9.5 to +609.5: the tick at +10 fails (one line), 300
+        retries follow every 2 s (no line), the retry at +611 succeeds (one line, 601 s)."""
+        messages = self.failure_messages()
+        self.kafka(9.5, 609.5)
+        p = self.make(config=POLL_2S)
+        p.startService()
+        self.clock.pump([0.5] * 1222)  # to +611
+        self.assertEqual(messages, [
+            ("error", "cluster c1: collection failed (ConnectionError: broker down); "
+                      "retry in 1.0s, backing off to every 2s"),
+            ("info", "cluster c1: collection recovered after 601.0s (301 failed cycles)"),
+        ])
+        self.assertEqual(p.health.last_success, T0 + 611)
+        self.assertEqual(p.health.failures_total, 301)
+        outage = [t - T0 for t in self.source.reads if T0 + 9.5 <= t < T0 + 609.5]
+        self.assertEqual(len(outage), 301, "one attempt per 2 s interval, after the first retry")
+        self.stop()
+
+    def test_each_transition_is_one_line_with_its_own_reason_and_duration(self) -> None:
+        """Failing, recovered, failing (another reason), recovered: four lines, exact figures."""
+        messages = self.failure_messages()
+        self.kafka(5, 12.5)  # tick at +10 fails; retries +11 and +13: back at +13
+        self.clock.callLater(25, setattr, self.source, "error", TimeoutError("no answer"))
+        self.clock.callLater(35.5, setattr, self.source, "error", None)
+        p = self.make()
+        p.startService()
+        self.clock.pump([0.5] * 80)  # to +40; fails at +30, +31, +33; back at +37
+        self.assertEqual(messages, [
+            ("error", "cluster c1: collection failed (ConnectionError: broker down); "
+                      "retry in 1.0s, backing off to every 10s"),
+            ("info", "cluster c1: collection recovered after 3.0s (2 failed cycles)"),
+            ("error", "cluster c1: collection failed (TimeoutError: no answer); "
+                      "retry in 1.0s, backing off to every 10s"),
+            ("info", "cluster c1: collection recovered after 7.0s (3 failed cycles)"),
+        ])
+        self.stop()
+
+    def test_a_new_reason_is_told_once_however_reasons_alternate(self) -> None:
+        """Broker down, then timeouts, then down again, alternating: the first failure and the
+        first timeout are told, nothing after; /ready follows the last failure."""
+        messages = self.failure_messages()
+        p = self.make()
+        p.startService()
+        self.fail_reads()
+        self.clock.advance(10)
+        for error in (TimeoutError("no answer"), ConnectionError("broker down")) * 3:
+            self.source.error = error
+            self.clock.advance(p.next_attempt_in(self.clock.seconds()))
+        self.assertEqual(p.health.consecutive_failures, 7)
+        self.assertEqual(p.health.last_error, "ConnectionError: broker down")
+        self.assertEqual(messages, [
+            ("error", "cluster c1: collection failed (ConnectionError: broker down); "
+                      "retry in 1.0s, backing off to every 10s"),
+            ("error", "cluster c1: collection failed (TimeoutError: no answer), a new reason "
+                      "after 1.0s of failing"),
+        ])
+        self.stop()
+
+    def test_ever_new_reasons_are_told_up_to_a_bound(self) -> None:
+        """An edge failing with a new text every cycle: MAX_REASONS_TOLD lines, then quiet."""
+        messages = self.failure_messages()
+        p = self.make()
+        for n in range(20):
+            self.source.error = ConnectionError(f"broker down, attempt {n}")
+            self.successResultOf(p.poll_now())
+        self.assertEqual(len(messages), MAX_REASONS_TOLD)
+        self.assertEqual(messages[-1], ("error", "cluster c1: collection failed (ConnectionError: "
+                                                 "broker down, attempt 7), a new reason after "
+                                                 "0.0s of failing"))
+
+    def test_at_debug_each_further_failure_is_told(self) -> None:
+        """Below info each failed cycle after the first says its reason and the count."""
+        debug: list = []
+
+        def observe(event: dict) -> None:
+            if event["log_level"] is LogLevel.debug and "cluster c1" in formatEvent(event):
+                debug.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.fail_reads()
+        self.make().startService()
+        self.clock.pump([1, 2])
+        self.assertEqual(debug, [
+            "cluster c1: still failing (ConnectionError: broker down), 2 cycles in a row",
+            "cluster c1: still failing (ConnectionError: broker down), 3 cycles in a row",
+        ])
         self.stop()
 
 

@@ -99,10 +99,11 @@ class SamplerTests(SynchronousTestCase):
         keys = [("a", 0, 3), ("a", 1, 3), ("b", 0, 3), ("c", 0, 3)]
         self.assertEqual(
             batches_by_leader(data, keys),
-            [[(("c", 0, 3), 10)], [(("a", 0, 3), 10), (("a", 1, 3), 10)], [(("b", 0, 3), 10)]],
+            [[(("c", 0, 3), 10, -1)], [(("a", 0, 3), 10, 1), (("a", 1, 3), 10, 1)],
+             [(("b", 0, 3), 10, 2)]],
         )
         self.assertEqual(batches_by_leader(data, [("b", 0, 3)])[0][0],
-                         FetchItem(key=("b", 0, 3), end_offset=10))
+                         FetchItem(key=("b", 0, 3), end_offset=10, leader=2))
 
     def test_concurrent_fetches_are_bounded(self) -> None:
         """No more than max_concurrent fetches are in flight at once."""
@@ -118,10 +119,10 @@ class SamplerTests(SynchronousTestCase):
         sampler = TimestampSampler(TimestampCache(60), fetch, 2, run_in_thread=run_now)
         result = sampler.sample(data_on_leaders(), now=0)
         self.assertEqual(len(calls), 2)
-        calls[0].callback({key: 7 for key, _ in batches[0]})
+        calls[0].callback({item.key: 7 for item in batches[0]})
         self.assertEqual(len(calls), 3)
-        calls[1].callback({key: 8 for key, _ in batches[1]})
-        calls[2].callback({key: 9 for key, _ in batches[2]})
+        calls[1].callback({item.key: 8 for item in batches[1]})
+        calls[2].callback({item.key: 9 for item in batches[2]})
         found = self.successResultOf(result).timestamps
         self.assertEqual(found, {("c", 0, 3): 7, ("a", 0, 3): 8, ("a", 1, 3): 8, ("b", 0, 3): 9})
 
@@ -132,7 +133,7 @@ class SamplerTests(SynchronousTestCase):
 
         def fetch(batch: List[Any]) -> "defer.Deferred[Mapping[Any, Any]]":
             fetched.append(batch)
-            return defer.succeed({key: 5 for key, _ in batch})
+            return defer.succeed({item.key: 5 for item in batch})
 
         sampler = TimestampSampler(TimestampCache(60), fetch, 10, run_in_thread=run_now)
         first = self.successResultOf(sampler.sample(data_on_leaders(), now=0)).timestamps
@@ -142,14 +143,14 @@ class SamplerTests(SynchronousTestCase):
         self.assertEqual(len(fetched), 3)
         sampler.cache.store(("a", 0, 3), None, now=600)
         self.successResultOf(sampler.sample(data_on_leaders(), now=660))
-        self.assertEqual(fetched[3:], [[(("a", 0, 3), 10)]])
+        self.assertEqual(fetched[3:], [[(("a", 0, 3), 10, 1)]])
 
     def test_failed_batch_leaves_its_keys_unknown(self) -> None:
         """A failed fetch is counted and its keys stay absent (unknown), the others are kept."""
         def fetch(batch: List[Any]) -> "defer.Deferred[Mapping[Any, Any]]":
             if batch[0][0][0] == "b":
                 return defer.fail(RuntimeError("leader 2 down"))
-            return defer.succeed({key: 1 for key, _ in batch})
+            return defer.succeed({item.key: 1 for item in batch})
 
         cache = TimestampCache(60)
         sampler = TimestampSampler(cache, fetch, 10, run_in_thread=run_now)
@@ -165,7 +166,7 @@ class SamplerTests(SynchronousTestCase):
 
         def fetch(batch: List[Any]) -> "defer.Deferred[Mapping[Any, Any]]":
             fetched.append(batch)
-            return defer.succeed({key: 5 for key, _ in batch})
+            return defer.succeed({item.key: 5 for item in batch})
 
         cache = TimestampCache(60)
         sampler = TimestampSampler(cache, fetch, max_concurrent=10, run_in_thread=held)

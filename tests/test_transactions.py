@@ -59,6 +59,11 @@ def kafka_io(bootstrap: str) -> KafkaIO:
     return KafkaIO([bootstrap], {}, Performance(kafka_timeout=15.0))
 
 
+def leader(admin, topic: str) -> int:
+    """The node id leading partition 0 of *topic*."""
+    return admin.describe_topics([topic])[0]["partitions"][0]["leader_id"]
+
+
 @pytest.fixture
 def run_exporter(tmp_path, kafka, unique):
     started: List[ExporterProcess] = []
@@ -84,9 +89,9 @@ def test_fetch_skips_aborted_records_and_markers(admin, kafka, unique) -> None:
     create_topic(admin, topic, 1)
     base = now_ms()
     aborted_then_committed(kafka.bootstrap, topic, f"{unique}-tx", base)
-    io = kafka_io(kafka.bootstrap)
+    io, led = kafka_io(kafka.bootstrap), leader(admin, topic)
     try:
-        found = io.fetch_timestamps([FetchItem((topic, 0, offset), 7) for offset in range(7)])
+        found = io.fetch_timestamps([FetchItem((topic, 0, offset), 7, led) for offset in range(7)])
     finally:
         io.reset()
     assert {o: found[(topic, 0, o)] for o in range(6)} == {
@@ -102,9 +107,9 @@ def test_fetch_of_a_plain_topic_is_unchanged(admin, kafka, unique) -> None:
     create_topic(admin, topic, 1)
     base = now_ms()
     produce(kafka.bootstrap, topic, 0, [base - 30_000, base - 20_000, base - 10_000])
-    io = kafka_io(kafka.bootstrap)
+    io, led = kafka_io(kafka.bootstrap), leader(admin, topic)
     try:
-        found = io.fetch_timestamps([FetchItem((topic, 0, offset), 3) for offset in (0, 2)])
+        found = io.fetch_timestamps([FetchItem((topic, 0, offset), 3, led) for offset in (0, 2)])
     finally:
         io.reset()
     assert found == {(topic, 0, 0): base - 30_000, (topic, 0, 2): base - 10_000}
@@ -125,11 +130,11 @@ def test_fetch_held_by_an_open_transaction_dates_from_its_first_record(admin, ka
         produce(kafka.bootstrap, other, 0, [base - 50_000])
         producer.begin_transaction()
         send(producer, topic, [base - 120_000, base - 60_000])
-        io = kafka_io(kafka.bootstrap)
+        io, led = kafka_io(kafka.bootstrap), leader(admin, topic)
         try:
             found = io.fetch_timestamps(
-                [FetchItem((topic, 0, offset), 5) for offset in range(5)]
-                + [FetchItem((other, 0, 0), 1)]
+                [FetchItem((topic, 0, offset), 5, led) for offset in range(5)]
+                + [FetchItem((other, 0, 0), 1, leader(admin, other))]
             )
         finally:
             io.reset()
@@ -155,9 +160,9 @@ def test_fetch_behind_aborted_records_waits_on_the_open_transaction(admin, kafka
         producer.abort_transaction()
         producer.begin_transaction()
         send(producer, topic, [base - 90_000, base - 30_000])
-        io = kafka_io(kafka.bootstrap)
+        io, led = kafka_io(kafka.bootstrap), leader(admin, topic)
         try:
-            found = io.fetch_timestamps([FetchItem((topic, 0, offset), 5) for offset in range(4)])
+            found = io.fetch_timestamps([FetchItem((topic, 0, offset), 5, led) for offset in range(4)])
         finally:
             io.reset()
         producer.abort_transaction()

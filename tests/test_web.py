@@ -359,7 +359,8 @@ class ReadyTests(WebTestCase):
         status, doc = self.ready()
         self.assertEqual(status, 503)
         good = doc["clusters"]["good"]
-        # Ticks at +10, retries at +11, +13, +17, +25; the next one is due at +41.
+        # Ticks at +10, retries at +11, +13, +17, +25; the next one, capped at the poll
+        # interval, is due at +35.
         self.assertEqual(
             good,
             {
@@ -367,7 +368,7 @@ class ReadyTests(WebTestCase):
                 "last_success": T0,
                 "consecutive_failures": 5,
                 "last_error": "TimeoutError: no answer",
-                "next_attempt_in": 10.0,
+                "next_attempt_in": 4.0,
             },
         )
         self.assertEqual(doc["clusters"]["bad"]["state"], "failing")
@@ -378,11 +379,11 @@ class ReadyTests(WebTestCase):
         self.good_source.error = TimeoutError("no answer")
         self.clock.pump([1.0] * 31)
         self.good_source.error = None
-        self.clock.pump([1.0] * 10)  # the retry at +41
+        self.clock.pump([1.0] * 10)  # the retry at +35, then the tick at +40
         status, doc = self.ready()
         self.assertEqual(status, 200)
         self.assertEqual(doc["clusters"]["good"]["state"], "ok")
-        self.assertEqual(doc["clusters"]["good"]["last_success"], T0 + 41)
+        self.assertEqual(doc["clusters"]["good"]["last_success"], T0 + 40)
 
     def test_ready_requires_all_needs_every_cluster(self) -> None:
         """With ready_requires = "all" one failing cluster makes it 503 until it recovers."""
