@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, cast
 
 from . import __version__
 from .config import Config, load_config
@@ -114,10 +114,12 @@ def run_once(config: Config, fmt: str) -> int:
 
 
 def run_forever(config: Config) -> int:
-    """Serve until SIGINT or SIGTERM, then stop gracefully."""
+    """Serve until SIGINT or SIGTERM, then stop gracefully; SIGHUP reloads the config file."""
     from twisted.internet import defer, reactor
+    from twisted.internet.interfaces import IReactorThreads
     from twisted.logger import Logger
 
+    from .reload_triggers import reload_on_sighup
     from .service import ListenFailed, make_service
 
     log = Logger(namespace="klag_collector")
@@ -130,6 +132,7 @@ def run_forever(config: Config) -> int:
         log.critical("{error}", error=e)
         return EXIT_FAILED
     failed: List[str] = []
+    restore_sighup: List[Callable[[], None]] = []
 
     def start() -> None:
         try:
@@ -138,8 +141,13 @@ def run_forever(config: Config) -> int:
             failed.append(str(e))
             log.critical("cannot start: {error}", error=e)
             reactor.stop()
+            return
+        threads = cast(IReactorThreads, reactor)
+        restore_sighup.append(reload_on_sighup(threads.callFromThread, svc.reload_config_file))
 
     def stop() -> Optional[defer.Deferred[None]]:
+        for restore in restore_sighup:
+            restore()
         if svc.running:
             log.info("stopping")
             return svc.stopService()

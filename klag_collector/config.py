@@ -116,9 +116,14 @@ class ExporterConfig:
     granularity: Granularity = Granularity.TOPIC
     staleness_threshold: float = 90.0
     ready_requires: ReadyRequires = ReadyRequires.ANY
+    # Sized for a handful of Prometheus servers: what strangers' connections cannot exceed.
+    http_max_connections: int = 64
+    http_header_timeout: float = 5.0
     timestamp_sampling: TimestampSampling = TimestampSampling()
     performance: Performance = Performance()
     otel: OtelConfig = OtelConfig()
+    # POST /-/reload re-reads the config file; off, the path is unknown (404).
+    enable_reload_endpoint: bool = False
 
 
 class _KafkaArgs(FrozenMap[Any]):
@@ -199,7 +204,9 @@ def parse_config(
 _TOP_KEYS = ("exporter", "clusters")
 _EXPORTER_KEYS = (
     "poll_interval", "http_host", "http_port", "granularity", "staleness_threshold",
-    "ready_requires", "timestamp_sampling", "performance", "otel", "leadership",
+    "ready_requires", "http_max_connections", "http_header_timeout",
+    "timestamp_sampling", "performance", "otel", "leadership",
+    "enable_reload_endpoint",
 )
 # How a table's keys are read: key -> (Reader method, its extra arguments), in reading order.
 _Readers = Dict[str, Tuple[str, Tuple[Any, ...]]]
@@ -330,6 +337,12 @@ def _exporter(reader: Reader, raw: Any) -> ExporterConfig:
         ready_requires=section.get(
             "ready_requires", defaults.ready_requires, reader.member, ReadyRequires
         ),
+        http_max_connections=section.get(
+            "http_max_connections", defaults.http_max_connections, reader.integer, 1
+        ),
+        http_header_timeout=section.get(
+            "http_header_timeout", defaults.http_header_timeout, reader.duration
+        ),
         timestamp_sampling=_fields(
             reader, section.table.get("timestamp_sampling"), "exporter.timestamp_sampling",
             TimestampSampling, _SAMPLING,
@@ -339,6 +352,9 @@ def _exporter(reader: Reader, raw: Any) -> ExporterConfig:
             Performance, _PERFORMANCE,
         ),
         otel=_fields(reader, section.table.get("otel"), "exporter.otel", OtelConfig, _OTEL),
+        enable_reload_endpoint=section.get(
+            "enable_reload_endpoint", defaults.enable_reload_endpoint, reader.boolean
+        ),
     )
 
 

@@ -1,4 +1,10 @@
-"""Turn a cluster's lag view and health into Prometheus metric families.
+"""Turn a cluster's lag view and health into metric families of compact rows.
+
+A family is its definition, the cluster's labels and one row per sample: the values of
+the definition's own labels (tuples shared by the families of one partition row) and the
+sample value. No label dict or prometheus_client object is made per sample; the renderer
+writes lines straight from the rows, and `Family.metric()` makes the prometheus_client
+family for a registry that asks (`collector.LagCollector`).
 
 Lag families are built once per cycle (off the reactor thread) and kept with the
 snapshot; health families are a handful of samples built when asked.
@@ -6,7 +12,7 @@ snapshot; health families are a handful of samples built when asked.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Sequence, Tuple
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
@@ -14,8 +20,31 @@ from prometheus_client.samples import Sample
 from . import metrics
 from .model import ClusterHealth, LagView, PartitionLag
 
-Families = Dict[str, Metric]
 Labels = Tuple[Tuple[str, str], ...]
+# One sample: the values of its definition's labels, in their order, and its value.
+Row = Tuple[Tuple[str, ...], float]
+
+
+class Family(NamedTuple):
+    """One metric family of one cluster."""
+
+    definition: metrics.MetricDef
+    # the cluster's labels, which every sample carries first
+    base: Labels
+    rows: List[Row]
+
+    def metric(self) -> Metric:
+        """The prometheus_client family with these samples."""
+        family = empty_family(self.definition)
+        names = self.definition.labels
+        for values, value in self.rows:
+            labels = dict(self.base)
+            labels.update(zip(names, values))
+            family.samples.append(Sample(self.definition.name, labels, value, None, None, None))
+        return family
+
+
+Families = Dict[str, Family]
 
 
 def empty_family(definition: metrics.MetricDef) -> Metric:
@@ -29,40 +58,49 @@ def empty_family(definition: metrics.MetricDef) -> Metric:
 
 
 class _Builder:
-    """Collects samples per family, each prefixed with the cluster's labels."""
+    """Collects the rows of each family of one cluster."""
 
     def __init__(self, base: Labels, definitions: Sequence[metrics.MetricDef]) -> None:
-        self.base = dict(base)
         self.families: Families = {
-            definition.name: empty_family(definition) for definition in definitions
+            definition.name: Family(definition, base, []) for definition in definitions
         }
 
-    def add(self, definition: metrics.MetricDef, values: Sequence[str], value: float) -> None:
+    def add(self, definition: metrics.MetricDef, values: Tuple[str, ...], value: float) -> None:
         family = self.families.get(definition.name)
-        if family is None:  # not reported at this granularity
-            return
-        labels = dict(self.base)
-        labels.update(zip(definition.labels, values))
-        family.samples.append(Sample(definition.name, labels, float(value), None, None, None))
+        if family is not None:  # else not reported at this granularity
+            family.rows.append((values, float(value)))
+
+    def extend(self, definition: metrics.MetricDef, rows: Iterable[Row]) -> None:
+        family = self.families.get(definition.name)
+        if family is not None:
+            family.rows.extend(rows)
 
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-def _partition_rows(builder: _Builder, row: PartitionLag) -> None:
-    ids = (row.group, row.topic, str(row.partition))
-    member = ids + (row.member.host, row.member.consumer_id, row.member.client_id)
-    builder.add(metrics.GROUP_OFFSET, member, row.committed)
-    builder.add(metrics.GROUP_LAG, member, row.lag)
-    if row.lag_seconds is not None:
-        flags = (_flag(row.compacted), _flag(row.data_loss))
-        builder.add(metrics.GROUP_LAG_SECONDS, member + flags, row.lag_seconds)
-    builder.add(metrics.GROUP_MESSAGES_LOST, ids, row.messages_lost)
-    builder.add(metrics.GROUP_RETENTION_MARGIN, ids, row.retention_margin)
-    builder.add(metrics.GROUP_LAG_RETENTION_RATIO, ids, row.retention_ratio)
-    if row.offset_out_of_range > 0:  # present only for such partitions
-        builder.add(metrics.GROUP_OFFSET_OUT_OF_RANGE, ids, row.offset_out_of_range)
+def _partition_rows(builder: _Builder, rows: Sequence[PartitionLag]) -> None:
+    # One list per family, made in one pass each: these are the bulk of the series. The
+    # label tuples of a partition row are shared by its families.
+    ids = [(row.group, row.topic, str(row.partition)) for row in rows]
+    member = [key + (row.member.host, row.member.consumer_id, row.member.client_id)
+              for key, row in zip(ids, rows)]
+    builder.extend(metrics.GROUP_OFFSET, [
+        (key, float(row.committed)) for key, row in zip(member, rows)])
+    builder.extend(metrics.GROUP_LAG, [(key, float(row.lag)) for key, row in zip(member, rows)])
+    builder.extend(metrics.GROUP_LAG_SECONDS, [
+        (key + (_flag(row.compacted), _flag(row.data_loss)), float(row.lag_seconds))
+        for key, row in zip(member, rows) if row.lag_seconds is not None])
+    builder.extend(metrics.GROUP_MESSAGES_LOST, [
+        (key, float(row.messages_lost)) for key, row in zip(ids, rows)])
+    builder.extend(metrics.GROUP_RETENTION_MARGIN, [
+        (key, float(row.retention_margin)) for key, row in zip(ids, rows)])
+    builder.extend(metrics.GROUP_LAG_RETENTION_RATIO, [
+        (key, float(row.retention_ratio)) for key, row in zip(ids, rows)])
+    builder.extend(metrics.GROUP_OFFSET_OUT_OF_RANGE, [  # present only for such partitions
+        (key, float(row.offset_out_of_range)) for key, row in zip(ids, rows)
+        if row.offset_out_of_range > 0])
 
 
 def _group_rows(builder: _Builder, view: LagView) -> None:
@@ -108,13 +146,12 @@ def lag_families(view: LagView, base: Labels, granularity: metrics.Granularity) 
             if definition in metrics.LAG_FAMILIES
         ],
     )
-    for (topic, partition), latest in sorted(view.latest.items()):
-        builder.add(metrics.PARTITION_LATEST_OFFSET, (topic, str(partition)), latest)
-    for (topic, partition), earliest in sorted(view.earliest.items()):
-        builder.add(metrics.PARTITION_EARLIEST_OFFSET, (topic, str(partition)), earliest)
+    for definition, offsets in ((metrics.PARTITION_LATEST_OFFSET, view.latest),
+                                (metrics.PARTITION_EARLIEST_OFFSET, view.earliest)):
+        builder.extend(definition, [((topic, str(partition)), float(offset))
+                                    for (topic, partition), offset in sorted(offsets.items())])
     if granularity is metrics.Granularity.PARTITION:
-        for row in view.partitions:
-            _partition_rows(builder, row)
+        _partition_rows(builder, view.partitions)
     _group_rows(builder, view)
     _share_rows(builder, view, granularity)
     builder.add(metrics.COMPACTION_PARTITIONS, (), view.compaction_partitions)
@@ -147,7 +184,8 @@ def health_families(health: ClusterHealth, base: Labels, fresh: bool) -> Familie
 
 
 def merge(parts: Iterable[Families], definitions: Sequence[metrics.MetricDef]) -> List[Metric]:
-    """One family per name across clusters: the text format allows a name only once."""
+    """One prometheus_client family per name across clusters: the text format allows a name
+    only once."""
     parts = list(parts)
     merged: List[Metric] = []
     for definition in definitions:
@@ -155,7 +193,7 @@ def merge(parts: Iterable[Families], definitions: Sequence[metrics.MetricDef]) -
         for part in parts:
             own = part.get(definition.name)
             if own is not None:
-                family.samples.extend(own.samples)
+                family.samples.extend(own.metric().samples)
         if family.samples:
             merged.append(family)
     return merged

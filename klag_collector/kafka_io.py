@@ -13,10 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from typing import (
-    Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple,
+    Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple,
 )
 
 from kafka import TopicPartition
+from kafka.net.compat import KafkaNetClient
 from kafka.admin import (
     ConfigResource,
     ConfigResourceType,
@@ -25,6 +26,7 @@ from kafka.admin import (
 )
 from kafka.errors import (
     BrokerResponseError,
+    KafkaConnectionError,
     CoordinatorLoadInProgressError,
     CoordinatorNotAvailableError,
     IncompatibleBrokerVersion,
@@ -341,6 +343,34 @@ class AdminReads:
 NO_CONSUMER_GROUP_DESCRIBE = not_offered(kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY)
 
 
+class _Connecting:
+    """An admin client under construction, which a reset() can close before it is done.
+
+    KafkaAdminClient's constructor blocks until a broker answers (bootstrap_timeout_ms);
+    closing the network client it made fails that wait, and the constructor raises.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._client: Optional[KafkaNetClient] = None
+        self.closed = False
+
+    def network_client(self, **configs: Any) -> KafkaNetClient:
+        """The admin client's `kafka_client` factory: kafka-python's own, kept to close."""
+        client = KafkaNetClient(**configs)
+        with self._lock:
+            self._client, closed = client, self.closed
+        if closed:
+            client.close()
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed, client = True, self._client
+        if client is not None:
+            client.close()
+
+
 class KafkaIO:
     """One cluster's kafka-python client: the admin client, whose connections carry every
     request of a cycle, the timestamp Fetches included."""
@@ -361,24 +391,43 @@ class KafkaIO:
         # instead of losing the race to the cycle's "timed out".
         self._args.setdefault("bootstrap_timeout_ms", int(timeout_ms * 0.8))
         self._admin: Optional[KafkaAdminClient] = None
+        self._connecting: Set[_Connecting] = set()
         self._lock = threading.Lock()
 
     # -- clients ------------------------------------------------------------
 
     def admin(self) -> KafkaAdminClient:
-        """The cluster's admin client, created on first use."""
+        """The cluster's admin client, created on first use.
+
+        A reset() while it is being created closes it too: the constructor then fails at
+        once instead of waiting for a broker that does not answer.
+        """
         with self._lock:
             if self._admin is not None:
                 return self._admin
+            connecting = _Connecting()
+            self._connecting.add(connecting)
         # The constructor blocks until a broker answers: outside the lock, so that reset()
         # after a timed-out cycle never waits for it.
-        admin = kafka_clients.build(KafkaAdminClient, self._args)
+        args = {**self._args, "kafka_client": connecting.network_client}
+        try:
+            admin = kafka_clients.build(KafkaAdminClient, args)
+        except BaseException:
+            with self._lock:
+                self._connecting.discard(connecting)
+            raise
         with self._lock:
-            if self._admin is None:
+            self._connecting.discard(connecting)
+            keep = self._admin is None and not connecting.closed
+            if keep:
                 self._admin = admin
-                return admin
+            current = self._admin
+        if keep:
+            return admin
         admin.close()
-        return self._admin
+        if current is None:  # reset as it connected: the cycle that asked is being ended
+            raise KafkaConnectionError("the client was reset while it connected")
+        return current
 
     def admin_reads(self) -> AdminReads:
         """The reads of one cycle, on the admin client of that moment.
@@ -389,12 +438,21 @@ class KafkaIO:
         return AdminReads(self.admin(), self.performance.offset_fetch_timeout)
 
     def reset(self) -> None:
-        """Drop the clients after a failure, so the next cycle reconnects from scratch."""
+        """Drop the clients after a failure, so the next cycle reconnects from scratch.
+
+        Closing them fails whatever a thread still waits for in kafka-python (a request, or
+        the bootstrap of a client being created), so no thread outlives the cycle that
+        timed out, or the stop.
+        """
         with self._lock:
             admin, self._admin = self._admin, None
+            connecting, self._connecting = self._connecting, set()
+        closes: List[Callable[[], Any]] = [c.close for c in connecting]
         if admin is not None:
+            closes.append(admin.close)
+        for close in closes:
             try:
-                admin.close()
+                close()
             except Exception:  # closing a broken client may fail; it is gone either way
                 pass
 

@@ -5,13 +5,14 @@ TimerService the callable returns a Deferred and the loop waits for it; unlike i
 tick that finds the last run still going is skipped and counted rather than waited for,
 and a failed run (the Deferred fails) is retried after a backoff wait instead of at the
 next tick. Retries are scheduled only while the loop is started: a run asked for with
-run_now() on a loop never started leaves nothing scheduled.
+run_now() on a loop never started leaves nothing scheduled. StepTimes times the named
+steps of one run, so a slow run can say where its time went.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, List, Optional, TypeVar, Union
+from typing import Any, Callable, Generic, List, Optional, Tuple, TypeVar, Union
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -41,6 +42,33 @@ class RunEnd(Generic[T]):
 
 def _ignore(_: Any) -> None:
     pass
+
+
+class StepTimes:
+    """How long each named step of one run took on `clock`, to say where a slow run's time went."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._started_at = clock.seconds()
+        self.steps: List[Tuple[str, float]] = []  # (step, seconds), in the order they ended
+
+    def timed(self, step: str, started: "defer.Deferred[T]") -> "defer.Deferred[T]":
+        """`started`, a step begun just now, timed until it ends, whatever its outcome."""
+        at = self._clock.seconds()
+
+        def ended(outcome: Any) -> Any:
+            self.steps.append((step, self._clock.seconds() - at))
+            return outcome
+
+        return started.addBoth(ended)
+
+    def elapsed(self) -> float:
+        """Seconds since the run began."""
+        return self._clock.seconds() - self._started_at
+
+    def slowest(self) -> Optional[Tuple[str, float]]:
+        """The step that took longest, with its seconds; None before any step ended."""
+        return max(self.steps, key=lambda step: step[1], default=None)
 
 
 class SerialLoop(Generic[T]):

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Protocol, Sequence
 from .logs import printable
 from .model import ClusterHealth, GroupType, LagView, PartitionLag, SharePartitionLag
 from .poller import ClusterSnapshot
-from .render import Rendered
+from .render import Rendered, Variant
 
 TABLE_COLUMNS = (
     "CLUSTER",
@@ -199,4 +199,4 @@ def as_table(clusters: Sequence[ClusterResult]) -> str:
 
 def as_prometheus(rendered: Optional[Rendered]) -> str:
     """The text exposition of a render: what /metrics serves; nothing if rendering failed."""
-    return "" if rendered is None else rendered.body(False, False).decode()
+    return "" if rendered is None else rendered.body(Variant(openmetrics=False, gzipped=False)).decode()

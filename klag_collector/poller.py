@@ -25,15 +25,16 @@ from .config import ClusterConfig, ExporterConfig
 from .errors import describe_error
 from .lag import compute_lag
 from .record_age import RecordTime, Timestamps
-from .loop import RunEnd, SerialLoop
+from .loop import RunEnd, SerialLoop, StepTimes
 from .metrics import CLUSTER, Granularity
 from .model import ClusterData, ClusterHealth, LagView, RecordKey
-from .timestamps import FetchItem, RunInThread, TimestampCache, TimestampSampler
+from .timestamps import FetchItem, RunInThread, Sample, TimestampCache, TimestampSampler
 
 __all__ = ["ClusterPoller", "ClusterSnapshot", "RunInThread", "Source", "build_snapshot"]
 
-# How long stopService waits for an in-flight cycle before giving up on it.
-STOP_GRACE = 5.0
+# How long stopService waits for each of its steps (closing the clients, the in-flight
+# cycle's end): the clients are closed first, so a cycle ends at once, never after its timeout.
+STOP_GRACE = 1.0
 # Reasons told per outage: an edge failing with ever-new texts stays a few lines.
 MAX_REASONS_TOLD = 8
 
@@ -85,6 +86,11 @@ def build_snapshot(
 class ClusterPoller(service.Service):
     """Polls one cluster; exposes the current snapshot and health to readers."""
 
+    # A cycle's steps, as the warning about a slow cycle names them.
+    READING = "reading groups and offsets"
+    FETCHING = "fetching timestamps"
+    BUILDING = "building the snapshot"
+
     log = Logger()
     # Service declares name Optional; a poller always has its cluster's.
     name: str
@@ -132,6 +138,12 @@ class ClusterPoller(service.Service):
         # While failing: when the first failed cycle in a row ended, the reasons logged since.
         self._failing_since = 0.0
         self._reasons_told: Set[str] = set()
+        # Between stopService and the next startService: cycles end at their next step.
+        self._stopping = False
+        # When the running cycle's timestamp step gives up on fetches not answered yet, and
+        # whether it did (and closed the clients).
+        self._fetch_deadline = 0.0
+        self._fetches_given_up = False
 
     # -- what readers see -------------------------------------------------------
 
@@ -168,20 +180,40 @@ class ClusterPoller(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self._stopping = False
         self._loop.start(now=True)
 
     @defer.inlineCallbacks
     def stopService(self) -> Generator["defer.Deferred[Any]", Any, None]:
+        """Fires once the clients are closed and the in-flight cycle ended, each bounded.
+
+        Closing the clients first fails whatever the cycle waits for in kafka-python, so its
+        threads come back now rather than after kafka_timeout, and the cycle ends at its
+        next step.
+        """
         super().stopService()
+        self._stopping = True
         self._loop.stop()
-        if self._loop.busy:
-            try:
-                yield self._loop.idle().addTimeout(STOP_GRACE, self.clock)
-            except defer.TimeoutError:
-                self.log.warn("cluster {cluster}: cycle still running at stop", cluster=self.name)
         # Scheduled by an earlier success: a cycle ending after the stop schedules none.
         self._cancel_stale_rerender()
-        yield self._run(self.source.reset)
+        yield self._within(STOP_GRACE, self._reset_clients())
+        if self._loop.busy and not (yield self._within(STOP_GRACE, self._loop.idle())):
+            self.log.warn("cluster {cluster}: cycle still running at stop; closing its clients "
+                          "again", cluster=self.name)
+            # The cycle may have opened a client after the first reset, or be waiting to.
+            yield self._within(STOP_GRACE, self._reset_clients())
+
+    def _within(self, seconds: float, d: "defer.Deferred[Any]") -> "defer.Deferred[bool]":
+        """Whether `d` ended within `seconds`; its outcome is dropped (a reset that failed
+        has still dropped its clients)."""
+        def ended(outcome: Any) -> bool:
+            return not (isinstance(outcome, Failure) and outcome.check(defer.TimeoutError))
+
+        return d.addTimeout(seconds, self.clock).addBoth(ended)
+
+    def _reset_clients(self) -> "defer.Deferred[None]":
+        """Close the clients in a worker thread, failing the waits of any thread still in them."""
+        return self._run(self.source.reset)
 
     # -- cycles -------------------------------------------------------------------
 
@@ -196,32 +228,92 @@ class ClusterPoller(service.Service):
 
     @defer.inlineCallbacks
     def _cycle(self) -> Generator["defer.Deferred[Any]", Any, ClusterSnapshot]:
-        # A failure of any step fails the cycle; the loop then hands it to _cycle_ended.
-        timeout = self.exporter.performance.kafka_timeout
-        read = self._run(self.source.read, self.clock.seconds())
-        data = yield read.addTimeout(timeout, self.clock)
-        timestamps = None
-        if self.sampler is not None:
-            sample = yield self.sampler.sample(data, self.clock.seconds())
-            timestamps = sample.timestamps
-            self.health = replace(self.health, cache=sample.cache)
-        snapshot: ClusterSnapshot = yield self._run(
-            build_snapshot,
-            data,
-            timestamps,
-            self.clock.seconds(),
-            self.base_labels,
-            self.exporter.granularity,
-        )
+        # A failed or timed-out read fails the cycle; the loop then hands it to _cycle_ended.
+        # What the read brought is fresh data: the timestamp step, bounded on its own, can
+        # only leave time lags unknown. A stop ends the cycle before its next step.
+        steps = StepTimes(self.clock)
+        try:
+            timeout = self.exporter.performance.kafka_timeout
+            read = self._run(self.source.read, self.clock.seconds())
+            data = yield steps.timed(self.READING, read.addTimeout(timeout, self.clock))
+            timestamps = None
+            if self.sampler is not None:
+                self._end_if_stopping()
+                timestamps = yield steps.timed(self.FETCHING, self._sample(self.sampler, data))
+            self._end_if_stopping()
+            snapshot: ClusterSnapshot = yield steps.timed(self.BUILDING, self._run(
+                build_snapshot,
+                data,
+                timestamps,
+                self.clock.seconds(),
+                self.base_labels,
+                self.exporter.granularity,
+            ))
+        finally:
+            self._tell_if_slow(steps)
         return snapshot
+
+    def _end_if_stopping(self) -> None:
+        if self._stopping:
+            raise defer.CancelledError("the poller is stopping")
+
+    @defer.inlineCallbacks
+    def _sample(
+        self, sampler: TimestampSampler, data: ClusterData
+    ) -> Generator["defer.Deferred[Any]", Any, Timestamps]:
+        """The cycle's timestamps, fetched by a deadline of kafka_timeout from now.
+
+        A batch not answered by then is left out, and so is every batch when the step
+        fails: those rows' time lag is unknown this cycle (timestamp_unavailable).
+        """
+        self._fetch_deadline = self.clock.seconds() + self.exporter.performance.kafka_timeout
+        self._fetches_given_up = False
+        try:
+            sample: Sample = yield sampler.sample(data, self.clock.seconds())
+        except Exception as e:
+            self.log.warn("cluster {cluster}: timestamps not read ({reason}); time lag unknown "
+                          "this cycle", cluster=self.name, reason=describe_error(e))
+            return {}
+        self.health = replace(self.health, cache=sample.cache)
+        return sample.timestamps
 
     def _fetch_timestamps(
         self, batch: List[FetchItem]
     ) -> "defer.Deferred[Mapping[RecordKey, RecordTime]]":
-        timeout = self.exporter.performance.kafka_timeout
-        return self._run(self.source.fetch_timestamps, batch).addTimeout(timeout, self.clock)
+        # A batch gets what is left of the step's deadline; one that would start after it,
+        # or after the stop, asks nothing: its rows' time lag stays unknown.
+        left = self._fetch_deadline - self.clock.seconds()
+        if left <= 0 or self._stopping:
+            return defer.succeed({})
+        fetch = self._run(self.source.fetch_timestamps, batch).addTimeout(left, self.clock)
+        return fetch.addErrback(self._fetch_timed_out)
+
+    def _fetch_timed_out(self, failure: Failure) -> Failure:
+        # The fetches still out all time out at the deadline: one reset ends their threads'
+        # waits in kafka-python.
+        if failure.check(defer.TimeoutError) and not self._fetches_given_up:
+            self._fetches_given_up = True
+            self._reset_clients().addErrback(lambda f: None)
+        return failure
+
+    def _tell_if_slow(self, steps: StepTimes) -> None:
+        took, slowest = steps.elapsed(), steps.slowest()
+        threshold = self.exporter.staleness_threshold
+        if took > threshold and slowest is not None:
+            self.log.warn(
+                "cluster {cluster}: cycle took {took:.1f}s, longer than staleness_threshold "
+                "{threshold:g}s; most in {step} ({seconds:.1f}s)",
+                cluster=self.name, took=took, threshold=threshold, step=slowest[0],
+                seconds=slowest[1],
+            )
 
     def _cycle_ended(self, end: RunEnd[ClusterSnapshot]) -> None:
+        if isinstance(end.outcome, Failure) and self._stopping:
+            # Cut short by the stop (its clients closed), or failing as it came: no news.
+            self.log.debug("cluster {cluster}: cycle ended by the stop ({reason})",
+                           cluster=self.name,
+                           reason=describe_error(cast(BaseException, end.outcome.value)))
+            return
         if isinstance(end.outcome, Failure):
             self._failed(end.outcome, end)
         else:
@@ -260,8 +352,10 @@ class ClusterPoller(service.Service):
             last_error=reason,
             next_attempt_at=None if end.retry_in is None else end.ended_at + end.retry_in,
         )
-        # Reconnect from scratch next time: a client that timed out may be wedged.
-        self._run(self.source.reset).addErrback(lambda f: None)
+        # Reconnect from scratch next time: a client that timed out may be wedged, and
+        # closing it fails the waits of a thread still blocked in it. Closing a client that
+        # failed may fail too; it is dropped either way.
+        self._reset_clients().addErrback(lambda f: None)
 
     def _tell_failure(self, reason: str, end: RunEnd[ClusterSnapshot]) -> None:
         # At info, one line per change: failing, a reason not told yet in this outage, recovered.

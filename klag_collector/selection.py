@@ -129,12 +129,15 @@ def kept_offsets(
     by_group: Mapping[str, Mapping[TP, int]], topic_filter: NameFilter
 ) -> Dict[str, Dict[TP, int]]:
     """Each group's committed offsets on kept topics; a group left with none stays, empty."""
+    # The filter's regexes run once per topic, not once per group and partition.
+    topics = {tp[0] for offsets in by_group.values() for tp in offsets}
+    kept = {topic for topic in topics if topic_filter.allows(topic)}
     return {
         name: {
             tp: offset
             for tp, offset in offsets.items()
             # -1 means "no committed offset": not a position to measure lag from.
-            if offset >= 0 and topic_filter.allows(tp[0])
+            if offset >= 0 and tp[0] in kept
         }
         for name, offsets in by_group.items()
     }

@@ -6,7 +6,8 @@ embedding API is make_service() and the public attributes of what it returns.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple, cast
+import threading
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple, cast
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -19,21 +20,26 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from . import __version__
 from .collector import ClusterReport, LagCollector, read_clusters
-from .config import ClusterConfig, Config, ExporterConfig, Performance
-from .errors import describe_error
+from .config import (
+    ClusterConfig, Config, ExporterConfig, OtelConfig, Performance, load_config,
+)
+from .errors import ConfigError, describe_error
+from .http_channel import GuardedSite, HttpLimits, raise_open_file_limit
 from .kafka_source import KafkaSource
 from .poller import ClusterPoller, Source
+from .reload import ReloadPlan, ReloadResult, describe_plan, plan_reload
+from .reload_triggers import RELOAD_PARENT, ReloadResource
 from .render import MetricsRenderer, Rendered
 from .web import MetricsResource, make_root
 
 
-# Seconds stopService waits for each thread pool's threads to finish.
-STOP_JOIN_TIMEOUT = 10.0
+# Seconds stopService waits for the thread pools' threads to finish, every pool at once. A
+# stopped poller has closed its clients, so its threads are back from kafka-python by then.
+STOP_JOIN_TIMEOUT = 2.0
 
 log = Logger(namespace="klag_collector")
 
@@ -80,13 +86,18 @@ def served_at(address: object) -> str:
 
 @implementer(IStreamServerEndpoint)
 class _AnnouncingEndpoint:
-    """An endpoint whose listen says where it serves, or fails with a ListenFailed."""
+    """An endpoint whose listen says where it serves, or fails with a ListenFailed; it raises
+    the open-file limit first."""
 
     def __init__(self, endpoint: IStreamServerEndpoint, clusters: int) -> None:
         self._endpoint = endpoint
         self._clusters = clusters
 
     def listen(self, factory: Any) -> "defer.Deferred[IListeningPort]":
+        # Each connection is a file: the soft limit (often 1024) should not be what binds.
+        limit = raise_open_file_limit()
+        log.debug("open files: soft limit {after} (was {before})",
+                  after=limit.after, before=limit.before)
         return self._endpoint.listen(factory).addCallbacks(self._listening, self._failed)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
@@ -105,8 +116,9 @@ class _AnnouncingEndpoint:
         raise listen_failed(cast(BaseException, failure.value))
 
 
-class QuietSite(Site):
-    """A Site without per-request access lines: scrapes every few seconds would flood the log."""
+class QuietSite(GuardedSite):
+    """The exporter's site (see http_channel), without per-request access lines: scrapes every
+    few seconds would flood the log."""
 
     noisy = False
 
@@ -116,6 +128,14 @@ class QuietSite(Site):
 
 # Builds a cluster's Kafka edge from its config and the exporter's performance settings.
 SourceFactory = Callable[[ClusterConfig, Performance], Source]
+
+
+class _DaemonThread(threading.Thread):
+    """A pool thread that does not keep the interpreter alive on its own."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
 
 
 class Collected(NamedTuple):
@@ -139,8 +159,9 @@ class KlagService(service.MultiService):
     The site listens first, though, in privilegedStartService (startService calls it when the
     runner did not): a port that cannot be bound raises ListenFailed before any poller starts.
 
-    Public besides the IService methods: `collector`, `root`, `metrics_resource()`, `otel`
-    and, for `--once`, `collect_once()`. Build it with make_service().
+    Public besides the IService methods: `config`, `collector`, `root`, `metrics_resource()`,
+    `otel`, `reload()`, `reload_config_file()` and, for `--once`, `collect_once()`. Build it
+    with make_service().
     """
 
     def __init__(
@@ -154,13 +175,24 @@ class KlagService(service.MultiService):
     ) -> None:
         super().__init__()
         self._reactor = reactor = _maybe_global_reactor(reactor)
+        #: The configuration running now; reload() replaces it.
+        self.config = config
         exporter = config.exporter
-        self._pools: List[ThreadPool] = []
-        render_pool = self._pool("klag-render", 1)
-        self._pollers = [
-            self._poller(cluster, exporter, source_factory(cluster, exporter.performance))
-            for cluster in config.clusters
-        ]
+        self._source_factory = source_factory
+        render_pool = ThreadPool(minthreads=0, maxthreads=1, name="klag-render")
+        self._pools: List[ThreadPool] = [render_pool]
+        # A child service of its own, so that pollers a reload adds still stop after the site.
+        self._clusters = service.MultiService()
+        self._clusters.setServiceParent(self)
+        self._pool_of: Dict[ClusterPoller, ThreadPool] = {}
+        # Pollers a reload took out, until they and their threads have stopped.
+        self._retiring: Set["defer.Deferred[None]"] = set()
+        self._reload_lock = defer.DeferredLock()
+        # Changed in place by reload(), on the reactor thread: the renderer and /ready hold it.
+        made = [self._new_poller(cluster, exporter) for cluster in config.clusters]
+        self._pollers: List[ClusterPoller] = [poller for poller, _ in made]
+        for poller, pool in made:
+            self._attach(poller, pool)
         self._renderer = MetricsRenderer(
             self._pollers, exporter.granularity, reactor, self._runner(render_pool)
         )
@@ -168,40 +200,62 @@ class KlagService(service.MultiService):
         self.collector = LagCollector(self._pollers, exporter.granularity, reactor)
         #: The exporter's HTTP tree: /metrics, /health, /ready and the status page at /.
         self.root = make_root(self._renderer, self._pollers, exporter.ready_requires, reactor)
+        if exporter.enable_reload_endpoint:
+            self.root.putChild(RELOAD_PARENT, ReloadResource(self.reload_config_file))
         self._privileged_started = False
         if serve_http:
             if endpoint is None:
                 endpoint = http_endpoint(reactor, exporter.http_host, exporter.http_port)
             self._serve(endpoint, len(config.clusters))
         #: The OTLP push service when [exporter.otel] is enabled, else None.
-        self.otel: Any = None
-        if exporter.otel.enabled:
-            # Imports no OpenTelemetry module until it starts (the `otel` extra is optional).
-            from .otel import OtelExporterService
+        self.otel: Any = self._otel_push(exporter.otel)
 
-            self.otel = OtelExporterService(exporter.otel, self.collector, reactor)
-            self.otel.setServiceParent(self)
+    def _otel_push(self, otel: OtelConfig) -> Any:
+        if not otel.enabled:
+            return None
+        # Imports no OpenTelemetry module until it starts (the `otel` extra is optional).
+        from .otel import OtelExporterService
 
-    def _poller(self, cluster: ClusterConfig, exporter: ExporterConfig,
-                source: Source) -> ClusterPoller:
+        push = OtelExporterService(otel, self.collector, self._reactor)
+        push.setServiceParent(self)
+        return push
+
+    def _new_poller(
+        self, cluster: ClusterConfig, exporter: ExporterConfig
+    ) -> Tuple[ClusterPoller, ThreadPool]:
+        """A poller and its own thread pool, neither started nor attached yet."""
         # Room for every concurrent timestamp fetch, plus the cycle's own read.
-        pool = self._pool(
-            f"klag-{cluster.name}", exporter.timestamp_sampling.max_concurrent_fetches + 2
+        pool = ThreadPool(
+            minthreads=0,
+            maxthreads=exporter.timestamp_sampling.max_concurrent_fetches + 2,
+            name=f"klag-{cluster.name}",
         )
+        # A worker still blocked after its clients were closed must not hold the process
+        # past its stop: every kafka-python wait fails on close, this is the safety net.
+        pool.threadFactory = _DaemonThread
         poller = ClusterPoller(
-            cluster, exporter, source, self._reactor, self._runner(pool),
-            on_change=self._data_changed,
+            cluster, exporter, self._source_factory(cluster, exporter.performance),
+            self._reactor, self._runner(pool), on_change=self._data_changed,
         )
-        poller.setServiceParent(self)
-        return poller
+        return poller, pool
+
+    def _attach(self, poller: ClusterPoller, pool: ThreadPool) -> None:
+        """Run the poller with the service: now, if the service is running."""
+        self._pool_of[poller] = pool
+        self._pools.append(pool)
+        if self.running:
+            pool.start()
+        poller.setServiceParent(self._clusters)
 
     def _data_changed(self) -> None:
         # A method, not the renderer's own: the pollers are made before the renderer reading them.
         self._renderer.invalidate()
 
     def _serve(self, endpoint: IStreamServerEndpoint, clusters: int) -> None:
+        exporter = self.config.exporter
+        limits = HttpLimits(exporter.http_max_connections, exporter.http_header_timeout)
         http = StreamServerEndpointService(
-            _AnnouncingEndpoint(endpoint, clusters), QuietSite(self.root)
+            _AnnouncingEndpoint(endpoint, clusters), QuietSite(self.root, limits)
         )
         # As twisted.application.strports.service does: a port that cannot be bound raises
         # from startService, rather than being logged while the process runs without HTTP.
@@ -215,11 +269,6 @@ class KlagService(service.MultiService):
         OpenMetrics, gzipped when the client accepts it, 503 until the first render.
         """
         return MetricsResource(self._renderer)
-
-    def _pool(self, name: str, size: int) -> ThreadPool:
-        pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
-        self._pools.append(pool)
-        return pool
 
     def _runner(self, pool: ThreadPool) -> Callable[..., "defer.Deferred[Any]"]:
         def run(work: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
@@ -241,12 +290,12 @@ class KlagService(service.MultiService):
                 yield self._run_default(poller.source.reset)
             yield self._renderer.when_rendered()
         finally:
-            yield self._stop_pools()
+            yield self._stop_pools(self._pools)
         reports = read_clusters(self._pollers, self._reactor.seconds())
         return Collected(reports, self._renderer.current)
 
-    def _run_default(self, work: Callable[..., Any]) -> "defer.Deferred[Any]":
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), work)
+    def _run_default(self, work: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), work, *args)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -263,19 +312,115 @@ class KlagService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
         yield super().stopService()
+        yield defer.DeferredList(list(self._retiring))
         yield self._renderer.when_rendered()
-        yield self._stop_pools()
+        yield self._stop_pools(self._pools)
 
     @defer.inlineCallbacks
-    def _stop_pools(self):  # type: ignore[no-untyped-def]
-        for pool in self._pools:
-            # ThreadPool.stop joins its threads, and a thread stuck in a Kafka call may
-            # never return: join off the reactor thread, and only for so long.
-            joined = self._run_default(pool.stop)
-            try:
-                yield joined.addTimeout(STOP_JOIN_TIMEOUT, self._reactor)
-            except defer.TimeoutError:
-                pass
+    def _stop_pools(self, pools):  # type: ignore[no-untyped-def]
+        pools = list(pools)
+        stops = [self._stopped(pool).addTimeout(STOP_JOIN_TIMEOUT, self._reactor)
+                 for pool in pools]
+        results = yield defer.DeferredList(stops, consumeErrors=True)
+        for pool, (joined, _) in zip(pools, results):
+            if not joined:
+                log.warn("{pool}: {threads} worker thread(s) still running at stop",
+                         pool=pool.name, threads=len(pool.working))
+
+    def _stopped(self, pool: ThreadPool) -> "defer.Deferred[None]":
+        """Fires once `pool` is stopped and its threads joined.
+
+        ThreadPool.stop joins its threads, and a thread stuck in a Kafka call returns only
+        when its call does: the join runs in a daemon thread of its own, so that it holds up
+        neither the other pools nor the reactor's pool, which the reactor joins at shutdown.
+        """
+        stopped: "defer.Deferred[None]" = defer.Deferred()
+
+        def stop() -> None:
+            pool.stop()
+            self._reactor.callFromThread(stopped.callback, None)
+
+        threading.Thread(target=stop, name=f"{pool.name}-stop", daemon=True).start()
+        return stopped
+
+    # -- reloading ----------------------------------------------------------------------
+
+    def reload_config_file(self) -> "defer.Deferred[ReloadResult]":
+        """Read the running config's file (`config.source`) again and run it; never fails.
+
+        SIGHUP and POST /-/reload call this. The file is read in a worker thread, and
+        reloads run one after another. An invalid file is refused: logged, in one line, and
+        the running config stays.
+        """
+        return self._reload_lock.run(self._reload_file)
+
+    @defer.inlineCallbacks
+    def _reload_file(self):  # type: ignore[no-untyped-def]
+        try:
+            config = yield self._run_default(load_config, self.config.source)
+        except Exception as e:
+            return self._refused(str(e) if isinstance(e, ConfigError) else describe_error(e))
+        return self.reload(config)
+
+    def reload(self, config: Config) -> ReloadResult:
+        """Run `config` from now on; call it on the reactor thread.
+
+        A cluster whose entry and poller settings are unchanged keeps its poller, and so its
+        snapshot and timestamp cache; the others' pollers are stopped, started or replaced.
+        Changed settings that need a restart are logged and left as they run.
+        """
+        plan = plan_reload(self.config, config)
+        exporter = plan.config.exporter
+        entries = {cluster.name: cluster for cluster in plan.config.clusters}
+        try:
+            made = {name: self._new_poller(entries[name], exporter)
+                    for name in plan.add + plan.replace}
+        except Exception as e:
+            # Nothing is attached yet: the running config stays whole.
+            return self._refused(f"cannot set up the new clusters: {describe_error(e)}")
+        self._apply(plan, made)
+        for key in plan.needs_restart:
+            log.warn("config reload: {key} changed and needs a restart; ignored until then",
+                     key=key)
+        log.info("config reloaded from {source}: {changes}", source=plan.config.source,
+                 changes=describe_plan(plan))
+        return ReloadResult(plan)
+
+    def _refused(self, reason: str) -> ReloadResult:
+        log.error("config reload refused, the running config stays: {reason}", reason=reason)
+        return ReloadResult(None, reason)
+
+    def _apply(self, plan: ReloadPlan, made: Dict[str, Tuple[ClusterPoller, ThreadPool]]) -> None:
+        running = {poller.name: poller for poller in self._pollers}
+        for name in plan.remove + plan.replace:
+            self._retire(running[name])
+        self._pollers[:] = [
+            made[c.name][0] if c.name in made else running[c.name] for c in plan.config.clusters
+        ]
+        # A new list, not this one changed: a host's registry may collect in another thread.
+        self.collector.pollers = list(self._pollers)
+        self.config = plan.config
+        for poller, pool in made.values():
+            self._attach(poller, pool)
+        self._renderer.invalidate()
+
+    def _retire(self, poller: ClusterPoller) -> None:
+        """Stop a poller a reload took out, then its threads; stopService waits for both."""
+        pool = self._pool_of.pop(poller)
+        self._pools.remove(pool)
+        running = self.running
+        # Its name is free at once, for a replacing poller; the stop may take a cycle's end.
+        stopping = defer.maybeDeferred(poller.disownServiceParent)
+
+        def stop_threads(outcome: Any) -> Any:
+            if isinstance(outcome, Failure):
+                log.failure("cluster {cluster}: stopping its poller failed", outcome,
+                            cluster=poller.name)
+            return self._stop_pools([pool]) if running else None
+
+        stopping.addBoth(stop_threads)
+        self._retiring.add(stopping)
+        stopping.addBoth(lambda _: self._retiring.discard(stopping))
 
 
 def make_service(

@@ -1,8 +1,13 @@
-"""twistd support: `twistd -n klag -c FILE` runs the same service as `klag-collector`."""
+"""twistd support: `twistd -n klag -c FILE` runs the same service as `klag-collector`.
+
+SIGHUP reloads the config file here too. twistd leaves SIGHUP alone: it rotates its log file
+on SIGUSR1 (twisted.scripts._twistd_unix), daemon or not, and a daemon has no terminal
+whose hang-up could send SIGHUP.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Optional
 
 from twisted.application import service
 from twisted.internet import endpoints
@@ -11,7 +16,8 @@ from twisted.python import usage
 
 from .config import load_config
 from .errors import ConfigError
-from .service import ListenFailed, make_service
+from .reload_triggers import reload_on_sighup
+from .service import KlagService, ListenFailed, make_service
 
 log = Logger(namespace="klag_collector")
 
@@ -53,7 +59,17 @@ class StartFailed(SystemExit, Exception):
 
 
 class TwistdService(service.MultiService):
-    """The exporter's service under twistd: a port that cannot be bound ends twistd."""
+    """The exporter's service under twistd: a port that cannot be bound ends twistd.
+
+    While it runs, SIGHUP reloads the exporter's config file.
+    """
+
+    def __init__(self, klag: KlagService, reactor: Any) -> None:
+        super().__init__()
+        self._klag = klag
+        self._reactor = reactor
+        self._restore_sighup: Optional[Callable[[], None]] = None
+        klag.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         try:
@@ -61,6 +77,18 @@ class TwistdService(service.MultiService):
         except ListenFailed as e:
             log.critical("{error}", error=e)
             raise StartFailed(str(e)) from None
+
+    def startService(self) -> None:
+        super().startService()
+        self._restore_sighup = reload_on_sighup(
+            self._reactor.callFromThread, self._klag.reload_config_file
+        )
+
+    def stopService(self) -> Any:
+        if self._restore_sighup is not None:
+            self._restore_sighup()
+            self._restore_sighup = None
+        return super().stopService()
 
 
 def makeService(options: Options) -> service.IService:
@@ -70,6 +98,4 @@ def makeService(options: Options) -> service.IService:
     endpoint: Any = None
     if options["listen"]:
         endpoint = endpoints.serverFromString(reactor, options["listen"])
-    top = TwistdService()
-    make_service(options["parsed"], reactor, endpoint=endpoint).setServiceParent(top)
-    return top
+    return TwistdService(make_service(options["parsed"], reactor, endpoint=endpoint), reactor)

@@ -7,17 +7,38 @@ state when asked. No Kafka call, no rendering, no gzip on the reactor thread.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Sequence, cast
+from functools import partial
+from typing import Any, Dict, Sequence, Union, cast
 
 from prometheus_client import exposition
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import pages, resource
-from twisted.web.server import Request
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from .config import ReadyRequires
 from .poller import ClusterPoller
-from .render import OPENMETRICS_TYPE, TEXT_TYPE, MetricsRenderer
+from .render import OPENMETRICS_TYPE, TEXT_TYPE, MetricsRenderer, Variant
 
+log = Logger()
+
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """Whether an Accept header asks for OpenMetrics; anything unparsable means text.
+
+    prometheus_client's negotiation raises on a malformed version (``version=zz``); an
+    Accept header is a stranger's input, so any failure there is the text format's answer.
+    """
+    try:
+        _, chosen = exposition.choose_encoder(accept)
+    except Exception:  # noqa: BLE001 - whatever it raises, the answer is text
+        return False
+    return chosen.startswith("application/openmetrics-text")
 
 
 class _Leaf(resource.Resource):
@@ -25,16 +46,75 @@ class _Leaf(resource.Resource):
 
     isLeaf = True
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> Union[bytes, int]:
         if any(request.postpath or ()):
-            return cast(bytes, pages.notFound().render(request))
+            return cast(int, pages.notFound().render(request))  # NOT_DONE_YET: it writes
         if request.method not in (b"GET", b"HEAD"):
             # twisted.web gives 405 only to the verbs it knows (GET, HEAD, POST) and 501 to
             # PUT, DELETE and the rest; any other verb on a known path is a 405 here.
             request.setHeader(b"allow", b"GET, HEAD")
             page = pages.errorPage(405, "Method Not Allowed", "Only GET and HEAD are allowed here.")
-            return cast(bytes, page.render(request))
-        return cast(bytes, super().render(request))
+            return cast(int, page.render(request))
+        body = super().render(request)
+        if body == NOT_DONE_YET:  # the resource writes its answer later
+            return cast(int, body)
+        body = cast(bytes, body)
+        if request.method == b"HEAD":
+            # twisted.web logs a line for every HEAD answered with a body (which it drops):
+            # the length GET would get, and no body.
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        if len(body) > STREAM_OVER:
+            _BodyProducer(request, body).start()
+            return NOT_DONE_YET
+        return body
+
+
+# Bodies larger than this are written a chunk at a time, as the connection takes them.
+# Handed over whole, a body is copied into the transport's buffer in one go: an 8 MB one
+# holds the reactor a few ms, and costs 8 MB more per connection still reading it.
+STREAM_OVER = 256 * 1024
+CHUNK = 64 * 1024
+
+
+@implementer(IPushProducer)
+class _BodyProducer:
+    """Writes a body CHUNK by CHUNK whenever the transport has room, then finishes.
+
+    The request's Content-Length is the body's; a lost connection stops it for good.
+    """
+
+    def __init__(self, request: Request, body: bytes) -> None:
+        self._request = request
+        self._body = body
+        self._offset = 0
+        self._paused = False
+        self._stopped = False
+
+    def start(self) -> None:
+        self._request.setHeader(b"content-length", b"%d" % len(self._body))
+        self._request.registerProducer(self, True)
+        self._write()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._write()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+
+    def _write(self) -> None:
+        while not (self._paused or self._stopped) and self._offset < len(self._body):
+            chunk = self._body[self._offset:self._offset + CHUNK]
+            self._offset += len(chunk)
+            self._request.write(chunk)
+        if self._offset >= len(self._body) and not self._stopped:
+            self._stopped = True
+            self._request.unregisterProducer()
+            self._request.finish()
 
 
 def _not_rendered(request: Request, what: bytes) -> bytes:
@@ -50,21 +130,47 @@ class MetricsResource(_Leaf):
         super().__init__()
         self._renderer = renderer
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Union[bytes, int]:
         rendered = self._renderer.current
         request.setHeader(b"vary", b"Accept, Accept-Encoding")
         if rendered is None:
             return _not_rendered(request, b"metrics are")
-        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
-        _, chosen = exposition.choose_encoder(accept)
-        openmetrics = chosen.startswith("application/openmetrics-text")
+        openmetrics = wants_openmetrics((request.getHeader(b"accept") or b"").decode("latin-1"))
         encodings = (request.getHeader(b"accept-encoding") or b"").decode("latin-1")
         gzipped = exposition.gzip_accepted(encodings)
         content_type = OPENMETRICS_TYPE if openmetrics else TEXT_TYPE
         request.setHeader(b"content-type", content_type.encode())
         if gzipped:
             request.setHeader(b"content-encoding", b"gzip")
-        return rendered.body(openmetrics, gzipped)
+        variant = Variant(openmetrics, gzipped)
+        body = rendered.ready(variant)
+        if body is not None:
+            return body
+        # The first ask for this variant since the last pass: it is made off the reactor.
+        ended = request.notifyFinish()
+        ended.addErrback(lambda _: None)  # the client went away: nothing to answer
+        made = self._renderer.make(rendered, variant)
+        made.addCallbacks(partial(_send, request, ended), partial(_send_failed, request, ended))
+        return NOT_DONE_YET
+
+
+def _send(request: Request, ended: "defer.Deferred[None]", body: bytes) -> None:
+    if ended.called:  # the connection is gone
+        return
+    if request.method == b"HEAD":
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.finish()
+    else:
+        _BodyProducer(request, body).start()
+
+
+def _send_failed(request: Request, ended: "defer.Deferred[None]", failure: Failure) -> None:
+    log.failure("making a /metrics body failed", failure)
+    if not ended.called:
+        request.setResponseCode(500)
+        request.setHeader(b"content-encoding", b"identity")
+        request.write(b"metrics body could not be made\n")
+        request.finish()
 
 
 class HealthResource(_Leaf):

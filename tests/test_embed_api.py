@@ -21,6 +21,7 @@ from twisted.application.service import IService
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import IResource, Resource, getChildForRequest
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from klag_collector.config import load_config
@@ -61,6 +62,9 @@ def get(tree: IResource, path: bytes) -> Tuple[int, bytes]:
     request = DummyRequest(path.lstrip(b"/").split(b"/"))
     found = getChildForRequest(tree, request)
     body = found.render(request)
+    if body == NOT_DONE_YET:
+        # A /metrics body not made yet is made in a worker thread; written when it is.
+        body = b"".join(request.written)
     return request.responseCode or 200, body
 
 

@@ -89,7 +89,7 @@ VIEW = LagView(
 )
 
 
-def samples(families: Families, d: m.MetricDef) -> Set[Sample3]:
+def samples(families: Dict[str, Metric], d: m.MetricDef) -> Set[Sample3]:
     """The (sample name, labels without the cluster's, value) set of one family."""
     cluster_keys = {k for k, _ in BASE}
     out = set()
@@ -110,22 +110,27 @@ def member_labels(topic: str, partition: int, who: Member) -> Dict[str, object]:
                 consumer_id=who.consumer_id, client_id=who.client_id)
 
 
+def as_metrics(families: Families) -> Dict[str, Metric]:
+    """Each family as the prometheus_client family a registry is given."""
+    return {name: family.metric() for name, family in families.items()}
+
+
 @pytest.fixture
-def partition_families() -> Families:
+def partition_families() -> Dict[str, Metric]:
     """Families of VIEW at partition granularity."""
-    return lag_families(VIEW, BASE, m.Granularity.PARTITION)
+    return as_metrics(lag_families(VIEW, BASE, m.Granularity.PARTITION))
 
 
 @pytest.fixture
-def topic_families() -> Families:
+def topic_families() -> Dict[str, Metric]:
     """Families of VIEW at topic granularity."""
-    return lag_families(VIEW, BASE, m.Granularity.TOPIC)
+    return as_metrics(lag_families(VIEW, BASE, m.Granularity.TOPIC))
 
 
 # --- lag families -----------------------------------------------------------------------
 
 
-def test_lag_families_are_exactly_the_declared_ones(partition_families: Families) -> None:
+def test_lag_families_are_exactly_the_declared_ones(partition_families: Dict[str, Metric]) -> None:
     """At partition granularity the emitted families are the declared lag families, typed and helped alike."""
     assert list(partition_families) == [d.name for d in m.LAG_FAMILIES]
     for d in m.LAG_FAMILIES:
@@ -133,7 +138,7 @@ def test_lag_families_are_exactly_the_declared_ones(partition_families: Families
         assert (family.type, family.documentation) == (d.type, d.help)
 
 
-def test_group_lag_samples_carry_member_labels(partition_families: Families) -> None:
+def test_group_lag_samples_carry_member_labels(partition_families: Dict[str, Metric]) -> None:
     """kafka_consumergroup_group_lag has one sample per row, labelled with its member (empty when none)."""
     name = m.GROUP_LAG.name
     assert samples(partition_families, m.GROUP_LAG) == {
@@ -148,7 +153,7 @@ def test_group_lag_samples_carry_member_labels(partition_families: Families) -> 
     assert member == [("", "", "")]
 
 
-def test_group_offset_samples_are_committed_offsets(partition_families: Families) -> None:
+def test_group_offset_samples_are_committed_offsets(partition_families: Dict[str, Metric]) -> None:
     """kafka_consumergroup_group_offset reports each row's committed offset."""
     name = m.GROUP_OFFSET.name
     assert samples(partition_families, m.GROUP_OFFSET) == {
@@ -160,7 +165,7 @@ def test_group_offset_samples_are_committed_offsets(partition_families: Families
     }
 
 
-def test_lag_seconds_series_has_flags_and_skips_unknown_ages(partition_families: Families) -> None:
+def test_lag_seconds_series_has_flags_and_skips_unknown_ages(partition_families: Dict[str, Metric]) -> None:
     """lag_seconds carries "true"/"false" flags and has no series for the rows whose age is unknown or out of range."""
     name = m.GROUP_LAG_SECONDS.name
     def flagged(topic: str, partition: int, who: Member, compaction: str, data_loss: str) -> object:
@@ -174,7 +179,7 @@ def test_lag_seconds_series_has_flags_and_skips_unknown_ages(partition_families:
     }
 
 
-def test_retention_families_report_loss_margin_and_ratio(partition_families: Families) -> None:
+def test_retention_families_report_loss_margin_and_ratio(partition_families: Dict[str, Metric]) -> None:
     """messages_lost, retention_margin and lag_retention_ratio are per (group, topic, partition)."""
     ids = {(t, p): lab(group="g", topic=t, partition=p)
            for t, p in [("c", 0), ("t", 0), ("t", 1), ("t", 2), ("t", 3)]}
@@ -194,7 +199,7 @@ def test_retention_families_report_loss_margin_and_ratio(partition_families: Fam
     }
 
 
-def test_offset_out_of_range_only_for_partitions_past_the_log_end(partition_families: Families) -> None:
+def test_offset_out_of_range_only_for_partitions_past_the_log_end(partition_families: Dict[str, Metric]) -> None:
     """The out-of-range gauge is committed - latest, present only for the row past the log end."""
     d = m.GROUP_OFFSET_OUT_OF_RANGE
     assert samples(partition_families, d) == {(d.name, lab(group="g", topic="t", partition=3), 5.0)}
@@ -203,14 +208,14 @@ def test_offset_out_of_range_only_for_partitions_past_the_log_end(partition_fami
     assert VIEW.skipped["timestamp_unavailable"] == 1  # the (t, 2) row only
 
 
-def test_offset_out_of_range_partitions_is_reported_at_topic_granularity(topic_families: Families) -> None:
+def test_offset_out_of_range_partitions_is_reported_at_topic_granularity(topic_families: Dict[str, Metric]) -> None:
     """The cluster count is reported at both granularities; the per-partition gauge only at partition."""
     d = m.OFFSET_OUT_OF_RANGE_PARTITIONS
     assert samples(topic_families, d) == {(d.name, lab(), 1.0)}
     assert m.GROUP_OFFSET_OUT_OF_RANGE.name not in topic_families
 
 
-def test_watermarks_cover_every_partition_read(partition_families: Families) -> None:
+def test_watermarks_cover_every_partition_read(partition_families: Dict[str, Metric]) -> None:
     """Latest and earliest offsets are reported for all partitions, consumed or not."""
     latest, earliest = m.PARTITION_LATEST_OFFSET, m.PARTITION_EARLIEST_OFFSET
     assert samples(partition_families, latest) == {
@@ -231,7 +236,7 @@ def test_watermarks_cover_every_partition_read(partition_families: Families) -> 
     }
 
 
-def test_group_families_leave_unknown_aggregates_out(partition_families: Families) -> None:
+def test_group_families_leave_unknown_aggregates_out(partition_families: Dict[str, Metric]) -> None:
     """State and members are reported for every group; max/sum lag only where known."""
     g, idle = lab(group="g"), lab(group="idle")
     assert samples(partition_families, m.GROUP_STATE) == {
@@ -249,7 +254,7 @@ def test_group_families_leave_unknown_aggregates_out(partition_families: Familie
     }
 
 
-def test_cluster_counts_and_skip_reasons(partition_families: Families) -> None:
+def test_cluster_counts_and_skip_reasons(partition_families: Dict[str, Metric]) -> None:
     """Compaction, data loss and the skipped partitions and groups are reported with their reasons."""
     assert samples(partition_families, m.COMPACTION_PARTITIONS) == {(m.COMPACTION_PARTITIONS.name, lab(), 1.0)}
     assert samples(partition_families, m.DATA_LOSS_PARTITIONS) == {(m.DATA_LOSS_PARTITIONS.name, lab(), 1.0)}
@@ -265,7 +270,7 @@ def test_cluster_counts_and_skip_reasons(partition_families: Families) -> None:
     }
 
 
-def test_every_sample_carries_cluster_and_custom_labels(partition_families: Families) -> None:
+def test_every_sample_carries_cluster_and_custom_labels(partition_families: Dict[str, Metric]) -> None:
     """cluster_name and the custom labels are on every sample, ahead of the family's own labels."""
     count = 0
     for name, family in partition_families.items():
@@ -278,7 +283,7 @@ def test_every_sample_carries_cluster_and_custom_labels(partition_families: Fami
 
 
 def test_topic_granularity_drops_partition_only_families(
-    partition_families: Families, topic_families: Families
+    partition_families: Dict[str, Metric], topic_families: Families
 ) -> None:
     """At topic granularity partition-only families are absent and the others are unchanged."""
     partition_only = {d.name for d in m.LAG_FAMILIES if d.partition_only}
@@ -308,7 +313,7 @@ HEALTH = ClusterHealth(
 
 def test_health_families_report_up_durations_and_cache() -> None:
     """A fresh cluster is up 1, with its cycle time in ms and s, last update and counters."""
-    families = health_families(HEALTH, BASE, fresh=True)
+    families = as_metrics(health_families(HEALTH, BASE, fresh=True))
     assert list(families) == [d.name for d in m.HEALTH_FAMILIES]
     got = {name: {(s.name, s.value) for s in f.samples} for name, f in families.items()}
     assert got == {
@@ -332,20 +337,20 @@ def test_health_families_report_up_durations_and_cache() -> None:
 
 def test_counter_families_drop_total_from_the_family_name_only() -> None:
     """Counter families are named without _total, as prometheus_client expects; samples keep it."""
-    family = health_families(HEALTH, BASE, fresh=True)[m.CYCLE_FAILURES.name]
+    family = as_metrics(health_families(HEALTH, BASE, fresh=True))[m.CYCLE_FAILURES.name]
     assert (family.name, family.type) == ("kafka_lag_exporter_cycle_failures", "counter")
     assert [s.name for s in family.samples] == ["kafka_lag_exporter_cycle_failures_total"]
 
 
 def test_stale_cluster_is_down() -> None:
     """A cluster whose data is not fresh reports up 0."""
-    families = health_families(HEALTH, BASE, fresh=False)
+    families = as_metrics(health_families(HEALTH, BASE, fresh=False))
     assert [s.value for s in families[m.UP.name].samples] == [0.0]
 
 
 def test_unknown_durations_and_last_update_are_left_out() -> None:
     """Before any cycle finishes, poll_time, scrape_duration and last_update have no sample, never 0."""
-    families = health_families(ClusterHealth(), BASE, fresh=False)
+    families = as_metrics(health_families(ClusterHealth(), BASE, fresh=False))
     assert families[m.POLL_TIME_MS.name].samples == []
     assert families[m.SCRAPE_DURATION.name].samples == []
     assert families[m.LAST_UPDATE.name].samples == []
@@ -463,7 +468,7 @@ def test_openmetrics_output_parses_back_to_the_same_samples() -> None:
         ]
 
 
-def test_share_group_families(partition_families: Families, topic_families: Families) -> None:
+def test_share_group_families(partition_families: Dict[str, Metric], topic_families: Families) -> None:
     """Share groups have their own families: per partition at partition granularity only,
     state numbered as the consumer group states of the same name, no sum without partitions."""
 

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from klag_collector.backoff import backoff_delay
-from klag_collector.loop import Backoff, RunEnd, SerialLoop
+from klag_collector.loop import Backoff, RunEnd, SerialLoop, StepTimes
 
 
 class Runs:
@@ -375,3 +375,27 @@ class StopTests(LoopTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 2, "the tick and the retry")
         loop.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class StepTimesTests(SynchronousTestCase):
+    def test_each_step_is_timed_from_its_start_to_its_end_whatever_its_outcome(self) -> None:
+        """Steps of 2 s, 7.5 s (failed) and 0 s: their seconds in the order they ended, the
+        slowest, and the run's elapsed time, which counts the gap between steps too."""
+        clock = task.Clock()
+        clock.advance(100)
+        steps = StepTimes(clock)
+        self.assertIsNone(steps.slowest())
+        read: "defer.Deferred[str]" = defer.Deferred()
+        self.assertIs(steps.timed("read", read), read)
+        clock.advance(2)
+        read.callback("data")
+        self.assertEqual(self.successResultOf(read), "data")
+        clock.advance(0.5)
+        fetch: "defer.Deferred[str]" = steps.timed("fetch", defer.Deferred())
+        clock.advance(7.5)
+        fetch.errback(ConnectionError("down"))
+        self.failureResultOf(fetch, ConnectionError)
+        steps.timed("build", defer.succeed("snapshot"))
+        self.assertEqual(steps.steps, [("read", 2.0), ("fetch", 7.5), ("build", 0.0)])
+        self.assertEqual(steps.slowest(), ("fetch", 7.5))
+        self.assertEqual(steps.elapsed(), 10.0)

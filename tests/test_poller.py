@@ -9,7 +9,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from klag_collector.model import ClusterData, GroupInfo
-from klag_collector.poller import MAX_REASONS_TOLD, ClusterPoller, ClusterState
+from klag_collector.poller import MAX_REASONS_TOLD, STOP_GRACE, ClusterPoller, ClusterState
 from fakes import FakeSource, HeldRunner, one_partition_data, pollers_on_clock, run_now
 
 T0 = 1_700_000_000.0
@@ -391,4 +391,190 @@ class StopTests(PollerTestCase):
             held.release()
         self.successResultOf(stopped)
         self.assertEqual(self.source.resets, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+SLOW_CONFIG = CONFIG.replace('kafka_timeout = "5s"', 'kafka_timeout = "60s"')
+
+
+class TimestampStepTests(PollerTestCase):
+    """The timestamp step has a deadline of its own: what the read brought is still reported."""
+
+    def release_all(self, held: HeldRunner) -> None:
+        while held.pending:
+            held.release()
+
+    def test_a_fetch_past_the_deadline_leaves_time_lag_unknown_and_the_cycle_succeeds(self) -> None:
+        """The fetch hangs: at kafka_timeout (5 s) it is given up, the clients are closed (so
+        its thread comes back), and the snapshot has the offset lag, time lag unknown."""
+        held = HeldRunner()
+        p = self.make(held)
+        p.startService()
+        held.release()  # the read
+        held.release()  # the timestamp plan
+        self.assertEqual([f.__name__ for _, f, _ in held.pending], ["fetch_timestamps"])
+        self.clock.advance(4.99)
+        self.assertEqual([f.__name__ for _, f, _ in held.pending], ["fetch_timestamps"])
+        self.clock.advance(0.01)
+        self.assertEqual([f.__name__ for _, f, _ in held.pending],
+                         ["fetch_timestamps", "reset", "merge"])
+        self.release_all(held)
+        self.flushLoggedErrors()
+        rows = p.snapshot.view.partitions
+        self.assertEqual([(r.group, r.lag, r.lag_seconds) for r in rows],
+                         [("g1", 5, None), ("g2", 5, None)])
+        self.assertEqual(p.snapshot.view.skipped, {"timestamp_unavailable": 2})
+        self.assertEqual(p.snapshot.taken_at, T0 + 5)
+        self.assertEqual((p.health.consecutive_failures, p.health.failures_total), (0, 0))
+        self.assertEqual(p.health.last_success, T0 + 5)
+        self.assertEqual(p.health.cache.fetch_errors, 1)
+        self.assertEqual(self.source.resets, 1)
+        self.stop()
+
+    def test_a_batch_due_after_the_deadline_asks_nothing(self) -> None:
+        """One fetch at a time, two leaders: the first hangs past the deadline, the second is
+        never sent; both partitions keep their offset lag, their time lag unknown."""
+        tps = [("t", 0), ("t", 1)]
+        self.source.data = ClusterData(
+            groups={"g1": GroupInfo("g1", "Empty")},
+            committed={"g1": {tp: 5 for tp in tps}},
+            earliest={tp: 0 for tp in tps},
+            latest={tp: 10 for tp in tps},
+            leaders={("t", 0): 1, ("t", 1): 2},
+        )
+        held = HeldRunner()
+        p = self.make(held, config=CONFIG.replace("max_concurrent_fetches = 2",
+                                                  "max_concurrent_fetches = 1"))
+        p.startService()
+        held.release()  # the read
+        held.release()  # the timestamp plan
+        self.assertEqual([args for _, _, args in held.pending], [([(("t", 0, 5), 10, 1)],)])
+        self.clock.advance(5)
+        self.release_all(held)
+        self.flushLoggedErrors()
+        self.assertEqual(self.source.fetches, [[(("t", 0, 5), 10, 1)]], "t/1 was never asked")
+        self.assertEqual([(r.partition, r.lag, r.lag_seconds) for r in p.snapshot.view.partitions],
+                         [(0, 5, None), (1, 5, None)])
+        self.assertEqual(p.snapshot.view.skipped, {"timestamp_unavailable": 2})
+        self.assertEqual(p.health.cache.fetch_errors, 1, "only the batch sent can fail")
+        self.stop()
+
+    def test_a_failing_timestamp_step_still_gives_a_snapshot(self) -> None:
+        """The step itself breaks (here its plan): one warning, the offsets are reported."""
+        messages = self.failure_messages()
+        p = self.make()
+
+        def broken(data: Any, now: float) -> Any:
+            raise RuntimeError("plan broke")
+
+        p.sampler.plan = broken  # type: ignore[union-attr, method-assign]
+        p.startService()
+        self.assertEqual(messages, [("warn", "cluster c1: timestamps not read (RuntimeError: "
+                                             "plan broke); time lag unknown this cycle")])
+        self.assertEqual([(r.lag, r.lag_seconds) for r in p.snapshot.view.partitions],
+                         [(5, None), (5, None)])
+        self.assertEqual(p.snapshot.view.skipped, {"timestamp_unavailable": 2})
+        self.assertEqual(p.health.consecutive_failures, 0)
+        self.assertEqual(self.source.fetches, [])
+        self.stop()
+
+
+class SlowCycleTests(PollerTestCase):
+    """A cycle longer than staleness_threshold (30 s) says so once, naming its slowest step."""
+
+    def test_a_slow_fetch_is_named(self) -> None:
+        """Read 2 s, fetch 29 s: 31 s in all, one line naming the timestamp step; the ticks at
+        +10, +20 and +30 are skipped, and the cycle still succeeds."""
+        messages = self.failure_messages()
+        held = HeldRunner()
+        p = self.make(held, config=SLOW_CONFIG)
+        p.startService()
+        self.clock.advance(2)
+        held.release()  # the read
+        held.release()  # the timestamp plan
+        self.clock.advance(29)
+        while held.pending:
+            held.release()  # the fetch, the merge, the snapshot
+        self.assertEqual(messages, [
+            ("warn", "cluster c1: cycle took 31.0s, longer than staleness_threshold 30s; most "
+                     "in fetching timestamps (29.0s)"),
+        ])
+        self.assertEqual(p.health.skipped_ticks, 3)
+        self.assertEqual(p.health.last_duration, 31.0)
+        self.assertEqual(p.snapshot.view.partitions[0].lag_seconds, 131.0)
+        self.stop()
+
+    def test_a_cycle_of_exactly_the_threshold_says_nothing(self) -> None:
+        """30 s is not longer than 30 s: no line."""
+        messages = self.failure_messages()
+        held = HeldRunner()
+        p = self.make(held, config=SLOW_CONFIG)
+        p.startService()
+        self.clock.advance(30)
+        while held.pending:
+            held.release()
+        self.assertEqual(messages, [])
+        self.assertEqual(p.health.last_duration, 30.0)
+        self.stop()
+
+    def test_a_read_that_times_out_after_the_threshold_is_named(self) -> None:
+        """kafka_timeout 60 s > staleness 30 s: the timed-out read is the slow step; the failure
+        has its own line, as always."""
+        messages = self.failure_messages()
+        held = HeldRunner()
+        p = self.make(held, config=SLOW_CONFIG)
+        p.startService()
+        self.clock.advance(60)
+        self.assertEqual(messages, [
+            ("warn", "cluster c1: cycle took 60.0s, longer than staleness_threshold 30s; most "
+                     "in reading groups and offsets (60.0s)"),
+            ("error", "cluster c1: collection failed (timed out); retry in 1.0s, backing off "
+                      "to every 10s"),
+        ])
+        held.pending.clear()
+        self.stop()
+
+
+class StopDeadlineTests(PollerTestCase):
+    def test_stop_closes_the_clients_while_the_read_still_runs(self) -> None:
+        """The reset is asked at once, behind the running read; the read then ends the cycle
+        without a failure, a fetch or a snapshot."""
+        messages = self.failure_messages()
+        held = HeldRunner()
+        p = self.make(held)
+        p.startService()
+        stopped = p.stopService()
+        self.assertEqual([f.__name__ for _, f, _ in held.pending], ["read", "reset"])
+        held.release()  # the read answers, late: the cycle ends before its next step
+        self.assertNoResult(stopped)
+        held.release()  # the reset
+        self.successResultOf(stopped)
+        self.assertEqual(held.pending, [])
+        self.assertEqual((self.source.resets, self.source.fetches, p.snapshot), (1, [], None))
+        self.assertEqual((p.health.consecutive_failures, p.health.failures_total), (0, 0))
+        self.assertEqual(messages, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_gives_up_on_a_cycle_that_never_ends_after_three_graces(self) -> None:
+        """Nothing answers (not even the reset): the stop resets, waits STOP_GRACE for the
+        cycle, resets again, and fires after 3 x STOP_GRACE, with one warning."""
+        messages = self.failure_messages()
+        held = HeldRunner()
+        p = self.make(held, config=SLOW_CONFIG)
+        p.startService()
+        stopped = p.stopService()
+        self.clock.pump([STOP_GRACE, STOP_GRACE, STOP_GRACE - 0.01])
+        self.assertNoResult(stopped)
+        self.clock.advance(0.01)
+        self.successResultOf(stopped)
+        self.assertEqual([f.__name__ for _, f, _ in held.pending], ["read", "reset", "reset"])
+        self.assertEqual(messages, [("warn", "cluster c1: cycle still running at stop; closing "
+                                             "its clients again")])
+        self.clock.advance(57)  # the read's own timeout ends the cycle: no failure is told
+        self.assertEqual(messages[1:], [
+            ("warn", "cluster c1: cycle took 60.0s, longer than staleness_threshold 30s; most "
+                     "in reading groups and offsets (60.0s)"),
+        ])
+        self.assertEqual(p.health.failures_total, 0)
+        held.pending.clear()
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -3,11 +3,16 @@
 No broker is needed: the test itself plays a black-holed port (connections are accepted by
 the kernel's listen backlog and never read or answered) and a TLS port that a plaintext
 client talks to. Everything listens on 127.0.0.1 only.
+
+A call that timed out leaves no thread behind: closing the clients (reset) fails the wait
+of a thread still blocked in kafka-python, which the unit tests here show with real threads
+under a clock-driven poller, and with a real kafka-python bootstrap on the black hole.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import socket
 import ssl
@@ -16,11 +21,18 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from exporter import ExporterProcess, config_toml, free_port
+from fakes import FakeSource, one_partition_data, pollers_on_clock
+from klag_collector.config import Performance
+from klag_collector.kafka_io import KafkaIO
+from klag_collector.model import GroupInfo
 
 KAFKA_TIMEOUT = 2.0
 
@@ -233,3 +245,189 @@ def test_once_against_black_hole_exits_1(tmp_path, black_hole):
     assert result["ok"] is False
     assert _is_timeout(result["error"], black_hole), result["error"]
     assert f"collection failed ({result['error']})" in err
+
+
+@pytest.mark.subprocess
+def test_sigterm_during_a_bootstrap_that_never_answers_exits_0_within_5s(tmp_path, black_hole):
+    """kafka_timeout 30 s, so the first cycle's client waits up to 24 s for the black hole to
+    answer its bootstrap: SIGTERM meanwhile still ends the process with 0 within 5 s."""
+    port = free_port()
+    config = config_toml(port, f'[[clusters]]\nname = "silent"\nbootstrap_servers = '
+                               f'"{black_hole}"\n', kafka_timeout="30s")
+    exporter = ExporterProcess(tmp_path, config, port)
+    try:
+        exporter.wait_for(
+            lambda s: (s.get("kafka_lag_exporter_skipped_ticks_total", cluster_name="silent")
+                       or 0) >= 2,
+            timeout=20, what="ticks skipped behind the first cycle, still connecting")
+    finally:
+        started = time.monotonic()
+        status = exporter.stop()
+        took = time.monotonic() - started
+    log = exporter.log.read_text()
+    assert status == 0, log[-3000:]
+    assert took < 5, f"took {took:.1f}s to exit:\n{log[-3000:]}"
+    assert "collection failed" not in log, "a cycle the stop cut short is no failure"
+
+
+# -- no thread outlives its deadline (unit tier: real threads, a task.Clock) ------------------
+
+# What a thread may take, after its deadline, to be back in its pool.
+MARGIN = 1.0
+
+POLLER_CONFIG = """
+[exporter]
+poll_interval = "10s"
+[exporter.performance]
+kafka_timeout = "5s"
+[[clusters]]
+name = "c1"
+bootstrap_servers = "127.0.0.1:1"
+"""
+
+
+class PoolRunner:
+    """A run_in_thread on a real ThreadPool; outcomes come back to the test's thread (the
+    reactor thread here) as it calls settle()."""
+
+    def __init__(self, threads: int) -> None:
+        self.pool = ThreadPool(0, threads, "klag-test")
+        self.pool.start()
+        self._ended: "queue.Queue[Tuple[defer.Deferred[Any], Any]]" = queue.Queue()
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+        d: "defer.Deferred[Any]" = defer.Deferred()
+
+        def work() -> None:
+            try:
+                outcome = f(*args)
+            except BaseException:  # noqa: B902 - handed to the Deferred
+                outcome = Failure()
+            self._ended.put((d, outcome))
+
+        self.pool.callInThread(work)
+        return d
+
+    def until(self, done: Callable[[], bool], within: float) -> float:
+        """Fire the Deferreds of the calls that ended until `done()`; the seconds it took. A
+        call ending after its Deferred timed out fires nothing (it was cancelled)."""
+        started = time.monotonic()
+        while not done():
+            assert time.monotonic() - started < within, f"{len(self.pool.working)} still busy"
+            try:
+                d, outcome = self._ended.get(timeout=0.01)
+            except queue.Empty:
+                continue
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+        return time.monotonic() - started
+
+    def settle(self, within: float) -> float:
+        """until() no thread is busy and every outcome is delivered."""
+        return self.until(lambda: not self.pool.working and self._ended.empty(), within)
+
+
+class BlockedSource(FakeSource):
+    """A FakeSource whose `blocked` call ("read" or "fetch") waits as kafka-python waits on
+    a broker that does not answer: until reset() closes the clients, then it fails."""
+
+    def __init__(self, blocked: str) -> None:
+        super().__init__(one_partition_data(GroupInfo("g1", "Empty"), committed=5))
+        self.blocked = blocked
+        self.waiting = threading.Event()
+        self.closed = threading.Event()
+
+    def _wait(self) -> None:
+        self.waiting.set()
+        assert self.closed.wait(timeout=30), "never reset"
+        raise ConnectionError("client closed")
+
+    def read(self, now: float) -> Any:
+        if self.blocked == "read":
+            self._wait()
+        return super().read(now)
+
+    def fetch_timestamps(self, items: List[Any]) -> Any:
+        if self.blocked == "fetch":
+            self._wait()
+        return super().fetch_timestamps(items)
+
+    def reset(self) -> None:
+        super().reset()
+        self.closed.set()
+
+
+def _blocked_poller(blocked: str) -> Tuple[task.Clock, PoolRunner, BlockedSource, Any]:
+    clock, runner, source = task.Clock(), PoolRunner(threads=4), BlockedSource(blocked)
+    _, (poller,) = pollers_on_clock(POLLER_CONFIG, {"c1": source}, clock, runner)
+    poller.startService()
+    runner.until(source.waiting.is_set, within=5)
+    return clock, runner, source, poller
+
+
+def test_a_timed_out_read_leaves_no_thread_in_kafka_python() -> None:
+    """The read hangs: at kafka_timeout (5 s on the clock) the cycle fails and the clients are
+    closed, so the read's thread is back within MARGIN, not after the broker answers."""
+    clock, runner, source, poller = _blocked_poller("read")
+    try:
+        clock.advance(4.99)
+        assert (poller.health.failures_total, source.resets) == (0, 0)
+        clock.advance(0.01)
+        assert poller.health.last_error == "timed out"
+        assert runner.settle(within=MARGIN) < MARGIN
+        assert (source.resets, runner.pool.working) == (1, [])
+    finally:
+        source.closed.set()
+        runner.pool.stop()
+
+
+def test_a_timed_out_fetch_leaves_no_thread_and_the_cycle_its_snapshot() -> None:
+    """The timestamp fetch hangs: at its deadline the clients are closed, the fetch thread is
+    back within MARGIN, and the snapshot reports the offset lag with the time lag unknown."""
+    clock, runner, source, poller = _blocked_poller("fetch")
+    try:
+        clock.advance(5)
+        assert runner.settle(within=MARGIN) < MARGIN
+        assert (source.resets, runner.pool.working) == (1, [])
+        assert poller.health.consecutive_failures == 0
+        assert [(r.lag, r.lag_seconds) for r in poller.snapshot.view.partitions] == [(5, None)]
+        assert poller.snapshot.view.skipped == {"timestamp_unavailable": 1}
+    finally:
+        source.closed.set()
+        runner.pool.stop()
+
+
+def _kafka_io_threads() -> List[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("kafka-io-"))
+
+
+def test_reset_ends_a_bootstrap_waiting_for_a_silent_broker(black_hole) -> None:
+    """A client being created waits for a broker that never answers (its bootstrap would take
+    0.8 x kafka_timeout = 24 s): reset() closes it, and the constructor fails within MARGIN,
+    leaving no kafka-python IO thread behind."""
+    before = _kafka_io_threads()
+    kafka = KafkaIO([black_hole], {}, Performance(kafka_timeout=30.0))
+    outcome: List[BaseException] = []
+
+    def connect() -> None:
+        try:
+            kafka.admin()
+        except BaseException as e:  # noqa: B902 - what the test looks at
+            outcome.append(e)
+
+    connecting = threading.Thread(target=connect, name="connect")
+    connecting.start()
+    deadline = time.monotonic() + 10
+    while len(_kafka_io_threads()) == len(before):  # its IO thread runs the bootstrap
+        assert time.monotonic() < deadline, "the client never started connecting"
+        time.sleep(0.01)
+    time.sleep(0.2)
+    started = time.monotonic()
+    kafka.reset()
+    connecting.join(timeout=MARGIN)
+    assert not connecting.is_alive(), "the bootstrap outlived reset()"
+    assert time.monotonic() - started < MARGIN
+    assert len(outcome) == 1, outcome
+    assert _kafka_io_threads() == before

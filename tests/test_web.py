@@ -11,23 +11,30 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from typing import Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import getChildForRequest
 from twisted.web.test._util import _render
+from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
 
 from klag_collector import __version__
+from klag_collector.http_channel import HttpLimits
 from klag_collector.model import ClusterData, GroupInfo, Member
-from klag_collector.render import OPENMETRICS_TYPE, TEXT_TYPE, MetricsRenderer
+from klag_collector.render import OPENMETRICS_TYPE, TEXT_TYPE, MetricsRenderer, Variant
 from fakes import FakeSource, one_partition_data, pollers_on_clock, run_now
-from klag_collector.web import make_root
+from klag_collector.web import CHUNK, STREAM_OVER, HealthResource, make_root, wants_openmetrics
 
 T0 = 1_700_000_000.0
 EVIL = "<script>alert(1)</script>"
@@ -117,11 +124,22 @@ def code(request: DummyRequest) -> int:
     return 200 if request.responseCode is None else request.responseCode
 
 
+@contextmanager
+def logged() -> Iterator[List[dict]]:
+    """The Twisted log events emitted inside the block."""
+    events: List[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
 def over_http(root: object, raw: bytes) -> Tuple[int, Dict[str, str], bytes]:
     """Send one raw HTTP/1.0 request to a real Site; return status, headers and body."""
     from klag_collector.service import QuietSite
 
-    site = QuietSite(root, timeout=None, reactor=task.Clock())
+    site = QuietSite(root, HttpLimits(64, 5.0), timeout=None, reactor=task.Clock())
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = StringTransport()
     channel.makeConnection(transport)
@@ -151,7 +169,7 @@ class MetricsTests(WebTestCase):
         self.assertEqual(header(request, b"content-type"), b"text/plain; version=0.0.4; charset=utf-8")
         self.assertEqual(header(request, b"content-type").decode(), TEXT_TYPE)
         self.assertIsNone(header(request, b"content-encoding"))
-        self.assertIs(body(request), self.renderer.current.body(False, False))
+        self.assertIs(body(request), self.renderer.current.body(Variant(False, False)))
         text = body(request).decode()
         self.assertIn('kafka_lag_exporter_up{cluster_name="good",env="test"} 1.0\n', text)
         self.assertIn('kafka_lag_exporter_up{cluster_name="bad"} 0.0\n', text)
@@ -168,7 +186,7 @@ class MetricsTests(WebTestCase):
         self.assertEqual(code(request), 200)
         self.assertEqual(header(request, b"content-encoding"), b"gzip")
         self.assertEqual(header(request, b"content-type").decode(), TEXT_TYPE)
-        self.assertEqual(gzip.decompress(body(request)), self.renderer.current.body(False, False))
+        self.assertEqual(gzip.decompress(body(request)), self.renderer.current.body(Variant(False, False)))
         self.assertEqual(header(request, b"vary"), b"Accept, Accept-Encoding")
 
     def test_openmetrics_when_the_scraper_asks_for_it(self) -> None:
@@ -179,7 +197,7 @@ class MetricsTests(WebTestCase):
         self.assertEqual(header(request, b"content-type").decode(), OPENMETRICS_TYPE)
         self.assertTrue(OPENMETRICS_TYPE.startswith("application/openmetrics-text"))
         self.assertTrue(body(request).endswith(b"# EOF\n"))
-        self.assertEqual(body(request), self.renderer.current.body(True, False))
+        self.assertEqual(body(request), self.renderer.current.body(Variant(True, False)))
         self.assertIn(b'kafka_lag_exporter_cycle_failures_total{cluster_name="bad"} 1.0\n', body(request))
 
     def test_openmetrics_gzipped(self) -> None:
@@ -227,7 +245,7 @@ class MetricsTests(WebTestCase):
         status, headers, payload = over_http(self.root, b"HEAD /metrics HTTP/1.0\r\n\r\n")
         self.assertEqual(status, 200)
         self.assertEqual(headers["content-type"], TEXT_TYPE)
-        self.assertEqual(int(headers["content-length"]), len(self.renderer.current.body(False, False)))
+        self.assertEqual(int(headers["content-length"]), len(self.renderer.current.body(Variant(False, False))))
         self.assertEqual(payload, b"")
 
     def test_get_metrics_over_http(self) -> None:
@@ -238,7 +256,7 @@ class MetricsTests(WebTestCase):
         )
         self.assertEqual(status, 200)
         self.assertEqual(headers["content-encoding"], "gzip")
-        self.assertEqual(payload, self.renderer.current.body(False, True))
+        self.assertEqual(payload, self.renderer.current.body(Variant(False, True)))
 
     def test_post_on_metrics_is_405(self) -> None:
         """A non-GET method on a known path is 405, naming GET and HEAD as allowed."""
@@ -266,6 +284,86 @@ class MetricsTests(WebTestCase):
             with self.subTest(path=path):
                 status, _, payload = over_http(self.root, b"HEAD " + path + b" HTTP/1.0\r\n\r\n")
                 self.assertEqual((status, payload), (200, b""))
+
+
+# Accept headers a stranger may send; prometheus_client's negotiation raises on the first two.
+MALFORMED_ACCEPTS = (
+    b"text/plain; version=zz",
+    b"application/openmetrics-text; version=zz",
+    b"application/openmetrics-text; version=1.zz.0",
+    b"application/openmetrics-text; version=zz, application/openmetrics-text",
+    b"garbage",
+    b";;;,,,;",
+    b"\xff\xfe/\x00",
+)
+
+
+class NegotiationTests(WebTestCase):
+    def test_a_malformed_accept_gets_the_text_format(self) -> None:
+        """Every malformed Accept is answered 200 with the 0.0.4 text, never a 500."""
+        self.start()
+        for accept in MALFORMED_ACCEPTS:
+            with self.subTest(accept=accept):
+                request = self.request(b"/metrics", {b"accept": accept})
+                self.assertEqual(code(request), 200)
+                self.assertEqual(header(request, b"content-type").decode(), TEXT_TYPE)
+                self.assertEqual(body(request), self.renderer.current.body(Variant(False, False)))
+
+    def test_a_malformed_accept_over_http_logs_nothing(self) -> None:
+        """Through a real Site: 200 and the text bytes, and no log event (no traceback)."""
+        self.start()
+        for accept in MALFORMED_ACCEPTS[:2]:
+            with self.subTest(accept=accept), logged() as events:
+                status, headers, payload = over_http(
+                    self.root, b"GET /metrics HTTP/1.0\r\nAccept: " + accept + b"\r\n\r\n")
+                self.assertEqual((status, headers["content-type"]), (200, TEXT_TYPE))
+                self.assertEqual(payload, self.renderer.current.body(Variant(False, False)))
+                self.assertEqual(events, [])
+
+    def test_wants_openmetrics_on_well_formed_headers(self) -> None:
+        """Well-formed headers are negotiated as prometheus_client does."""
+        cases = {
+            "": False,
+            "application/openmetrics-text": True,
+            "application/openmetrics-text; version=1.0.0": True,
+            "application/openmetrics-text;version=0.0.1": False,
+            "text/plain;version=0.0.4": False,
+            "text/plain;version=1.0.0,application/openmetrics-text": False,
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5": True,
+        }
+        self.assertEqual({accept: wants_openmetrics(accept) for accept in cases}, cases)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_wants_openmetrics_never_raises(accept: str) -> None:
+    """Any Accept text at all is an answer, True or False."""
+    assert wants_openmetrics(accept) in (True, False)
+
+
+class HeadTests(WebTestCase):
+    def test_head_logs_nothing_and_gives_get_s_length(self) -> None:
+        """HEAD on every leaf, before and after the first render, logs no line and gives the
+        status and Content-Length that GET gets, without a body."""
+        for started in (False, True):
+            if started:
+                self.start()
+            for path in (b"/", b"/metrics", b"/health", b"/ready"):
+                with self.subTest(path=path, started=started), logged() as events:
+                    status, headers, payload = over_http(
+                        self.root, b"HEAD " + path + b" HTTP/1.0\r\n\r\n")
+                    self.assertEqual(events, [])
+                get, _, get_payload = over_http(self.root, b"GET " + path + b" HTTP/1.0\r\n\r\n")
+                self.assertEqual((status, payload), (get, b""))
+                self.assertEqual(int(headers["content-length"]), len(get_payload))
+                self.assertGreater(len(get_payload), 0)
+
+    def test_head_on_an_unknown_path_is_a_quiet_404(self) -> None:
+        """HEAD on a path not served is 404 without a body or a log line."""
+        for path in (b"/nope", b"/metrics/x"):
+            with self.subTest(path=path), logged() as events:
+                status, _, payload = over_http(self.root, b"HEAD " + path + b" HTTP/1.0\r\n\r\n")
+                self.assertEqual((status, payload, events), (404, b"", []))
 
 
 class PathTests(WebTestCase):
@@ -470,3 +568,78 @@ class StatusPageTests(WebTestCase):
         page = self.page()
         self.assertIn("<tr><td>good</td><td>stale</td>", page)
         self.assertEqual(re.findall(r"<tr><td>good</td><td>[^<]*</td><td>\d+</td>", page), [])
+
+
+# -- large bodies ----------------------------------------------------------------------------
+
+BIG = bytes(range(256)) * 4096  # 1 MiB: above STREAM_OVER
+
+
+class Big(HealthResource):
+    def render_GET(self, request: Request) -> bytes:
+        return BIG
+
+
+class SlowWire(StringTransport):
+    """A transport that takes ROOM bytes, then pauses its producer until drain()."""
+
+    ROOM = 64 * 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unread = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.unread += len(data)
+        if self.unread > self.ROOM and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def drain(self) -> None:
+        self.unread = 0
+        self.producer.resumeProducing()
+
+
+class StreamingTests(SynchronousTestCase):
+    def connect(self) -> Tuple[object, SlowWire]:
+        from klag_collector.service import QuietSite
+
+        site = QuietSite(Big(), HttpLimits(64, 5.0), timeout=None, reactor=task.Clock())
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        wire = SlowWire()
+        channel.makeConnection(wire)
+        return channel, wire
+
+    def test_a_large_body_goes_out_as_the_client_takes_it(self) -> None:
+        """Over STREAM_OVER a body is written CHUNK by CHUNK while the transport has room, with
+        its Content-Length; then the connection serves its next request."""
+        self.assertGreater(len(BIG), STREAM_OVER)
+        channel, wire = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertLess(len(wire.value()), 3 * CHUNK)
+        self.assertTrue(channel.streaming)
+        drains = 0
+        while channel.streaming and drains < 100:
+            wire.drain()
+            drains += 1
+        self.assertGreaterEqual(drains, len(BIG) // (2 * CHUNK) - 1)
+        head, _, payload = wire.value().partition(b"\r\n\r\n")
+        self.assertIn(b"\r\nContent-Length: %d\r\n" % len(BIG), head)
+        self.assertEqual(payload, BIG)
+        wire.clear()
+        channel.dataReceived(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, payload = wire.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertIn(b"\r\nContent-Length: %d\r\n" % len(BIG), head)
+        self.assertEqual(payload, b"")
+
+    def test_a_lost_connection_stops_the_body(self) -> None:
+        """Once the connection is lost nothing more is written, however often it is resumed."""
+        channel, wire = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        sent = wire.value()
+        channel.stopProducing()  # what the transport does as it loses the connection
+        channel.connectionLost(Failure(ConnectionDone()))
+        wire.drain()
+        self.assertEqual(wire.value(), sent)
+        self.assertLess(len(sent), 3 * CHUNK)
