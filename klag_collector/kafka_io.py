@@ -31,6 +31,7 @@ from kafka.errors import (
     CoordinatorNotAvailableError,
     IncompatibleBrokerVersion,
     KafkaError,
+    KafkaTimeoutError,
     NotCoordinatorError,
     for_code,
 )
@@ -484,18 +485,30 @@ class KafkaIO:
     ) -> Dict[RecordKey, RecordTime]:
         admin = self.admin()
 
-        def send(request: Any, timeout: float) -> Any:
-            return admin._manager.run(self._send, admin, request, leader,
-                                      max(1, int(timeout * 1000)))
+        def start(request: Any, timeout: float) -> Callable[[], Any]:
+            answered = threading.Event()
+            future = admin._manager.call_soon(self._send, admin, request, leader,
+                                              max(1, int(timeout * 1000)))
+            future.add_both(lambda _: answered.set())
 
-        first = record_fetch.read(items, send, True, deadline)
+            def wait() -> Any:
+                # The request's own timeout fails it first; this is the backstop.
+                if not answered.wait(timeout + 1):
+                    raise KafkaTimeoutError(f"no Fetch answer from node {leader} in time")
+                if future.failed():
+                    raise future.exception
+                return future.value
+
+            return wait
+
+        first = record_fetch.read(items, start, True, deadline)
         if not first.held or time.monotonic() >= deadline:
             return first.found
         # Each held read stopped at its partition's last stable offset: what it waits for
         # is the first record from there on, which only an uncommitted read can see yet.
         probes = {key: FetchItem((key[0], key[1], max(key[2], at)), end, leader)
                   for key, (at, end) in first.held.items()}
-        second = record_fetch.read(sorted(set(probes.values())), send, False, deadline)
+        second = record_fetch.read(sorted(set(probes.values())), start, False, deadline)
         found = dict(first.found)
         for key, probe in probes.items():
             if probe.key in second.found:

@@ -3,9 +3,9 @@
 A consumer poll loop is the wrong tool for dating one record per partition: it keeps
 fetch sessions, buffers whole fetches and walks every assigned partition on each position
 check. Here each round is one sessionless Fetch (no incremental fetch session is built on
-the broker for a one-shot read) per MAX_PARTITIONS_PER_FETCH partitions, sent one at a
-time to the leader, asking only as many bytes of each partition as it takes to find the
-record; `record_scan` reads the answers. Every round checks the deadline, and each request's
+the broker for a one-shot read) per MAX_PARTITIONS_PER_FETCH partitions, sent to the
+leader with at most two in flight, asking only as many bytes of each partition as it takes to find the
+record; `record_scan` reads the answers. Every request checks the deadline first, and its
 timeout is what is left of it.
 
 Blocking: runs in a worker thread, never on the reactor.
@@ -33,8 +33,9 @@ READ_UNCOMMITTED, READ_COMMITTED = 0, 1
 # A sessionless full fetch: session id 0 and epoch -1 ask the broker to keep no session.
 _NO_SESSION, _FINAL_EPOCH = 0, -1
 
-# Sends one request to the leader within a timeout in seconds; returns its response.
-Send = Callable[[Any, float], Any]
+# Sends one request to the leader, to be answered within a timeout in seconds; returns the
+# wait for its response (which raises what the request failed with).
+Start = Callable[[Any, float], Callable[[], Any]]
 
 
 def fetch_request(specs: Sequence[FetchSpec], isolation: int) -> Any:
@@ -68,19 +69,34 @@ def fetched_partitions(response: Any) -> Dict[TP, FetchedPartition]:
     return out
 
 
-def read(items: Sequence[FetchItem], send: Send, committed: bool, deadline: float,
+def read(items: Sequence[FetchItem], start: Start, committed: bool, deadline: float,
          clock: Callable[[], float] = time.monotonic) -> TimestampRead:
     """Fetch rounds until every item is answered, held or given up, or *deadline* passes."""
     state = TimestampRead(items, committed)
     isolation = READ_COMMITTED if committed else READ_UNCOMMITTED
     while not state.done and clock() < deadline:
-        wanted = state.wanted()
-        for start in range(0, len(wanted), MAX_PARTITIONS_PER_FETCH):
-            left = deadline - clock()
-            if left <= 0:
-                break
-            chunk = wanted[start:start + MAX_PARTITIONS_PER_FETCH]
-            for tp, fetched in fetched_partitions(send(fetch_request(chunk, isolation),
-                                                       left)).items():
-                state.absorb(tp, fetched)
+        _round(state, state.wanted(), start, isolation, deadline, clock)
     return state
+
+
+def _round(state: TimestampRead, wanted: List[FetchSpec], start: Start, isolation: int,
+           deadline: float, clock: Callable[[], float]) -> None:
+    # Each Fetch is sent before the answer to the one before it is read: two in flight at
+    # most, and the broker reads the next while this thread reads the last.
+    waiting = None
+    for begin in range(0, len(wanted), MAX_PARTITIONS_PER_FETCH):
+        left = deadline - clock()
+        if left <= 0:
+            break
+        sent = start(fetch_request(wanted[begin:begin + MAX_PARTITIONS_PER_FETCH], isolation),
+                     left)
+        if waiting is not None:
+            _absorb(state, waiting())
+        waiting = sent
+    if waiting is not None:
+        _absorb(state, waiting())
+
+
+def _absorb(state: TimestampRead, response: Any) -> None:
+    for tp, fetched in fetched_partitions(response).items():
+        state.absorb(tp, fetched)
