@@ -2,16 +2,22 @@
 """Collection-cycle benchmark for klag-collector (a benchmark, not a test).
 
 Creates G consumer groups over P partitions on a local broker (or an existing one given
-with --bootstrap), runs the exporter in this process on the real reactor, drives N
+with --bootstrap), runs the exporter on the real reactor in a process of its own per size
+(--scale runs several sizes one after the other against the same topics), drives N
 collection cycles by hand and prints:
 
-- cycle wall time (p50, max) and where each cycle spends it,
-- Kafka requests per cycle by API (counted where kafka-python sends every request),
-- /metrics latency p50/p99 for identity and gzip, measured from a separate process,
-- series count, render time of one snapshot, RSS.
+- cycle wall time (p50, max) and where each cycle spends it, time from start until every
+  row has its time lag; with --scale, steady cycle time per size and per row,
+- Kafka requests per cycle by API, timestamp Fetch requests per leader and keys fetched,
+- a Kafka probe client's latency while the cold timestamp fetch runs, against idle,
+- /metrics latency p50/p99 for identity and gzip, between cycles and while a cycle renders,
+- series count, render time of one snapshot, RSS after each cycle,
+- process CPU seconds per minute in steady state with 10 s polls, and with --profile the
+  top functions of one steady cycle and its render.
 
     python benchmarks/cycle_bench.py                          # 200 groups x 2,000 partitions
-    python benchmarks/cycle_bench.py --groups 1000 --partitions 20000 --kafka-timeout 120s
+    python benchmarks/cycle_bench.py --cache-ttl 2s --pause 3 # steady cycles after cache_ttl
+    python benchmarks/cycle_bench.py --scale 200,600,1200     # 10k, 30k, 60k rows
     python benchmarks/cycle_bench.py --json > figures.json
 
 Everything talks to 127.0.0.1 only (the local broker, the exporter's HTTP port), unless
@@ -21,10 +27,9 @@ Everything talks to 127.0.0.1 only (the local broker, the exporter's HTTP port),
 from __future__ import annotations
 
 import argparse
-import functools
+import inspect
 import json
 import logging
-import math
 import multiprocessing
 import os
 import pathlib
@@ -33,307 +38,36 @@ import re
 import resource
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
-from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any, Dict, List, Optional
+import zlib
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+for _path in (HERE, REPO):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-# Seconds between the timestamps of consecutive records of a partition: record r of R is
-# (R - r) minutes old, so a group at offset o lags about (R - o) minutes.
-RECORD_SPACING_MS = 60_000
-# Topics per CreateTopics request during setup.
-CREATE_BATCH = 20
+import bench_hooks as hooks  # noqa: E402
+import bench_report as report  # noqa: E402
+from bench_clients import Helper, run_scrape  # noqa: E402
+from bench_setup import GroupSet, Layout, drop, log, setup_cluster  # noqa: E402
 
-
-def log(msg: str) -> None:
-    """Progress goes to stderr, so stdout carries only the summary (or the JSON)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------
-# Setup (runs in a child process, so its clients and buffers do not count in the RSS)
-# ---------------------------------------------------------------------------------------
-
-
-def topic_layout(prefix: str, partitions: int, per_topic: int) -> List[tuple]:
-    """[(topic, partition count)]: P partitions as topics of `per_topic` (the last may be smaller)."""
-    n = math.ceil(partitions / per_topic)
-    return [(f"{prefix}-t{i:04d}", min(per_topic, partitions - i * per_topic)) for i in range(n)]
-
-
-def group_names(prefix: str, groups: int) -> List[str]:
-    return [f"{prefix}-g{i:05d}" for i in range(groups)]
-
-
-def committed_offset(group_index: int, topic_count: int, partition: int, records: int) -> int:
-    """Where group i stands on a partition of its topic: 0..records, varying per group.
-
-    Groups sharing a topic stand at different offsets (as real groups do), and one
-    partition in records+1 has lag 0.
-    """
-    j = group_index // topic_count
-    return (j + partition) % (records + 1)
-
-
-def setup_cluster(bootstrap: str, prefix: str, groups: int, partitions: int, per_topic: int,
-                  records: int, reuse: bool) -> Dict[str, Any]:
-    """Create topics, produce, commit group offsets. Returns timings and counts."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    # Setup clients warn about transient states (no node yet, leaders moving) they retry.
-    logging.getLogger("kafka").setLevel(logging.ERROR)
-    sys.path.insert(0, str(REPO / "tests"))
-    from kafka import KafkaAdminClient, KafkaProducer
-    from kafka.structs import TopicPartition
-    from kafkahelp import commit
-
-    out: Dict[str, Any] = {"reused_topics": 0, "reused_groups": 0}
-    layout = topic_layout(prefix, partitions, per_topic)
-    names = group_names(prefix, groups)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="klag-bench-setup",
-                             request_timeout_ms=120_000)
-    try:
-        # -- topics
-        t0 = time.perf_counter()
-        existing: Dict[str, int] = {}
-        if reuse:
-            mine = [t for t in admin.list_topics() if t.startswith(prefix + "-t")]
-            if mine:
-                for t in admin.describe_topics(mine):
-                    existing[t["name"]] = len(t["partitions"])
-        for topic, n in layout:
-            if topic in existing and existing[topic] != n:
-                raise SystemExit(f"--reuse: topic {topic} has {existing[topic]} partitions, "
-                                 f"expected {n}; use another --prefix")
-        create = [(t, n) for t, n in layout if t not in existing]
-        out["reused_topics"] = len(layout) - len(create)
-        for start in range(0, len(create), CREATE_BATCH):
-            chunk = create[start:start + CREATE_BATCH]
-            admin.create_topics({t: {"num_partitions": n, "replication_factor": 1}
-                                 for t, n in chunk}, timeout_ms=120_000)
-        if create:
-            admin.wait_for_topics([t for t, _ in create], timeout_ms=300_000)
-        out["create_topics_s"] = time.perf_counter() - t0
-        log(f"setup: {len(create)} topics created ({out['reused_topics']} reused) "
-            f"in {out['create_topics_s']:.1f}s")
-
-        # -- records: one batch of `records` records per partition, explicit timestamps
-        t0 = time.perf_counter()
-        produced = 0
-        errors: List[BaseException] = []
-        if create:
-            # Fresh partitions answer NotLeaderForPartition for a moment after
-            # wait_for_topics: retry until delivery_timeout; one request in flight keeps
-            # each partition's records in order across retries.
-            logging.getLogger("kafka.producer").setLevel(logging.ERROR)
-            producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="klag-bench-producer",
-                                     acks=1, linger_ms=50, batch_size=64 * 1024,
-                                     enable_idempotence=False,
-                                     max_in_flight_requests_per_connection=1,
-                                     retries=1_000_000, retry_backoff_ms=250,
-                                     request_timeout_ms=60_000, delivery_timeout_ms=300_000)
-            now_ms = int(time.time() * 1000)
-            stamps = [now_ms - (records - r) * RECORD_SPACING_MS for r in range(records)]
-            value = b"klag-bench-record"
-            try:
-                for topic, n in create:
-                    for p in range(n):
-                        for ts in stamps:
-                            producer.send(topic, value=value, partition=p,
-                                          timestamp_ms=ts).add_errback(errors.append)
-                            produced += 1
-                producer.flush(timeout=600)
-            finally:
-                producer.close(timeout=30)
-        if errors:
-            raise SystemExit(f"setup: {len(errors)} produce errors, first: {errors[0]!r}")
-        out["records_produced"] = produced
-        out["produce_s"] = time.perf_counter() - t0
-        log(f"setup: {produced} records produced in {out['produce_s']:.1f}s")
-
-        # -- group offsets (alter_group_offsets on empty groups), a few in parallel
-        t0 = time.perf_counter()
-        have = set()
-        if reuse:
-            have = {g["group_id"] for g in admin.list_groups() if g["group_id"].startswith(prefix)}
-        todo = [(i, g) for i, g in enumerate(names) if g not in have]
-        out["reused_groups"] = len(names) - len(todo)
-
-        def commit_one(item: tuple) -> None:
-            i, group = item
-            topic, n = layout[i % len(layout)]
-            offsets = {TopicPartition(topic, p): committed_offset(i, len(layout), p, records)
-                       for p in range(n)}
-            commit(admin, group, offsets, timeout=120)
-
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(commit_one, todo))
-        out["commit_s"] = time.perf_counter() - t0
-        out["groups_committed"] = len(todo)
-        log(f"setup: {len(todo)} groups committed ({out['reused_groups']} reused) "
-            f"in {out['commit_s']:.1f}s")
-    finally:
-        admin.close()
-    out["topics"] = len(layout)
-    return out
+OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0"
+# Cycles of the 10 s-poll run before its CPU window opens: the cold one and one steady one.
+CPU_WARMUP_CYCLES = 2
 
 
 # ---------------------------------------------------------------------------------------
-# Instrumentation: what each cycle asks of Kafka, and where its time goes
+# Small readings of this process
 # ---------------------------------------------------------------------------------------
-
-
-class Recorder:
-    """Requests by API and time by step, for one cycle (written from several threads)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: Counter = Counter()
-        self.request_s: Dict[str, float] = defaultdict(float)
-        self.steps: Dict[str, List[float]] = defaultdict(lambda: [0, 0.0])  # calls, seconds
-
-    def request(self, api: str) -> None:
-        with self._lock:
-            self.requests[api] += 1
-
-    def request_done(self, api: str, seconds: float) -> None:
-        with self._lock:
-            self.request_s[api] += seconds
-
-    def step(self, name: str, seconds: float) -> None:
-        with self._lock:
-            entry = self.steps[name]
-            entry[0] += 1
-            entry[1] += seconds
-
-
-CURRENT: Optional[Recorder] = None
-
-
-def instrument() -> None:
-    """Wrap kafka-python's single send path and the blocking calls a cycle makes."""
-    from kafka import KafkaConsumer
-    from kafka.admin import KafkaAdminClient
-    from kafka.net.connection import KafkaConnection
-
-    from klag_collector import kafka_source, poller
-
-    original_send = KafkaConnection._send_request
-
-    # Every request of every client (ApiVersions and SASL at connect included) passes here.
-    def _send_request(self, request, future=None, timeout_at=None):
-        rec = CURRENT
-        started = time.perf_counter()
-        fut = original_send(self, request, future=future, timeout_at=timeout_at)
-        if rec is not None:
-            api = type(request).__name__
-            rec.request(api)
-            fut.add_both(lambda _result: rec.request_done(api, time.perf_counter() - started))
-        return fut
-
-    KafkaConnection._send_request = _send_request
-
-    def timed(cls: Any, name: str, label: str) -> None:
-        original = getattr(cls, name)
-
-        @functools.wraps(original)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            rec = CURRENT
-            started = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                if rec is not None:
-                    rec.step(label, time.perf_counter() - started)
-
-        setattr(cls, name, wrapper)
-
-    timed(KafkaAdminClient, "__init__", "admin client connect")
-    for name in ("list_groups", "describe_groups", "list_group_offsets", "describe_topics",
-                 "list_partition_offsets", "describe_configs"):
-        timed(KafkaAdminClient, name, f"admin.{name}")
-    timed(KafkaConsumer, "__init__", "consumer connect")
-    # What a timestamp fetch does with its consumer besides polling: the seeks, pauses and
-    # end-of-partition checks grow with the partitions and keys of the batch.
-    for name in ("assign", "seek", "poll", "position", "pause", "close"):
-        timed(KafkaConsumer, name, f"consumer.{name}")
-    timed(kafka_source.KafkaSource, "read", "source.read (steps 1-5)")
-    timed(kafka_source.KafkaSource, "fetch_timestamps", "source.fetch_timestamps (step 6)")
-    # build_snapshot is looked up in the poller module at each cycle.
-    original_build = poller.build_snapshot
-
-    def build_snapshot(*args: Any, **kwargs: Any) -> Any:
-        rec = CURRENT
-        started = time.perf_counter()
-        try:
-            return original_build(*args, **kwargs)
-        finally:
-            if rec is not None:
-                rec.step("build_snapshot (step 7)", time.perf_counter() - started)
-
-    poller.build_snapshot = build_snapshot
-
-
-# ---------------------------------------------------------------------------------------
-# The /metrics client: a separate process, so the bench's GIL does not slow the server
-# ---------------------------------------------------------------------------------------
-
-CLIENT = r"""
-import http.client, json, sys, time
-port, n = int(sys.argv[1]), int(sys.argv[2])
-out = {}
-for name in ("identity", "gzip"):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"Accept-Encoding": name}
-    sockets = set()
-    def get():
-        conn.request("GET", "/metrics", headers=headers)
-        r = conn.getresponse()
-        body = r.read()
-        sockets.add(id(conn.sock))
-        return r, body
-    for _ in range(5):  # warm-up: connection, first-touch of the cached bytes
-        get()
-    lat = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        r, body = get()
-        lat.append(time.perf_counter() - t0)
-    conn.close()
-    out[name] = {"latencies_s": lat, "bytes": len(body), "status": r.status,
-                 "content_encoding": r.getheader("Content-Encoding"), "connections": len(sockets)}
-print(json.dumps(out))
-"""
-
-
-def scrape_bench(port: int, requests: int) -> Dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", CLIENT, str(port), str(requests)],
-                          capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"/metrics client failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)
-
-
-# ---------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------
-
-
-def pct(values: List[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = max(0, math.ceil(q / 100 * len(ordered)) - 1)
-    return ordered[k]
 
 
 def rss_kib() -> Dict[str, int]:
@@ -354,20 +88,10 @@ def pid_rss_kib(pid: Optional[int]) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def code_version() -> str:
-    """The commit benchmarked, and whether klag_collector/ differs from it."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
-                                "klag_collector"],
-                               capture_output=True, text=True, timeout=10).stdout.split("\n")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    changed = sorted(line[3:] for line in dirty if line.strip())
-    if not head:
-        return "unknown (not a git checkout)"
-    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def free_port() -> int:
@@ -376,11 +100,85 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def exporter_config(bootstrap: str, prefix: str, port: int, args: argparse.Namespace) -> str:
-    pattern = json.dumps("^" + re.escape(prefix + "-"))
+# ---------------------------------------------------------------------------------------
+# The code benchmarked: read from .git's files (the bench runs no git command)
+# ---------------------------------------------------------------------------------------
+
+
+def git_head(git: pathlib.Path) -> Optional[str]:
+    head = (git / "HEAD").read_text().strip()
+    if not head.startswith("ref: "):
+        return head
+    ref = head[5:]
+    if (git / ref).exists():
+        return (git / ref).read_text().strip()
+    packed = git / "packed-refs"
+    if packed.exists():
+        for line in packed.read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    return None
+
+
+def git_index(git: pathlib.Path) -> Dict[str, str]:
+    """path -> blob sha1 of the index (versions 2 and 3)."""
+    data = (git / "index").read_bytes()
+    if data[:4] != b"DIRC" or int.from_bytes(data[4:8], "big") not in (2, 3):
+        return {}
+    entries, pos, out = int.from_bytes(data[8:12], "big"), 12, {}
+    for _ in range(entries):
+        sha = data[pos + 40:pos + 60].hex()
+        flags = int.from_bytes(data[pos + 60:pos + 62], "big")
+        extended = flags & 0x4000
+        start = pos + 62 + (2 if extended else 0)
+        end = data.index(b"\0", start)
+        out[data[start:end].decode()] = sha
+        pos += ((end - pos) // 8 + 1) * 8  # entries are NUL-padded to a multiple of 8
+    return out
+
+
+def blob_sha(path: pathlib.Path) -> str:
+    import hashlib
+
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def code_version() -> str:
+    """The commit benchmarked, and which files of klag_collector/ differ from the index."""
+    git = REPO / ".git"
+    try:
+        head = git_head(git)
+        index = git_index(git)
+    except (OSError, ValueError):
+        return "unknown (no readable .git)"
+    if not head:
+        return "unknown (no HEAD)"
+    files = {str(p.relative_to(REPO)): p for p in (REPO / "klag_collector").rglob("*.py")}
+    changed = sorted(name for name, p in files.items() if index.get(name) != blob_sha(p))
+    changed += sorted(name + " (deleted)" for name in index
+                      if name.startswith("klag_collector/") and name.endswith(".py")
+                      and name not in files)
+    digest = zlib.crc32(b"".join(files[n].read_bytes() for n in sorted(files)))
+    tree = f"klag_collector crc32 {digest:08x}"
+    if not changed:
+        return f"{head[:7]} ({tree})"
+    names = ", ".join(c.replace("klag_collector/", "") for c in changed)
+    return f"{head[:7]} + uncommitted changes in {names} ({tree})"
+
+
+# ---------------------------------------------------------------------------------------
+# The exporter under test, and what the bench reads of it
+# ---------------------------------------------------------------------------------------
+
+
+def exporter_config(bootstrap: str, layout: Layout, groups: GroupSet, port: int,
+                    args: argparse.Namespace, poll_interval: str) -> str:
+    group_pattern = json.dumps("^" + re.escape(groups.prefix + "-g"))
+    topic_pattern = json.dumps("^" + re.escape(layout.prefix + "-t"))
     return f"""
 [exporter]
-poll_interval = "1h"
+poll_interval = {json.dumps(poll_interval)}
 http_host = "127.0.0.1"
 http_port = {port}
 granularity = "partition"
@@ -395,453 +193,619 @@ kafka_timeout = {json.dumps(args.kafka_timeout)}
 [[clusters]]
 name = "bench"
 bootstrap_servers = {json.dumps(bootstrap)}
-group_whitelist = [{pattern}]
-topic_whitelist = [{pattern}]
+group_whitelist = [{group_pattern}]
+topic_whitelist = [{topic_pattern}]
 """
 
 
-# ---------------------------------------------------------------------------------------
-# The exporter run, on the real reactor
-# ---------------------------------------------------------------------------------------
+def find_poller(svc: Any, seams: Dict[str, str]) -> Any:
+    """The one cluster's poller: a child service of the service tree (Twisted's public
+    IServiceCollection), else the service's private list."""
+    from twisted.application.service import IServiceCollection
+
+    stack = [svc]
+    while stack:
+        node = stack.pop()
+        if IServiceCollection.providedBy(node):
+            stack.extend(node)
+        elif hasattr(node, "poll_now"):
+            seams["poller"] = "found in the service tree"
+            return node
+    seams["poller"] = "svc._pollers[0] (not found in the service tree)"
+    return svc._pollers[0]
 
 
-async def drive(reactor: Any, config_text: str, args: argparse.Namespace,
-                figures: Dict[str, Any]) -> None:
-    global CURRENT
-    from twisted.internet import threads
+class Exporter:
+    """A service made from a config, its one poller and (if found) its renderer."""
 
-    from klag_collector.config import parse_config
-    from klag_collector.service import make_service
+    def __init__(self, reactor: Any, config_text: str, seams: Dict[str, str]) -> None:
+        from klag_collector.config import parse_config
+        from klag_collector.service import make_service
 
-    config = parse_config(config_text, "<bench>", "toml")
-    svc = make_service(config, reactor)
-    # The bench reads the service's internals (a measuring tool beside the package): the
-    # one cluster's poller, and the renderer whose pass follows every cycle.
-    poller = svc._pollers[0]
-    renderer = svc._renderer
-    port = config.exporter.http_port
+        self.reactor = reactor
+        self.config = parse_config(config_text, "<bench>", "toml")
+        self.port = self.config.exporter.http_port
+        self.svc = make_service(self.config, reactor)
+        self.poller = find_poller(self.svc, seams)
+        # No public seam tells when a render pass is done: the renderer's when_rendered is
+        # used while it exists, else the bench waits for the exporter's pools to go idle.
+        renderer = getattr(self.svc, "_renderer", None)
+        self._when_rendered = getattr(renderer, "when_rendered", None)
+        seams["renderer"] = ("svc._renderer.when_rendered" if self._when_rendered
+                             else "not found: waits for the exporter's pools to go idle")
+        seams["pools"] = ("ThreadPool.callInThreadWithCallback hook" if hooks.WORK.hooked
+                          else "svc._pools statistics")
+        self.started = False
 
-    # Time the timestamp phase, step 6 as the poller sees it: sample() is the worker-thread
-    # plan (cache look-ups, batching by leader), the fan-out of batch fetches on the reactor
-    # (each fetch runs source.fetch_timestamps in a worker thread, timed in instrument()),
-    # and the worker-thread merge into the cache. The poller and the sampler look these up
-    # on the instance, so wrapping the instance's attributes is enough.
-    sampler = poller.sampler
-    if sampler is not None:
-        def timed_deferred(name: str, label: str) -> None:
-            original = getattr(sampler, name)
+    def start(self) -> None:
+        self.svc.startService()
+        self.started = True
 
-            def wrapper(*a: Any, **kw: Any) -> Any:
-                rec, started = CURRENT, time.perf_counter()
-                d = original(*a, **kw)
+    async def rendered(self) -> None:
+        if self._when_rendered is not None:
+            await self._when_rendered()
 
-                def done(result: Any) -> Any:
-                    if rec is not None:
-                        rec.step(label, time.perf_counter() - started)
-                    return result
+    def busy(self) -> int:
+        """Work items running or queued in the exporter's thread pools."""
+        if hooks.WORK.hooked:
+            return hooks.WORK.inflight
+        total = 0
+        for pool in getattr(self.svc, "_pools", ()):
+            stats = pool._team.statistics()
+            total += stats.busyWorkerCount + stats.backloggedWorkCount
+        return total
 
-                return d.addBoth(done)
+    async def idle(self, timeout: float) -> float:
+        """Wait until the exporter's pools are idle (at most `timeout` s); return that time."""
+        deadline = time.monotonic() + timeout
+        while self.busy() and time.monotonic() < deadline:
+            await sleep(self.reactor, 0.02)
+        if self.busy():
+            log(f"warning: exporter threads still busy after {timeout:.0f}s")
+        return time.monotonic()
 
-            setattr(sampler, name, wrapper)
-
-        def timed_blocking(name: str, label: str) -> None:
-            original = getattr(sampler, name)
-
-            def wrapper(*a: Any, **kw: Any) -> Any:
-                rec, started = CURRENT, time.perf_counter()
-                try:
-                    return original(*a, **kw)
-                finally:
-                    if rec is not None:
-                        rec.step(label, time.perf_counter() - started)
-
-            setattr(sampler, name, wrapper)
-
-        timed_deferred("sample", "sampler.sample (step 6, total)")
-        timed_blocking("plan", "sampler.plan (thread)")
-        timed_deferred("_fetch_all", "sampler fetch fan-out (reactor)")
-        timed_blocking("merge", "sampler.merge (thread)")
-
-    cycles: List[Dict[str, Any]] = []
-    started_service = False
-    try:
-        for n in range(1, args.cycles + 1):
-            rec = Recorder()
-            hits0, misses0 = poller.cache.hits, poller.cache.misses
-            errors0 = poller.cache.fetch_errors
-            CURRENT = rec
-            t0 = time.perf_counter()
-            if not started_service:
-                # startService starts the pollers' LoopingCall, whose first tick (now=True)
-                # is cycle 1; with poll_interval 1h no other tick comes.
-                svc.startService()
-                started_service = True
-            await poller.poll_now()
-            t1 = time.perf_counter()
-            wall = t1 - t0
-            h = poller.health
-            if h.consecutive_failures:
-                raise RuntimeError(f"cycle {n} failed: {h.last_error}")
-            await renderer.when_rendered()
-            render_wait = time.perf_counter() - t1
-            # A Kafka call that the cycle gave up on (addTimeout) keeps its worker
-            # thread busy: wait for every pool to go idle, still counting its requests
-            # for this cycle, so the next cycle and the scrapes start on a quiet process.
-            busy_after = await wait_idle(reactor, svc, args.idle_timeout) - t1
-            CURRENT = None
-            view = poller.snapshot.view
-            cycle = {
-                "cycle": n,
-                "wall_s": wall,
-                "exporter_duration_s": h.last_duration,
-                "render_after_s": render_wait,
-                "busy_after_s": busy_after,
-                "ts_fetch_errors": poller.cache.fetch_errors - errors0,
-                "requests": dict(rec.requests),
-                "request_s": dict(rec.request_s),
-                "steps": {k: {"calls": v[0], "s": v[1]} for k, v in rec.steps.items()},
-                "groups": len(view.groups),
-                "partition_rows": len(view.partitions),
-                "rows_with_time_lag": sum(1 for r in view.partitions if r.lag_seconds is not None),
-                "rows_lag_gt_0": sum(1 for r in view.partitions if r.lag > 0),
-                # Groups that lag by offsets yet report max_lag_seconds 0: only their
-                # caught-up partitions had a known time lag (every record here is >= 1
-                # minute old, so a true 0 is impossible when lag > 0).
-                "groups_lagging_but_max_lag_seconds_0": sum(
-                    1 for g in view.groups if (g.max_lag or 0) > 0 and g.max_lag_seconds == 0),
-                "groups_without_max_lag_seconds": sum(
-                    1 for g in view.groups if g.max_lag_seconds is None),
-                "skipped_partitions": dict(view.skipped),
-                "skipped_groups": dict(view.skipped_groups),
-                "ts_cache_hits": poller.cache.hits - hits0,
-                "ts_cache_misses": poller.cache.misses - misses0,
-                "ts_cache_entries": poller.cache.stats().entries,
-            }
-            cycles.append(cycle)
-            log(f"cycle {n}: {wall * 1000:.0f} ms, {sum(rec.requests.values())} requests, "
-                f"{cycle['partition_rows']} rows, {cycle['rows_with_time_lag']} with time lag, "
-                f"skipped {cycle['skipped_partitions'] or '-'}, render {render_wait * 1000:.0f} ms, "
-                f"threads busy {busy_after * 1000:.0f} ms after the cycle")
-            if n < args.cycles and args.pause > 0:
-                await deferred_sleep(reactor, args.pause)
-        figures["cycles"] = cycles
-        figures["rss_after_cycles_kib"] = rss_kib()
-
-        # /metrics from another process.
-        log(f"/metrics: {args.requests} requests identity + {args.requests} gzip "
-            f"from a separate process")
-        scrape = await threads.deferToThread(scrape_bench, port, args.requests)
-        figures["metrics_http"] = {
-            enc: {
-                "p50_ms": pct(r["latencies_s"], 50) * 1000,
-                "p99_ms": pct(r["latencies_s"], 99) * 1000,
-                "max_ms": max(r["latencies_s"]) * 1000,
-                "bytes": r["bytes"],
-                "status": r["status"],
-                "content_encoding": r["content_encoding"],
-                "connections": r["connections"],
-                "requests": len(r["latencies_s"]),
-            }
-            for enc, r in scrape.items()
-        }
-
-        # Series, bodies, render time of one snapshot (off the reactor thread, as the
-        # exporter does it; nothing else runs now).
-        current = renderer.current
-        text = current.body(False, False)
-        series = Counter()
-        for line in text.decode().splitlines():
-            if line and not line.startswith("#"):
-                series[line.split("{", 1)[0].split(" ", 1)[0]] += 1
-        figures["series"] = sum(series.values())
-        figures["series_by_family"] = dict(series.most_common())
-        figures["bodies_bytes"] = {
-            "text": len(current.body(False, False)),
-            "text_gzip": len(current.body(False, True)),
-            "openmetrics": len(current.body(True, False)),
-            "openmetrics_gzip": len(current.body(True, True)),
-        }
-
-        # The render of one snapshot: what the renderer's pass does after a cycle, its
-        # per-cluster render of the current reports (read on the reactor thread, as
-        # MetricsRenderer.invalidate reads them). A new ReportRenderer each time, so every
-        # repeat builds the cluster's lag lines from its snapshot, then the health lines,
-        # the merge into the four variants and the status page. A second pass of the same
-        # ReportRenderer keeps the lag lines: that is what a change of health alone costs.
-        from klag_collector import metrics as metrics_mod
-        from klag_collector.collector import read_clusters
-        from klag_collector.render import ReportRenderer, Variant
-
-        definitions = metrics_mod.families_for(config.exporter.granularity)
-        reports = read_clusters(svc._pollers, reactor.seconds())
-
-        def time_render() -> Dict[str, Any]:
-            full, kept = [], []
-            rendered = None
-            for _ in range(args.render_repeats):
-                report_renderer = ReportRenderer(definitions)
-                t = time.perf_counter()
-                rendered = report_renderer.render(reports)
-                full.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                report_renderer.render(reports)
-                kept.append(time.perf_counter() - t)
-            same = rendered is not None and all(
-                rendered.bodies[v] == current.bodies[v] for v in current.bodies)
-            return {"full": full, "kept": kept, "same_as_served": same}
-
-        # prometheus_client's way, for comparison: a CollectorRegistry holding the
-        # service's public Collector, encoded by generate_latest (text alone), and all four
-        # variants its way (both encoders, each body gzipped at the same level).
-        def time_prometheus_client() -> Dict[str, Any]:
-            import gzip
-
-            from prometheus_client import CollectorRegistry, exposition
-            from prometheus_client.openmetrics import exposition as om_exposition
-
-            from klag_collector.render import GZIP_LEVEL
-
-            registry = CollectorRegistry()
-            registry.register(svc.collector)
-            t = time.perf_counter()
-            text_body = exposition.generate_latest(registry)
-            text_only = time.perf_counter() - t
-            t = time.perf_counter()
-            gzip.compress(exposition.generate_latest(registry), GZIP_LEVEL, mtime=0)
-            om_body = om_exposition.generate_latest(registry)
-            gzip.compress(om_body, GZIP_LEVEL, mtime=0)
-            all_four = time.perf_counter() - t
-            return {"text_only": text_only, "all_four": all_four,
-                    "text_same_as_served": text_body == current.body(False, False),
-                    "openmetrics_same_as_served": om_body == current.bodies[Variant(True, False)]}
-
-        renders = await threads.deferToThread(time_render)
-        client = await threads.deferToThread(time_prometheus_client)
-        figures["render"] = {
-            "p50_ms": pct(renders["full"], 50) * 1000, "min_ms": min(renders["full"]) * 1000,
-            "repeats": len(renders["full"]),
-            "kept_lag_lines_p50_ms": pct(renders["kept"], 50) * 1000,
-            "same_as_served": renders["same_as_served"],
-            "clusters": len(reports),
-            "text_only_ms": client["text_only"] * 1000,
-            "prometheus_client_all_four_ms": client["all_four"] * 1000,
-            "prometheus_client_text_same": client["text_same_as_served"],
-            "prometheus_client_openmetrics_same": client["openmetrics_same_as_served"],
-        }
-        figures["rss_end_kib"] = rss_kib()
-    finally:
-        CURRENT = None
-        if started_service:
-            await svc.stopService()
+    async def stop(self) -> None:
+        if self.started:
+            self.started = False
+            await self.svc.stopService()
 
 
-def pools_busy(svc: Any) -> int:
-    """Work items running or queued in the exporter's thread pools."""
-    total = 0
-    for pool in svc._pools:
-        stats = pool._team.statistics()
-        total += stats.busyWorkerCount + stats.backloggedWorkCount
-    return total
-
-
-async def wait_idle(reactor: Any, svc: Any, timeout: float) -> float:
-    """Wait until the exporter's pools are idle (at most `timeout` s); return that time."""
-    deadline = time.perf_counter() + timeout
-    while pools_busy(svc) and time.perf_counter() < deadline:
-        await deferred_sleep(reactor, 0.02)
-    if pools_busy(svc):
-        log(f"warning: exporter threads still busy after {timeout:.0f}s")
-    return time.perf_counter()
-
-
-def deferred_sleep(reactor: Any, seconds: float) -> Any:
+def sleep(reactor: Any, seconds: float) -> Any:
     from twisted.internet import task
 
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-def run_exporter(config_text: str, args: argparse.Namespace) -> Dict[str, Any]:
-    from twisted.internet import defer
-    from twisted.internet import reactor
+def in_thread(func: Any, *args: Any) -> Any:
+    """Blocking bench work (helper processes, HTTP reads) in the reactor's own pool."""
+    from twisted.internet import threads
 
-    figures: Dict[str, Any] = {}
-    outcome: Dict[str, Any] = {}
+    return threads.deferToThread(func, *args)
 
-    def start() -> None:
-        d = defer.ensureDeferred(drive(reactor, config_text, args, figures))
 
-        def finish(result: Any) -> None:
-            outcome["result"] = result
-            reactor.stop()
+# -- reading the snapshot -----------------------------------------------------------------
 
-        d.addBoth(finish)
 
-    reactor.callWhenRunning(start)
-    reactor.run()
-    result = outcome.get("result")
-    if result is None and "result" not in outcome:
-        raise RuntimeError("reactor stopped before the benchmark finished (interrupted?)")
-    if hasattr(result, "raiseException"):
-        result.raiseException()
+def cache_counts(poller: Any) -> Optional[Tuple[int, int, int, int]]:
+    """hits, misses, fetch errors, entries of the poller's timestamp cache, if it has one."""
+    cache: Any = getattr(poller, "cache", None)
+    try:
+        return cache.hits, cache.misses, cache.fetch_errors, cache.stats().entries
+    except AttributeError:
+        return None
+
+
+def snapshot_rows(poller: Any) -> Optional[Dict[str, Any]]:
+    """Row figures of the poller's current snapshot's lag view; None if it has no such view."""
+    try:
+        view = poller.snapshot.view
+        rows, groups = view.partitions, view.groups
+        return {
+            "groups": len(groups),
+            "partition_rows": len(rows),
+            "rows_with_time_lag": sum(1 for r in rows if r.lag_seconds is not None),
+            "rows_lag_gt_0": sum(1 for r in rows if r.lag > 0),
+            # Groups that lag by offsets yet report max_lag_seconds 0: only their caught-up
+            # partitions had a known time lag (every record here is >= 1 minute old).
+            "groups_lagging_but_max_lag_seconds_0": sum(
+                1 for g in groups if (g.max_lag or 0) > 0 and g.max_lag_seconds == 0),
+            "skipped_partitions": dict(view.skipped),
+            "skipped_groups": dict(view.skipped_groups),
+        }
+    except AttributeError:
+        return None
+
+
+def served_rows(port: int) -> Dict[str, Any]:
+    """Row figures counted in the served text, when the snapshot has no lag view (blocking)."""
+    from klag_collector import metrics
+
+    text = fetch_body(port, False, False)
+    lag = (metrics.GROUP_LAG.name + "{").encode()
+    dated = (metrics.GROUP_LAG_SECONDS.name + "{").encode()
+    lines = text.split(b"\n")
+    return {"partition_rows": sum(1 for line in lines if line.startswith(lag)),
+            "rows_with_time_lag": sum(1 for line in lines if line.startswith(dated)),
+            "counted_from": "/metrics text"}
+
+
+def fetch_body(port: int, openmetrics: bool, gzipped: bool) -> bytes:
+    """One /metrics body as served, the bytes on the wire (blocking)."""
+    import http.client
+
+    headers = {"Accept-Encoding": "gzip" if gzipped else "identity"}
+    if openmetrics:
+        headers["Accept"] = OPENMETRICS_ACCEPT
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("GET", "/metrics", headers=headers)
+        return conn.getresponse().read()
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------
+# One cycle
+# ---------------------------------------------------------------------------------------
+
+
+class CycleRun(NamedTuple):
+    figures: Dict[str, Any]
+    recorder: hooks.Recorder
+    started: float  # monotonic: when the cycle was asked for
+    ended: float  # when its Deferred fired
+    rendered: float  # when /metrics served it
+    render_windows: List[hooks.Window]
+
+
+async def run_cycle(ex: Exporter, n: int, args: argparse.Namespace, t_base: float) -> CycleRun:
+    """One cycle, its render and its leftover work; figures as of its end."""
+    rec = hooks.Recorder()
+    cache0 = cache_counts(ex.poller)
+    hooks.WORK.take()
+    hooks.CURRENT = rec
+    t0 = time.monotonic()
+    try:
+        if not ex.started:
+            # startService starts the poller's loop, whose first tick (now=True) is cycle 1;
+            # poll_now() then answers that cycle's outcome.
+            ex.start()
+        await ex.poller.poll_now()
+        t1 = time.monotonic()
+        health = ex.poller.health
+        if getattr(health, "consecutive_failures", 0):
+            raise RuntimeError(f"cycle {n} failed: {getattr(health, 'last_error', '?')}")
+        await ex.rendered()
+        t2 = time.monotonic()
+        # A Kafka call the cycle gave up on (addTimeout) keeps its worker thread busy: wait
+        # for every pool to go idle, still counting its requests for this cycle, so the next
+        # cycle and the scrapes start on a quiet process.
+        t3 = await ex.idle(args.idle_timeout)
+    finally:
+        hooks.CURRENT = None
+    items = hooks.WORK.take()
+    render_items = [(i.started, i.ended) for i in items if i.pool == "klag-render"]
+    cycle = cycle_figures(ex, rec, n, cache0)
+    cycle.update(wall_s=t1 - t0, render_after_s=t2 - t1, busy_after_s=t3 - t1,
+                 started_s=t0 - t_base, ended_s=t1 - t_base,
+                 exporter_duration_s=getattr(health, "last_duration", None),
+                 render_pass_s=sum(e - s for s, e in render_items) if render_items else None,
+                 rss_kib=rss_kib()["vmrss"])
+    rows = snapshot_rows(ex.poller)
+    if rows is None:
+        rows = await in_thread(served_rows, ex.port)
+    cycle.update(rows)
+    return CycleRun(cycle, rec, t0, t1, t2, render_items or [(t1, t2)])
+
+
+def cycle_figures(ex: Exporter, rec: hooks.Recorder, n: int,
+                  cache0: Optional[Tuple[int, int, int, int]]) -> Dict[str, Any]:
+    cycle: Dict[str, Any] = {
+        "cycle": n,
+        "requests": dict(rec.requests),
+        "request_s": dict(rec.request_s),
+        "steps": rec.step_figures(),
+        "fetch_requests": rec.requests.get("FetchRequest", 0),
+        "fetch_requests_by_leader": dict(rec.fetch_by_node),
+        "fetch_partitions": rec.fetch_partitions,
+        "ts_keys_fetched": rec.fetch_keys,
+    }
+    cache1 = cache_counts(ex.poller)
+    if cache0 is not None and cache1 is not None:
+        cycle.update(ts_cache_hits=cache1[0] - cache0[0], ts_cache_misses=cache1[1] - cache0[1],
+                     ts_fetch_errors=cache1[2] - cache0[2], ts_cache_entries=cache1[3])
+    return cycle
+
+
+def log_cycle(c: Dict[str, Any]) -> None:
+    log(f"cycle {c['cycle']}: {c['wall_s'] * 1000:.0f} ms, {sum(c['requests'].values())} requests "
+        f"({c['fetch_requests']} Fetch, {c['ts_keys_fetched']} keys), {c['partition_rows']} rows, "
+        f"{c['rows_with_time_lag']} with time lag, skipped {c.get('skipped_partitions') or '-'}, "
+        f"render {c['render_after_s'] * 1000:.0f} ms, threads busy "
+        f"{c['busy_after_s'] * 1000:.0f} ms after the cycle")
+
+
+# ---------------------------------------------------------------------------------------
+# The driven run: cycles by hand (poll_interval 1h), then what is measured between them
+# ---------------------------------------------------------------------------------------
+
+
+async def driven_run(reactor: Any, ex: Exporter, args: argparse.Namespace, topic: str,
+                     bootstrap: str, out: Dict[str, Any]) -> None:
+    t_base = time.monotonic()
+    probe = await start_probe(reactor, args, bootstrap, topic)
+    first = await run_cycle(ex, 1, args, t_base)
+    log_cycle(first.figures)
+    if probe is not None:
+        await sleep(reactor, 0.5)
+        out["probe"] = await finish_probe(probe, first, args)
+    runs = [first]
+    for n in range(2, args.cycles + 1):
+        if args.pause > 0:
+            await sleep(reactor, args.pause)
+        runs.append(await run_cycle(ex, n, args, t_base))
+        log_cycle(runs[-1].figures)
+    out["cycles"] = [r.figures for r in runs]
+    out["time_to_dated"] = report.time_to_dated(out["cycles"])
+    out["rss_after_cycles_kib"] = rss_kib()
+    n = args.cycles
+    if args.render_scrape_cycles > 0:
+        out["render_scrape"] = await render_scrapes(ex, args, n + 1, t_base)
+        n += args.render_scrape_cycles
+    if args.profile:
+        out["profile"] = await profile_cycle(ex, args, n + 1, t_base)
+    await served_figures(ex, args, out)
+
+
+async def start_probe(reactor: Any, args: argparse.Namespace, bootstrap: str,
+                      topic: str) -> Optional[Helper]:
+    """The Kafka probe helper, warmed up, then left alone for the idle baseline."""
+    if args.probe_interval <= 0:
+        return None
+    log(f"probe: ListOffsets of {topic}[0] every {args.probe_interval * 1000:.0f} ms from a "
+        f"separate process; {args.probe_idle:.0f} s idle baseline")
+    probe = Helper("probe", bootstrap, topic, str(args.probe_interval))
+    await in_thread(probe.wait_ready)
+    await sleep(reactor, args.probe_idle)
+    return probe
+
+
+async def finish_probe(probe: Helper, first: CycleRun, args: argparse.Namespace) -> Dict[str, Any]:
+    samples = await in_thread(probe.stop)
+    fetch = first.recorder.windows.get("source.fetch_timestamps (step 6)", [])
+    assert probe.ready_at is not None
+    return report.probe_figures(samples, probe.ready_at, first.started, first.ended, fetch,
+                                args.probe_interval)
+
+
+async def render_scrapes(ex: Exporter, args: argparse.Namespace, n: int,
+                         t_base: float) -> Dict[str, Any]:
+    """Extra cycles with a gzip scrape every few ms from a separate process."""
+    log(f"/metrics gzip every {args.render_scrape_interval * 1000:.0f} ms over "
+        f"{args.render_scrape_cycles} more cycles, to catch their renders")
+    helper = Helper("scrape-loop", str(ex.port), str(args.render_scrape_interval))
+    await in_thread(helper.wait_ready)
+    runs: List[CycleRun] = []
+    try:
+        for i in range(args.render_scrape_cycles):
+            runs.append(await run_cycle(ex, n + i, args, t_base))
+            log_cycle(runs[-1].figures)
+            await sleep(ex.reactor, 0.5)
+    finally:
+        samples = await in_thread(helper.stop)
+    windows = [w for r in runs for w in r.render_windows]
+    cycles = [(r.started, r.ended) for r in runs]
+    figures = report.render_scrape_figures(samples, windows, cycles, args.render_scrape_interval)
+    figures["cycles"] = [r.figures for r in runs]
     return figures
 
 
+async def profile_cycle(ex: Exporter, args: argparse.Namespace, n: int,
+                        t_base: float) -> Dict[str, Any]:
+    """One steady cycle and its render under cProfile, in every thread that works for it."""
+    log("profile: one more cycle and its render under cProfile")
+    cpu0 = cpu_seconds()
+    hooks.PROFILES.start()
+    try:
+        # The reactor thread's profile spans the awaits: it sees what the reactor does meanwhile.
+        with hooks.PROFILES.active():
+            run = await run_cycle(ex, n, args, t_base)
+    finally:
+        stats = hooks.PROFILES.stop()
+    return {"cycle": run.figures["cycle"], "wall_s": run.figures["wall_s"],
+            "render_after_s": run.figures["render_after_s"],
+            "process_cpu_s": cpu_seconds() - cpu0,
+            "top": report.top_functions(stats, args.profile_top, exclude=str(HERE))}
+
+
+async def served_figures(ex: Exporter, args: argparse.Namespace, out: Dict[str, Any]) -> None:
+    """/metrics latency, the served bodies and series, the render of one snapshot."""
+    log(f"/metrics: {args.requests} requests identity + {args.requests} gzip "
+        f"from a separate process")
+    out["metrics_http"] = report.scrape_figures(await in_thread(run_scrape, ex.port, args.requests))
+    bodies = {}
+    for om in (False, True):
+        for gz in (False, True):
+            bodies[(om, gz)] = await in_thread(fetch_body, ex.port, om, gz)
+    series: Counter[str] = Counter()
+    for line in bodies[(False, False)].split(b"\n"):
+        if line and not line.startswith(b"#"):
+            series[line.split(b"{", 1)[0].split(b" ", 1)[0].decode()] += 1
+    out["series"] = sum(series.values())
+    out["series_by_family"] = dict(series.most_common())
+    out["bodies_bytes"] = {"text": len(bodies[(False, False)]),
+                           "text_gzip": len(bodies[(False, True)]),
+                           "openmetrics": len(bodies[(True, False)]),
+                           "openmetrics_gzip": len(bodies[(True, True)])}
+    try:
+        out["render"] = await render_timing(ex, args, bodies)
+    except (ImportError, AttributeError, TypeError, KeyError) as e:
+        out["render"] = {"skipped": f"{type(e).__name__}: {e}"}
+        log(f"render timing skipped: {out['render']['skipped']}")
+    out["rss_end_kib"] = rss_kib()
+
+
+# -- the render of one snapshot, timed beside the exporter (internal API, may change) --------
+
+
+def rendered_body(rendered: Any, openmetrics: bool) -> bytes:
+    """The plain body of one format of a render, whichever way Rendered offers it."""
+    from klag_collector.render import Variant
+
+    variant = Variant(openmetrics, False)
+    for get in (lambda: rendered.body(variant), lambda: rendered.body(openmetrics, False),
+                lambda: rendered.bodies[variant]):
+        try:
+            return bytes(get())
+        except (TypeError, AttributeError, KeyError):
+            continue
+    raise TypeError("Rendered offers no body(Variant), body(openmetrics, gzipped) or bodies")
+
+
+async def render_timing(ex: Exporter, args: argparse.Namespace,
+                        served: Dict[Tuple[bool, bool], bytes]) -> Dict[str, Any]:
+    """ReportRenderer.render of the current reports, as the renderer's pass does it.
+
+    The reports are read on the reactor thread, as MetricsRenderer.invalidate reads them. A
+    new ReportRenderer each repeat builds the cluster's lag lines from its snapshot; a second
+    pass of the same one keeps them, which is what a change of health alone costs.
+    """
+    from klag_collector import metrics as metrics_mod
+    from klag_collector.collector import read_clusters
+    from klag_collector.render import ReportRenderer, Variant
+
+    definitions = metrics_mod.families_for(ex.config.exporter.granularity)
+    reports = read_clusters([ex.poller], ex.reactor.seconds())
+
+    # render() makes the variants it is asked for (by default what Prometheus asks) and the
+    # rest on first request; where it takes `variants`, all four are timed as well.
+    every = None
+    if "variants" in inspect.signature(ReportRenderer.render).parameters:
+        every = frozenset(Variant(om, gz) for om in (False, True) for gz in (False, True))
+
+    def time_render() -> Dict[str, Any]:
+        full, kept, four, rendered = [], [], [], None
+        for _ in range(args.render_repeats):
+            renderer = ReportRenderer(definitions)
+            t = time.perf_counter()
+            rendered = renderer.render(reports)
+            full.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            renderer.render(reports)
+            kept.append(time.perf_counter() - t)
+            if every is not None:
+                t = time.perf_counter()
+                ReportRenderer(definitions).render(reports, every)
+                four.append(time.perf_counter() - t)
+        same = all(rendered_body(rendered, om) == served[(om, False)] for om in (False, True))
+        return {"full": full, "kept": kept, "four": four, "same_as_served": same}
+
+    renders = await in_thread(time_render)
+    client = await in_thread(time_prometheus_client, ex.svc.collector, served)
+    return {
+        "p50_ms": report.pct(renders["full"], 50) * 1000, "min_ms": min(renders["full"]) * 1000,
+        "repeats": len(renders["full"]),
+        "kept_lag_lines_p50_ms": report.pct(renders["kept"], 50) * 1000,
+        "all_four_p50_ms": report.pct(renders["four"], 50) * 1000 if renders["four"] else None,
+        "same_as_served": renders["same_as_served"], "clusters": len(reports), **client,
+    }
+
+
+def time_prometheus_client(collector: Any, served: Dict[Tuple[bool, bool], bytes]) -> Dict[str, Any]:
+    """prometheus_client's way, for comparison: a CollectorRegistry holding the service's
+    public Collector, generate_latest for the text alone, and all four variants its way
+    (both encoders, each body gzipped at the exporter's level)."""
+    import gzip
+
+    from prometheus_client import CollectorRegistry, exposition
+    from prometheus_client.openmetrics import exposition as om_exposition
+
+    try:
+        from klag_collector.render import GZIP_LEVEL
+    except ImportError:
+        GZIP_LEVEL = 6
+    registry = CollectorRegistry()
+    registry.register(collector)
+    t = time.perf_counter()
+    text_body = exposition.generate_latest(registry)
+    text_only = time.perf_counter() - t
+    t = time.perf_counter()
+    gzip.compress(exposition.generate_latest(registry), GZIP_LEVEL, mtime=0)
+    om_body = om_exposition.generate_latest(registry)
+    gzip.compress(om_body, GZIP_LEVEL, mtime=0)
+    all_four = time.perf_counter() - t
+    return {"text_only_ms": text_only * 1000, "prometheus_client_all_four_ms": all_four * 1000,
+            "prometheus_client_text_same": text_body == served[(False, False)],
+            "prometheus_client_openmetrics_same": om_body == served[(True, False)]}
+
+
 # ---------------------------------------------------------------------------------------
-# Report
+# The 10 s-poll run: the exporter's own loop, CPU over a window of steady state
 # ---------------------------------------------------------------------------------------
 
-API_ORDER = ["ApiVersionsRequest", "MetadataRequest", "FindCoordinatorRequest",
-             "ListGroupsRequest", "DescribeGroupsRequest", "OffsetFetchRequest",
-             "ListOffsetsRequest", "DescribeConfigsRequest", "FetchRequest"]
+
+async def cpu_run(ex: Exporter, args: argparse.Namespace) -> Dict[str, Any]:
+    """Start the exporter as it runs in production; once its first cycles are done, the
+    process CPU seconds (user + sys, every thread) over --cpu-window seconds."""
+    log(f"CPU: the exporter's own loop every {args.cpu_poll_interval:g} s; "
+        f"window of {args.cpu_window:g} s after {CPU_WARMUP_CYCLES} cycles")
+    t0 = time.monotonic()
+    ex.start()
+    out: Dict[str, Any] = {"poll_interval_s": args.cpu_poll_interval,
+                           "warmup_cycles": CPU_WARMUP_CYCLES}
+    out["time_to_dated_s"] = await until_dated(ex, t0, args.cpu_poll_interval * 3)
+    await ex.rendered()
+    await until_cycles(ex, CPU_WARMUP_CYCLES, args.cpu_poll_interval * (CPU_WARMUP_CYCLES + 3))
+    await ex.idle(args.idle_timeout)
+    rec = hooks.Recorder()
+    cpu0, w0 = cpu_seconds(), time.monotonic()
+    hooks.CURRENT = rec
+    try:
+        await sleep(ex.reactor, args.cpu_window)
+    finally:
+        hooks.CURRENT = None
+    cpu, wall = cpu_seconds() - cpu0, time.monotonic() - w0
+    reads = rec.steps.get("source.read (steps 1-5)")
+    out.update(window_s=wall, cpu_s=cpu, cpu_s_per_min=cpu / wall * 60,
+               cycles_started=int(reads[0]) if reads else None,
+               requests=sum(rec.requests.values()),
+               fetch_requests=rec.requests.get("FetchRequest", 0), ts_keys_fetched=rec.fetch_keys)
+    log(f"CPU: {out['cpu_s']:.2f} s over {wall:.0f} s = {out['cpu_s_per_min']:.2f} s per minute "
+        f"({out['cycles_started']} cycles)")
+    return out
 
 
-def summary(f: Dict[str, Any]) -> str:
-    lines: List[str] = []
-    add = lines.append
-    a = f["params"]
-    add("klag-collector cycle benchmark")
-    add("=" * 78)
-    add(f"  broker       {f['broker']}")
-    add(f"  objects      {a['groups']} groups x {a['partitions']} partitions "
-        f"({f['setup']['topics']} topics of <= {a['partitions_per_topic']}), "
-        f"{a['records_per_partition']} records/partition, prefix {f['prefix']}")
-    sampling = ("off" if a["no_timestamps"] else f"on (cache_ttl {a['cache_ttl']})")
-    add(f"  exporter     in-process, real reactor, granularity partition, timestamp sampling "
-        f"{sampling}, kafka_timeout {a['kafka_timeout']}")
-    add(f"  code         {f['code']}")
-    add(f"  machine      {f['machine']['cpus']} CPUs, Python {f['machine']['python']}, "
-        f"kafka-python {f['machine']['kafka_python']}, load avg at start "
-        f"{f['machine']['loadavg_start']}")
-    add("")
-    s = f["setup"]
-    add("Setup (not in any figure below)")
-    if f.get("broker_start_s") is not None:
-        add(f"  broker start          {f['broker_start_s']:8.1f} s")
-    add(f"  create topics         {s['create_topics_s']:8.1f} s   "
-        f"({s['topics'] - s['reused_topics']} created, {s['reused_topics']} reused)")
-    add(f"  produce               {s['produce_s']:8.1f} s   ({s['records_produced']} records)")
-    add(f"  commit group offsets  {s['commit_s']:8.1f} s   "
-        f"({s['groups_committed']} groups, {s['reused_groups']} reused)")
-    add(f"  setup total           {f['setup_total_s']:8.1f} s")
-    add("")
+async def until_dated(ex: Exporter, t0: float, timeout: float) -> Optional[float]:
+    """Seconds from t0 until a snapshot has a time lag on every row (None: not in time)."""
+    seen = None
+    while time.monotonic() - t0 < timeout:
+        snap = getattr(ex.poller, "snapshot", None)
+        if snap is not None and snap is not seen:
+            seen = snap
+            at = time.monotonic()
+            rows = snapshot_rows(ex.poller)
+            if rows is None:
+                await ex.rendered()
+                rows = await in_thread(served_rows, ex.port)
+            if rows["partition_rows"] and rows["rows_with_time_lag"] == rows["partition_rows"]:
+                return at - t0
+        await sleep(ex.reactor, 0.05)
+    return None
 
-    cycles = f["cycles"]
-    walls = [c["wall_s"] * 1000 for c in cycles]
-    add("Cycles (wall: poll_now() until its Deferred fires; cycle 1 is cold: new clients, empty cache;")
-    add("        render, busy: ms after the cycle until /metrics is re-rendered / all worker threads idle)")
-    add(f"  {'cycle':>5} {'wall ms':>9} {'render':>7} {'busy':>7} {'groups':>7} {'rows':>7} "
-        f"{'lag>0':>7} {'time lag':>9} {'ts hit':>7} {'ts miss':>8} {'ts err':>6}  skipped")
-    for c in cycles:
-        skipped = ", ".join(f"{k}={v}" for k, v in sorted(c["skipped_partitions"].items())) or "-"
-        if c["skipped_groups"]:
-            skipped += "; groups " + ", ".join(f"{k}={v}" for k, v in c["skipped_groups"].items())
-        add(f"  {c['cycle']:>5} {c['wall_s'] * 1000:9.0f} {c['render_after_s'] * 1000:7.0f} "
-            f"{c['busy_after_s'] * 1000:7.0f} "
-            f"{c['groups']:7d} {c['partition_rows']:7d} {c['rows_lag_gt_0']:7d} "
-            f"{c['rows_with_time_lag']:9d} {c['ts_cache_hits']:7d} {c['ts_cache_misses']:8d} "
-            f"{c['ts_fetch_errors']:6d}  {skipped}")
-    understated = [c["groups_lagging_but_max_lag_seconds_0"] for c in cycles]
-    if any(understated):
-        add(f"  groups with offset lag > 0 but max_lag_seconds 0 (time lag unknown on every "
-            f"lagging partition), per cycle: {understated}")
-    warm = walls[1:] or walls
-    add(f"  cycle time: p50 {pct(walls, 50):.0f} ms, max {max(walls):.0f} ms over {len(walls)} "
-        f"cycles (warm cycles 2..{len(walls)}: p50 {pct(warm, 50):.0f} ms, "
-        f"max {max(warm):.0f} ms)")
-    add("")
 
-    shown = list(range(len(cycles)))
-    if len(shown) > 6:
-        shown = [0, 1, len(cycles) - 1]
-    head = "".join(f"{'c' + str(cycles[i]['cycle']):>8}" for i in shown)
-    add("Kafka requests per cycle, by API (count; c1 = cold)")
-    apis = sorted({k for c in cycles for k in c["requests"]},
-                  key=lambda k: (API_ORDER.index(k) if k in API_ORDER else 99, k))
-    add(f"  {'API':<30}{head}{'ms/req c' + str(cycles[-1]['cycle']):>14}")
-    for api in apis:
-        row = "".join(f"{cycles[i]['requests'].get(api, 0):8d}" for i in shown)
-        last = cycles[-1]
-        n = last["requests"].get(api, 0)
-        ms = f"{last['request_s'].get(api, 0) / n * 1000:.1f}" if n else "-"
-        add(f"  {api:<30}{row}{ms:>14}")
-    totals = "".join(f"{sum(cycles[i]['requests'].values()):8d}" for i in shown)
-    add(f"  {'total':<30}{totals}")
-    add("")
+async def until_cycles(ex: Exporter, cycles: int, timeout: float) -> None:
+    """Wait until `cycles` successful cycles have swapped in their snapshot."""
+    seen, count, t0 = getattr(ex.poller, "snapshot", None), 1, time.monotonic()
+    while count < cycles and time.monotonic() - t0 < timeout:
+        await sleep(ex.reactor, 0.1)
+        snap = getattr(ex.poller, "snapshot", None)
+        if snap is not seen:
+            seen, count = snap, count + 1
 
-    add("Where a cycle's time goes (ms; calls in brackets when > 1)")
-    step_names: List[str] = []
-    for c in cycles:
-        for k in c["steps"]:
-            if k not in step_names:
-                step_names.append(k)
-    order = ["source.read (steps 1-5)", "admin client connect", "admin.list_groups",
-             "admin.describe_groups", "admin.list_group_offsets", "admin.describe_topics",
-             "admin.list_partition_offsets", "admin.describe_configs",
-             "sampler.sample (step 6, total)", "sampler.plan (thread)",
-             "sampler fetch fan-out (reactor)", "source.fetch_timestamps (step 6)",
-             "consumer connect", "consumer.assign", "consumer.seek", "consumer.poll",
-             "consumer.position", "consumer.pause", "consumer.close", "sampler.merge (thread)",
-             "build_snapshot (step 7)"]
-    step_names.sort(key=lambda k: order.index(k) if k in order else 99)
-    add(f"  {'step':<34}{''.join(f'{h:>12}' for h in head.split())}")
-    for name in step_names:
-        cells = []
-        for i in shown:
-            st = cycles[i]["steps"].get(name)
-            if st is None:
-                cells.append(f"{'-':>12}")
-            else:
-                cell = f"{st['s'] * 1000:.0f}" + (f" [{st['calls']}]" if st["calls"] > 1 else "")
-                cells.append(f"{cell:>12}")
-        indent = ("      " if name.startswith("consumer")
-                  else "    " if name.startswith(("admin.", "admin ", "sampler.plan",
-                                                  "sampler fetch", "sampler.merge",
-                                                  "source.fetch"))
-                  else "  ")
-        add(f"{indent}{name:<{36 - len(indent)}}{''.join(cells)}")
-    add("")
 
-    m = f["metrics_http"]
-    add(f"/metrics ({m['identity']['requests']} requests per encoding, one keep-alive connection, "
-        f"from a separate process, after the cycles)")
-    add(f"  {'encoding':<10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'body bytes':>13}{'conns':>7}")
-    for enc in ("identity", "gzip"):
-        r = m[enc]
-        add(f"  {enc:<10}{r['p50_ms']:9.2f}{r['p99_ms']:9.2f}{r['max_ms']:9.2f}"
-            f"{r['bytes']:13d}{r['connections']:7d}")
-    b = f["bodies_bytes"]
-    add(f"  series       {f['series']} (sample lines in the text body)")
-    top = ", ".join(f"{k.replace('kafka_consumergroup_', '…')} {v}"
-                    for k, v in list(f["series_by_family"].items())[:4])
-    add(f"               largest families: {top}")
-    add(f"  bodies       text {b['text']} B, gzip {b['text_gzip']} B; OpenMetrics "
-        f"{b['openmetrics']} B, gzip {b['openmetrics_gzip']} B")
-    r = f["render"]
-    yes_no = {True: "yes", False: "NO"}
-    add(f"  render       ReportRenderer.render(reports) of one snapshot ({r['clusters']} cluster(s); "
-        f"lag lines built, text + OpenMetrics, each plain + gzip, status page):")
-    add(f"               p50 {r['p50_ms']:.0f} ms, min {r['min_ms']:.0f} ms over {r['repeats']}; "
-        f"again with the lag lines kept {r['kept_lag_lines_p50_ms']:.0f} ms; "
-        f"bytes as served: {yes_no[r['same_as_served']]}")
-    add(f"               prometheus_client generate_latest(CollectorRegistry with svc.collector): "
-        f"text only {r['text_only_ms']:.0f} ms, all four its way "
-        f"{r['prometheus_client_all_four_ms']:.0f} ms; same bytes: text "
-        f"{yes_no[r['prometheus_client_text_same']]}, OpenMetrics "
-        f"{yes_no[r['prometheus_client_openmetrics_same']]}")
-    add("")
+# ---------------------------------------------------------------------------------------
+# One size, in a process of its own (a fresh reactor, its own RSS and CPU figures)
+# ---------------------------------------------------------------------------------------
 
-    def mib(kib: Optional[int]) -> str:
-        return "-" if kib is None else f"{kib / 1024:.0f} MiB"
 
-    add("Memory (this process: exporter + bench instrumentation; setup ran in a child process)")
-    add(f"  RSS before the exporter      {mib(f['rss_before_kib']['vmrss'])}")
-    add(f"  RSS after the cycles         {mib(f['rss_after_cycles_kib']['vmrss'])}")
-    add(f"  RSS at the end (VmRSS)       {mib(f['rss_end_kib']['vmrss'])}")
-    add(f"  peak (ru_maxrss)             {mib(f['rss_end_kib']['maxrss'])}")
-    if f.get("broker_rss_kib") is not None:
-        add(f"  broker JVM RSS (for scale)   {mib(f['broker_rss_kib'])}")
-    add(f"  total bench time             {f['total_s']:.0f} s")
-    return "\n".join(lines)
+async def drive(reactor: Any, bootstrap: str, layout: Layout, groups: GroupSet,
+                args: argparse.Namespace, out: Dict[str, Any]) -> None:
+    seams: Dict[str, str] = {}
+    out["seams"] = seams
+    out["rss_before_kib"] = rss_kib()
+    topic = layout.topics()[0][0]
+    config = exporter_config(bootstrap, layout, groups, free_port(), args, "1h")
+    ex = Exporter(reactor, config, seams)
+    hooks.instrument_sampler(getattr(ex.poller, "sampler", None))
+    out["cache_ttl_s"] = ex.config.exporter.timestamp_sampling.cache_ttl
+    log(f"{groups.size} groups: exporter on http://127.0.0.1:{ex.port}/metrics; "
+        f"{args.cycles} cycles")
+    try:
+        await driven_run(reactor, ex, args, topic, bootstrap, out)
+    finally:
+        await ex.stop()
+    if args.cpu_window > 0:
+        poll = f"{args.cpu_poll_interval:g}s"
+        ex = Exporter(reactor, exporter_config(bootstrap, layout, groups, free_port(), args, poll),
+                      {})
+        try:
+            out["cpu"] = await cpu_run(ex, args)
+        finally:
+            await ex.stop()
+    out["instrumentation"] = {"patched": hooks.PATCHES.patched, "missing": hooks.PATCHES.missing}
+
+
+def run_size(bootstrap: str, layout: Layout, groups: GroupSet,
+             args: argparse.Namespace) -> Dict[str, Any]:
+    """Instrument this process, then drive the exporter on the real reactor."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hooks.instrument()
+    for missing in hooks.PATCHES.missing:
+        log(f"instrumentation: {missing} not found, its figures are left out")
+    from twisted.internet import defer, reactor
+
+    out: Dict[str, Any] = {"groups": groups.size, "group_prefix": groups.prefix}
+    outcome: Dict[str, Any] = {}
+
+    def finish(result: Any) -> None:
+        outcome["result"] = result
+        reactor.stop()
+
+    def start() -> None:
+        defer.ensureDeferred(drive(reactor, bootstrap, layout, groups, args, out)).addBoth(finish)
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    if "result" not in outcome:
+        raise RuntimeError("reactor stopped before the benchmark finished (interrupted?)")
+    result = outcome["result"]
+    if hasattr(result, "raiseException"):
+        result.raiseException()
+    return out
+
+
+def size_process(conn: Any, bootstrap: str, layout: Layout, groups: GroupSet,
+                 args: argparse.Namespace) -> None:
+    """The child process of one size: sends its figures (or its traceback) and exits."""
+    try:
+        conn.send(("ok", run_size(bootstrap, layout, groups, args)))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        stuck = [t.name for t in threading.enumerate()
+                 if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+        if stuck:
+            # A Kafka call the exporter gave up on (its Deferred timed out) still runs in a
+            # worker thread; Python would wait for it at exit.
+            log(f"{len(stuck)} worker thread(s) still running a Kafka call the exporter gave "
+                f"up on ({', '.join(sorted(stuck))}); exiting without them")
+        os._exit(0)
+
+
+def run_size_process(bootstrap: str, layout: Layout, groups: GroupSet,
+                     args: argparse.Namespace) -> Dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=size_process, args=(send, bootstrap, layout, groups, args),
+                       name=f"klag-bench-{groups.size}")
+    proc.start()
+    send.close()
+    try:
+        status, payload = receive.recv()
+    except EOFError:
+        status, payload = "error", f"the size process died (exit code {proc.exitcode})"
+    finally:
+        proc.join(60)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if status != "ok":
+        raise RuntimeError(f"{groups.size} groups: {payload}")
+    return payload
 
 
 # ---------------------------------------------------------------------------------------
@@ -849,22 +813,55 @@ def summary(f: Dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------
 
 
+def parse_scale(text: str) -> List[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scale takes group counts like 200,600,1200, "
+                                         f"not {text!r}")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("--scale needs group counts of at least 1")
+    return sizes
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Benchmark klag-collector's collection cycle and /metrics on a local broker.")
     p.add_argument("--groups", type=int, default=200, help="consumer groups (default 200)")
+    p.add_argument("--scale", type=parse_scale, metavar="G1,G2,...",
+                   help="run these group counts one after the other over the same partitions "
+                        "(e.g. 200,600,1200: 10k, 30k, 60k rows); replaces --groups")
     p.add_argument("--partitions", type=int, default=2000, help="partitions in all (default 2000)")
     p.add_argument("--partitions-per-topic", type=int, default=50,
                    help="partitions per topic (default 50): P/50 topics")
     p.add_argument("--records", type=int, default=10,
                    help="records produced per partition (default 10)")
+    p.add_argument("--all-lagging", action="store_true",
+                   help="no group at the log end: every row lags and needs a timestamp")
     p.add_argument("--cycles", type=int, default=5, help="collection cycles (default 5)")
-    p.add_argument("--pause", type=float, default=0.0,
-                   help="seconds between cycles (default 0)")
+    p.add_argument("--pause", type=float, default=0.0, help="seconds between cycles (default 0)")
     p.add_argument("--requests", type=int, default=200,
                    help="/metrics requests per encoding (default 200)")
     p.add_argument("--render-repeats", type=int, default=3,
                    help="timings of the render of one snapshot (default 3)")
+    p.add_argument("--render-scrape-cycles", type=int, default=2,
+                   help="extra cycles with a gzip scrape every --render-scrape-interval, "
+                        "to measure /metrics while a render runs (default 2; 0 skips)")
+    p.add_argument("--render-scrape-interval", type=float, default=0.005,
+                   help="seconds between those scrapes (default 0.005)")
+    p.add_argument("--probe-interval", type=float, default=0.05,
+                   help="a Kafka probe's ListOffsets every this many seconds around the cold "
+                        "cycle (default 0.05; 0 skips)")
+    p.add_argument("--probe-idle", type=float, default=2.0,
+                   help="seconds of probe samples before the exporter starts (default 2)")
+    p.add_argument("--cpu-window", type=float, default=60.0, metavar="SECONDS",
+                   help="CPU window of the 10 s-poll run, after its first cycles (default 60; "
+                        "0 skips the run)")
+    p.add_argument("--cpu-poll-interval", type=float, default=10.0,
+                   help="poll_interval of that run, seconds (default 10)")
+    p.add_argument("--profile", action="store_true",
+                   help="one more cycle and its render under cProfile; top functions printed")
+    p.add_argument("--profile-top", type=int, default=15, help="functions shown (default 15)")
     p.add_argument("--cache-ttl", default="60s", help="timestamp cache_ttl (default 60s)")
     p.add_argument("--no-timestamps", action="store_true",
                    help="timestamp sampling off (no time lag): the cycle without step 6")
@@ -879,14 +876,91 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true",
                    help="fixed name prefix; keep topics and groups that exist, create the rest")
     p.add_argument("--prefix", help="topic/group name prefix (default klagbench-<random>, "
-                                    "or klagbench-gG-pP-nN-rR with --reuse)")
+                                    "or klagbench-pP-nN-rR[-all] with --reuse)")
+    p.add_argument("--drop", action="store_true",
+                   help="delete this run's topics and groups at the end (a shared broker)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     args = p.parse_args(argv)
     for name in ("groups", "partitions", "partitions_per_topic", "records", "cycles", "requests",
-                 "render_repeats"):
+                 "render_repeats", "profile_top"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.all_lagging and args.records < 2:
+        p.error("--all-lagging needs --records of at least 2")
     return args
+
+
+def params(args: argparse.Namespace, sizes: List[int]) -> Dict[str, Any]:
+    return {
+        "sizes": sizes, "partitions": args.partitions,
+        "partitions_per_topic": args.partitions_per_topic, "records_per_partition": args.records,
+        "all_lagging": args.all_lagging, "cycles": args.cycles, "pause_s": args.pause,
+        "requests": args.requests, "cache_ttl": args.cache_ttl,
+        "kafka_timeout": args.kafka_timeout, "no_timestamps": args.no_timestamps,
+        "probe_interval_s": args.probe_interval, "render_scrape_cycles": args.render_scrape_cycles,
+        "render_scrape_interval_s": args.render_scrape_interval, "cpu_window_s": args.cpu_window,
+        "cpu_poll_interval_s": args.cpu_poll_interval, "profile": args.profile,
+    }
+
+
+class Broker(NamedTuple):
+    bootstrap: str
+    local: Any  # devtools.localkafka.LocalBroker, or None for --bootstrap
+    started: bool  # this run started it
+    workdir: Optional[pathlib.Path]
+    remove_workdir: bool
+
+
+def open_broker(args: argparse.Namespace, figures: Dict[str, Any]) -> Broker:
+    if args.bootstrap:
+        figures["broker"] = f"existing broker at {args.bootstrap}"
+        figures["broker_start_s"] = None
+        return Broker(args.bootstrap, None, False, None, False)
+    from devtools.localkafka import LocalBroker
+
+    remove = False
+    if args.workdir:
+        workdir = pathlib.Path(args.workdir)
+    else:
+        workdir = pathlib.Path(tempfile.mkdtemp(prefix="klag-bench-"))
+        remove = not args.keep_broker
+    t0 = time.perf_counter()
+    local = LocalBroker(workdir)
+    was_running = local.running
+    local.start(timeout=180, detach=args.keep_broker)
+    figures["broker_start_s"] = time.perf_counter() - t0
+    figures["broker"] = (f"local Kafka {local.version} at {local.bootstrap} "
+                         f"({'already running' if was_running else 'started'}, workdir {workdir})")
+    log(f"broker at {local.bootstrap} ready in {figures['broker_start_s']:.1f}s")
+    return Broker(local.bootstrap, local, not was_running, workdir, remove)
+
+
+def close_broker(broker: Broker, args: argparse.Namespace) -> None:
+    if broker.local is not None and broker.started and not args.keep_broker:
+        log("stopping the broker")
+        broker.local.stop()
+    elif broker.local is not None:
+        log(f"broker left running at {broker.bootstrap}; stop it with: "
+            f"python -m devtools.localkafka stop --dir {broker.workdir}")
+    if broker.remove_workdir and broker.workdir is not None:
+        shutil.rmtree(broker.workdir, ignore_errors=True)
+
+
+def in_child(func: Any, *args: Any) -> Any:
+    """func(*args) in a spawned child process (a clean interpreter, nothing inherited), so
+    that setup's clients and buffers never count in any figure."""
+    with ProcessPoolExecutor(max_workers=1,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(func, *args).result()
+
+
+def name_prefix(args: argparse.Namespace) -> str:
+    if args.prefix:
+        return args.prefix
+    if args.reuse:
+        return (f"klagbench-p{args.partitions}-n{args.partitions_per_topic}-r{args.records}"
+                + ("-all" if args.all_lagging else ""))
+    return f"klagbench-{uuid.uuid4().hex[:6]}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -896,96 +970,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     began = time.perf_counter()
     import kafka
 
+    sizes = args.scale or [args.groups]
+    prefix = name_prefix(args)
+    layout = Layout(prefix, args.partitions, args.partitions_per_topic, args.records,
+                    args.all_lagging)
+    group_sets = [GroupSet(f"{prefix}-s{g}", g) for g in sizes]
     figures: Dict[str, Any] = {
-        "params": {
-            "groups": args.groups, "partitions": args.partitions,
-            "partitions_per_topic": args.partitions_per_topic,
-            "records_per_partition": args.records, "cycles": args.cycles,
-            "requests": args.requests, "cache_ttl": args.cache_ttl,
-            "kafka_timeout": args.kafka_timeout, "no_timestamps": args.no_timestamps,
-        },
-        "machine": {
-            "cpus": os.cpu_count(), "python": platform.python_version(),
-            "kafka_python": kafka.__version__,
-            "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        },
+        "params": params(args, sizes), "prefix": prefix, "code": code_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "kafka_python": kafka.__version__,
+                    "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg())},
     }
-    prefix = args.prefix or (
-        f"klagbench-g{args.groups}-p{args.partitions}-n{args.partitions_per_topic}-r{args.records}"
-        if args.reuse else f"klagbench-{uuid.uuid4().hex[:6]}")
-    figures["prefix"] = prefix
-
-    figures["code"] = code_version()
-    broker = None
-    started_broker = False
-    workdir = None
-    remove_workdir = False
+    broker = open_broker(args, figures)
     try:
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-            figures["broker"] = f"existing broker at {bootstrap}"
-            figures["broker_start_s"] = None
-        else:
-            from devtools.localkafka import LocalBroker
-
-            if args.workdir:
-                workdir = pathlib.Path(args.workdir)
-            else:
-                workdir = pathlib.Path(tempfile.mkdtemp(prefix="klag-bench-"))
-                remove_workdir = not args.keep_broker
-            t0 = time.perf_counter()
-            broker = LocalBroker(workdir)
-            was_running = broker.running
-            broker.start(timeout=180, detach=args.keep_broker)
-            started_broker = not was_running
-            figures["broker_start_s"] = time.perf_counter() - t0
-            bootstrap = broker.bootstrap
-            figures["broker"] = (f"local Kafka {broker.version} at {bootstrap} "
-                                 f"({'already running' if was_running else 'started'}, "
-                                 f"workdir {workdir})")
-            log(f"broker at {bootstrap} ready in {figures['broker_start_s']:.1f}s")
-
-        # Setup in a child process (spawned: a clean interpreter, nothing inherited).
         t0 = time.perf_counter()
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            figures["setup"] = pool.submit(
-                setup_cluster, bootstrap, prefix, args.groups, args.partitions,
-                args.partitions_per_topic, args.records, args.reuse).result()
+        figures["setup"] = in_child(setup_cluster, broker.bootstrap, layout, group_sets,
+                                    args.reuse)
         figures["setup_total_s"] = time.perf_counter() - t0
-
-        # The exporter, in this process.
-        figures["rss_before_kib"] = rss_kib()
-        instrument()
-        port = free_port()
-        log(f"exporter on http://127.0.0.1:{port}/metrics; {args.cycles} cycles")
-        figures.update(run_exporter(exporter_config(bootstrap, prefix, port, args), args))
-        figures["broker_rss_kib"] = pid_rss_kib(broker._pid()) if broker is not None else None
+        figures["sizes"] = [run_size_process(broker.bootstrap, layout, groups, args)
+                            for groups in group_sets]
+        figures["broker_rss_kib"] = (pid_rss_kib(broker.local._pid())
+                                     if broker.local is not None else None)
+        if args.drop:
+            figures["dropped"] = in_child(drop, broker.bootstrap, layout, group_sets)
     finally:
-        if broker is not None and started_broker and not args.keep_broker:
-            log("stopping the broker")
-            broker.stop()
-        elif broker is not None:
-            log(f"broker left running at {broker.bootstrap}; stop it with: "
-                f"python -m devtools.localkafka stop --dir {workdir}")
-        if remove_workdir and workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        close_broker(broker, args)
     figures["total_s"] = time.perf_counter() - began
-
-    if args.json:
-        print(json.dumps(figures, indent=2, sort_keys=True))
-    else:
-        print(summary(figures))
-    sys.stdout.flush()
-    stuck = [t for t in threading.enumerate()
-             if t is not threading.main_thread() and t.is_alive() and not t.daemon]
-    if stuck:
-        # A Kafka call the exporter gave up on (its Deferred timed out) still runs in a
-        # worker thread; Python would wait for it at exit.
-        log(f"{len(stuck)} worker thread(s) still running a Kafka call the exporter gave up "
-            f"on ({', '.join(sorted(t.name for t in stuck))}); exiting without them")
-        sys.stderr.flush()
-        os._exit(0)
+    figures["goals"] = report.goals(figures)
+    print(json.dumps(figures, indent=2, sort_keys=True) if args.json else report.summary(figures))
     return 0
 
 

@@ -1,4 +1,9 @@
-"""Config text into a tree, and typed reads of the tree: each failure is one ConfigError."""
+"""Config text into a tree, and typed reads of the tree: each failure is one ConfigError.
+
+The text may be hostile: nesting, number lengths and YAML's aliases, anchors and tags are bounded
+or refused before they reach tomllib's recursion, int() or PyYAML's constructors, and no parser
+message is passed on with the text it quotes.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from typing import (
     Tuple,
     Type,
     TypeVar,
+    cast,
 )
 from urllib.parse import urlsplit
 
@@ -38,6 +44,17 @@ else:  # pragma: no cover
 V = TypeVar("V")
 _Choice = TypeVar("_Choice", bound=enum.Enum)
 
+# Nesting deeper than this (tables, lists, parts of a dotted key) is refused before it is read:
+# tomllib and PyYAML's composer recurse once per level, and tomllib takes time quadratic in the
+# parts of a key. Real files nest 4 deep.
+MAX_DEPTH = 64
+# Digits of one number: beyond any setting, and far below the 4300 that int() refuses to read.
+MAX_DIGITS = 100
+
+# re's messages quote pieces of the pattern ("unknown group name 'x'", "bad escape \\q"): cut.
+_PATTERN_PIECE = re.compile(
+    r"(?:(?<=escape)|(?<=range)|(?<=extension)|(?<=name)|(?<=reference)) .*", re.S
+)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Underscores are not valid in DNS names but are common in container service names.
 _HOSTNAME = re.compile(
@@ -222,7 +239,8 @@ class Reader:
                 compiled.append(re.compile(pattern))
             except re.error as e:
                 where = f" at position {e.pos}" if e.pos is not None else ""
-                self.fail(f"{path}[{i}]", f"invalid regular expression: {e.msg}{where}")
+                problem = _PATTERN_PIECE.sub("", e.msg)
+                self.fail(f"{path}[{i}]", f"invalid regular expression: {problem}{where}")
         return tuple(compiled)
 
     def host(self, value: Any, path: str) -> str:
@@ -262,40 +280,187 @@ class Reader:
 
 
 def parse_toml(text: str, source: str) -> Any:
-    """The tree of TOML *text*; a syntax error names its line."""
+    """The tree of TOML *text*; a syntax error names its line and column."""
+    _check_toml_shape(text, source)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         message = str(e)
-        line = re.search(r"\(at line (\d+), column \d+\)", message)
+        at = re.search(r"\(at line (\d+), column (\d+)\)", message)
         reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", message)
-        where = f"line {line.group(1)}" if line else ""
-        raise ConfigError(source, where, "invalid TOML: " + " ".join(reason.split())) from None
+        where = f"line {at.group(1)}, column {at.group(2)}" if at else ""
+        raise ConfigError(source, where, "invalid TOML: " + _without_text(reason)) from None
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """A YAML loader that rejects duplicate keys, which TOML forbids and PyYAML would overwrite."""
+# Strings (multi-line ones first; unterminated ones to the end of their line or the text),
+# comments, and the bare text between them, in which _TOML_MARK finds what nests and numbers.
+_TOML_TOKEN = re.compile(
+    r'"""(?:\\.|[^\\])*?(?:"""\"{0,2}|\Z)'
+    r"|'''.*?(?:'''\'{0,2}|\Z)"
+    r'|"(?:\\.|[^"\\\n])*"?'
+    r"|'[^'\n]*'?"
+    r"|#[^\n]*"
+    r"|[^\"'#]+",
+    re.S,
+)
+_TOML_MARK = re.compile(r"[\[\]{}\n=,.]|[0-9][0-9_]*")
+
+
+def _check_toml_shape(text: str, source: str) -> None:
+    """Refuse, on the raw text and before tomllib reads it, nesting past MAX_DEPTH (brackets,
+    or dots in one key) and numbers past MAX_DIGITS; the rest is tomllib's to judge."""
+    depth = dots = 0
+    for token in _TOML_TOKEN.finditer(text):
+        if token.group()[0] in "\"'#":
+            continue
+        for mark in _TOML_MARK.finditer(text, token.start(), token.end()):
+            sign = mark.group()
+            if sign == ".":
+                dots += 1
+            elif sign[0].isdigit():
+                if len(sign.replace("_", "")) > MAX_DIGITS:
+                    reason = f"a number of more than {MAX_DIGITS} digits"
+                    _refuse_at(source, text, mark.start(), reason)
+            elif sign in "[{":
+                depth, dots = depth + 1, 0
+            elif sign in "]}":
+                depth, dots = max(depth - 1, 0), 0
+            else:  # a line break, "=" or ",": a key ends
+                dots = 0
+            if depth > MAX_DEPTH or dots >= MAX_DEPTH:
+                reason = f"nested more than {MAX_DEPTH} levels deep"
+                _refuse_at(source, text, mark.start(), reason)
+
+
+def _refuse_at(source: str, text: str, pos: int, reason: str) -> NoReturn:
+    """A ConfigError at *text[pos]*, named by its line and column."""
+    line = text.count("\n", 0, pos) + 1
+    column = pos - text.rfind("\n", 0, pos)
+    raise ConfigError(source, f"line {line}, column {column}", reason)
+
+
+# Parser messages quote what they found ("found undefined alias 'hunter2'", "expected ',' or
+# ']', but found '$'", "Illegal character '\\x01'"), which may be a piece of a secret: cut.
+_QUOTED = r"""(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+_FOUND = re.compile(
+    rf",? but (?:found|got)\b.*|\b(character|alias|anchor|handle|tag) {_QUOTED}"
+    r"|\s*0x[0-9a-fA-F]+",
+    re.S,
+)
+
+
+def _without_text(message: str) -> str:
+    """A parser's *message* without the text it quotes from the file, on one line."""
+    return " ".join(_FOUND.sub(lambda m: m.group(1) or "", message).split())
+
+
+def _mark_at(mark: Optional[yaml.Mark]) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader without what a config file has no use for and a hostile one does:
+    aliases and anchors (one value standing for others, the "billion laughs"), explicit tags
+    (``!!int`` runs int() on any text), nesting past MAX_DEPTH (the composer recurses per level),
+    numbers past MAX_DIGITS; and duplicate keys, which TOML forbids and PyYAML would overwrite.
+    Each is a ConfigError naming the key path, or the line and column where there is none."""
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__(text)
+        self.source = source
+        self._composing: List[str] = []  # key paths of the nodes being composed, outermost first
+        self._paths: Dict[int, str] = {}  # id(node) -> its key path, for errors found constructing
+
+    def _refuse(self, path: str, mark: yaml.Mark, reason: str) -> NoReturn:
+        raise ConfigError(self.source, path or _mark_at(mark), reason)
+
+    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> Optional[yaml.Node]:
+        event = self.peek_event()
+        if len(self._composing) >= MAX_DEPTH:
+            self._refuse("", event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+        path = _child_path(self._composing[-1] if self._composing else "", index)
+        # A key (index None) is named by its mapping's path.
+        in_key = " (in a key)" if index is None and parent is not None else ""
+        refused = _refused_event(event)
+        if refused:
+            self._refuse(path, event.start_mark, refused + in_key)
+        self._composing.append(path)
+        # Not None: there was an event to compose.
+        node = cast(yaml.Node, super().compose_node(parent, index))
+        self._composing.pop()
+        self._paths[id(node)] = path
+        if node.tag in _NUMBER_TAGS and sum(map(str.isdigit, node.value)) > MAX_DIGITS:
+            reason = f"is a number of more than {MAX_DIGITS} digits{in_key}"
+            self._refuse(path, node.start_mark, reason)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
-        seen = set()
+        path = self._paths.get(id(node), "")
+        first: Dict[str, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f'duplicate key "{key}"', key_node.start_mark
-                )
-            seen.add(key if isinstance(key, str) else id(key_node))
+            if isinstance(key, str) and key in first:
+                self._refuse(join(path, key), key_node.start_mark,
+                             f"duplicate key (first on line {first[key]})")
+            if isinstance(key, str):
+                first[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> datetime.date:
+        """An unquoted date such as 2024-13-45 matches YAML's pattern but not the calendar."""
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:
+            self._refuse(self._paths.get(id(node), ""), node.start_mark,
+                         "is not a valid date/time; quote it if it is text")
+
+
+_ConfigLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp", _ConfigLoader.construct_yaml_timestamp
+)
+
+
+def _child_path(outer: str, index: Any) -> str:
+    """The key path of the node at *index* (a list index, a key's node, or None for a key)."""
+    if isinstance(index, int):
+        return f"{outer}[{index}]"
+    if isinstance(index, yaml.ScalarNode):
+        return join(outer, index.value)
+    return outer if index is None else join(outer, "?")
+
+
+def _refused_event(event: yaml.Event) -> Optional[str]:
+    """Why *event* has no place in a config file, if it has none."""
+    if isinstance(event, yaml.AliasEvent):
+        return "YAML aliases (*name) are not allowed; write the value out"
+    if isinstance(event, yaml.NodeEvent) and event.anchor is not None:
+        return "YAML anchors (&name) are not allowed"
+    if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)) and event.tag is not None:
+        return "YAML tags (!name, !!int, ...) are not allowed; write the plain value"
+    return None
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """The tree of YAML *text*; a syntax error names its line."""
+    """The tree of YAML *text*; a syntax error names its line and column."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        # Only problem and context: str(e) quotes the offending line, which may hold a secret.
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        parts = [getattr(e, "problem", None), getattr(e, "context", None)]
-        reason = "; ".join(p for p in parts if p) or type(e).__name__
-        raise ConfigError(source, where, "invalid YAML: " + " ".join(reason.split())) from None
+        loader = _ConfigLoader(text, source)
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow raw: a control, ...
+        _refuse_at(source, text, e.position, f"invalid YAML: {e.reason}")
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        parts = [e.problem, e.context]
+        reason = "; ".join(_without_text(p) for p in parts if p) or type(e).__name__
+        where = _mark_at(e.problem_mark or e.context_mark)
+        raise ConfigError(source, where, "invalid YAML: " + reason) from None
+    except ConfigError:
+        raise
+    except ValueError:
+        # PyYAML's scanner runs chr() on "\U0011ffff" and int() on a %YAML version unchecked.
+        where = _mark_at(loader.get_mark())
+        raise ConfigError(source, where, "invalid YAML: an escape or number out of range") from None
+    finally:
+        loader.dispose()

@@ -28,6 +28,8 @@ _UNITS = (
 _NS_PER = {spelling: ns for spellings, ns in _UNITS for spelling in spellings}
 
 _SPAN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([^\s\d.]*)")
+# Far beyond any setting (10**20 weeks), and short enough that a sum of spans stays a float.
+_MAX_DIGITS = 20
 _EXAMPLES = '"500ms", "10s", "1m", "1h 30m"'
 
 
@@ -50,7 +52,10 @@ def parse_duration(text: str) -> float:
         if not unit:
             raise ValueError('has a number without a unit; write e.g. "30s" or "500ms"')
         if unit not in _NS_PER:
-            raise ValueError(f'has an unknown unit "{unit}"; use ms, s, m, h or d')
+            # Not quoted: the text may be a secret put in the wrong place.
+            raise ValueError("has an unknown unit; use ms, s, m, h or d")
+        if len(number.partition(".")[0]) > _MAX_DIGITS:
+            raise ValueError(f"has a number of more than {_MAX_DIGITS} digits")
         total_ns += Decimal(number) * _NS_PER[unit]
         pos = match.end()
     return int(total_ns) / 10**9

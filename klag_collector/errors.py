@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
+from klag_collector.logs import printable
+
 
 class ConfigError(ValueError):
     """A bad configuration, located by file and key path.
@@ -14,11 +16,10 @@ class ConfigError(ValueError):
     """
 
     def __init__(self, source: str, key: str, reason: str) -> None:
-        self.source = source
-        self.key = key
-        self.reason = reason
-        where = f"{source}: {key}" if key else source
-        super().__init__(f"{where}: {reason}")
+        # A key read from the file may hold a line break ("a\nb" = 1): escaped, it stays one line.
+        self.source, self.key, self.reason = printable(source), printable(key), printable(reason)
+        where = f"{self.source}: {self.key}" if self.key else self.source
+        super().__init__(f"{where}: {self.reason}")
 
 
 def describe_error(error: BaseException) -> str:

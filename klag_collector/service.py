@@ -96,8 +96,9 @@ class _AnnouncingEndpoint:
     def listen(self, factory: Any) -> "defer.Deferred[IListeningPort]":
         # Each connection is a file: the soft limit (often 1024) should not be what binds.
         limit = raise_open_file_limit()
-        log.debug("open files: soft limit {after} (was {before})",
-                  after=limit.after, before=limit.before)
+        if limit.after != limit.before:
+            log.debug("open files: soft limit {after} (was {before})",
+                      after=limit.after, before=limit.before)
         return self._endpoint.listen(factory).addCallbacks(self._listening, self._failed)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:

@@ -106,6 +106,7 @@ clusters:
 """
 
 MINIMAL = '[[clusters]]\nname = "c"\nbootstrap_servers = "k:9092"\n'
+MINIMAL_YAML = "clusters:\n  - name: c\n    bootstrap_servers: k\n"
 README_CA = "/etc/kafka/ca.pem"
 
 
@@ -280,16 +281,25 @@ def test_durations(text: str, seconds: float) -> None:
         ("", "empty"),
         ("30", "without a unit"),
         ("-5s", "negative"),
-        ("10x", 'unknown unit "x"'),
-        ("1M", 'unknown unit "M"'),
+        ("10x", "has an unknown unit; use ms, s, m, h or d"),
+        ("1M", "has an unknown unit; use ms, s, m, h or d"),
         ("soon", "not a duration"),
         ("10s later", "not a duration"),
+        ("9" * 21 + "s", "has a number of more than 20 digits"),
+        ("9" * 400 + "s", "has a number of more than 20 digits"),
     ],
 )
 def test_bad_durations_say_why(text: str, reason: str) -> None:
-    """A bare number, an unknown unit or junk is a ValueError saying what is wrong."""
+    """A bare number, an unknown unit (not quoted: it may be a misplaced secret), a number too
+    long to sum as a float, or junk is a ValueError saying what is wrong."""
     with pytest.raises(ValueError, match=re.escape(reason)):
         parse_duration(text)
+
+
+def test_the_longest_durations_still_read() -> None:
+    """Twenty digits of weeks, and a fraction of any length, are still durations."""
+    assert parse_duration("9" * 20 + "w") == pytest.approx(6.048e25)
+    assert parse_duration("1." + "5" * 5000 + "s") == pytest.approx(1.5555555555555556)
 
 
 def test_env_variable_is_substituted() -> None:
@@ -434,17 +444,17 @@ def _c(extra: str = "", name: str = "c", servers: str = '"k:9092"') -> str:
 BAD_CONFIGS = [
     pytest.param(
         "toml", "[exporter\n" + MINIMAL,
-        "line 1", "invalid TOML",
+        "line 1, column 10", "invalid TOML: Expected ']' at the end of a table declaration",
         id="toml-syntax",
     ),
     pytest.param(
         "yaml", "clusters:\n  - name: [\n",
-        "line 3", "invalid YAML",
+        "line 3, column 1", "invalid YAML: expected the node content; while parsing a flow node",
         id="yaml-syntax",
     ),
     pytest.param(
         "yaml", "exporter:\n  http_port: 1\n  http_port: 2\n",
-        "line 3", 'duplicate key "http_port"',
+        "exporter.http_port", "duplicate key (first on line 2)",
         id="yaml-duplicate-key",
     ),
     pytest.param(
@@ -711,6 +721,194 @@ BAD_CONFIGS = [
         "line 2", "malformed ${...} reference",
         id="malformed-reference",
     ),
+    # -- hostile input: bounded before or while parsing, never echoed ----------------------
+    pytest.param(
+        "toml", "[exporter]\nhttp_port = " + "[" * 64 + "]" * 64 + "\n" + MINIMAL,
+        "exporter.http_port", "must be an integer, not a list",
+        id="toml-64-deep-is-read",
+    ),
+    pytest.param(
+        "toml", "[exporter]\nhttp_port = " + "[" * 65 + "]" * 65 + "\n" + MINIMAL,
+        "line 2, column 77", "nested more than 64 levels deep",
+        id="toml-65-deep",
+    ),
+    pytest.param(
+        "toml", "a = " + "[" * 500 + "]" * 500 + "\n" + MINIMAL,
+        "line 1, column 69", "nested more than 64 levels deep",
+        id="toml-500-deep",
+    ),
+    pytest.param(
+        "toml", "[exporter]\nhttp_port = " + "{a = " * 65 + "}" * 65 + "\n" + MINIMAL,
+        "line 2, column 333", "nested more than 64 levels deep",
+        id="toml-deep-inline-tables",
+    ),
+    pytest.param(
+        "toml", 'a = ["""[[[""", \'\'\'[[[\'\'\', "[[[", \'[[[\'] # [[[\n' + MINIMAL,
+        "a", "unknown key",
+        id="toml-brackets-in-strings-do-not-nest",
+    ),
+    pytest.param(
+        "toml", "a" + ".a" * 63 + " = 1\n" + MINIMAL,
+        "a", "unknown key",
+        id="toml-64-part-key-is-read",
+    ),
+    pytest.param(
+        "toml", "a" + ".a" * 64 + " = 1\n" + MINIMAL,
+        "line 1, column 128", "nested more than 64 levels deep",
+        id="toml-65-part-key",
+    ),
+    pytest.param(
+        "toml", "[exporter]\nhttp_port = " + "9" * 100 + "\n" + MINIMAL,
+        "exporter.http_port", "must be in 1..65535",
+        id="toml-100-digits-are-read",
+    ),
+    pytest.param(
+        "toml", "[exporter]\nhttp_port = " + "9" * 5000 + "\n" + MINIMAL,
+        "line 2, column 13", "a number of more than 100 digits",
+        id="toml-5000-digits",
+    ),
+    pytest.param(
+        "toml", '[exporter]\npoll_interval = "' + "9" * 400 + 's"\n' + MINIMAL,
+        "exporter.poll_interval", "bad duration: has a number of more than 20 digits",
+        id="toml-400-digit-duration",
+    ),
+    pytest.param(
+        "toml", '[exporter]\npoll_interval = "30hunter2"\n' + MINIMAL,
+        "exporter.poll_interval", "bad duration: has an unknown unit; use ms, s, m, h or d",
+        id="duration-unit-not-quoted",
+    ),
+    pytest.param(
+        "toml", _c('name2 = "a\x01hunter2"\n'),
+        "line 4, column 11", "invalid TOML: Illegal character",
+        id="toml-control-character-not-quoted",
+    ),
+    pytest.param(
+        "toml", _c('[clusters.labels]\n"a\\nb" = "x"\n'),
+        'clusters[0].labels["a\\nb"]', "not a valid Prometheus label name",
+        id="key-with-a-line-break-escaped",
+    ),
+    pytest.param(
+        "toml", _c('group_whitelist = ["(?P<hunter2>x)(?P<hunter2>y)"]\n'),
+        "clusters[0].group_whitelist[0]",
+        "invalid regular expression: redefinition of group name at position 18",
+        id="regex-error-without-the-pattern",
+    ),
+    pytest.param(
+        "toml", _c('group_whitelist = ["\\\\q"]\n'),
+        "clusters[0].group_whitelist[0]", "invalid regular expression: bad escape at position 0",
+        id="regex-bad-escape-without-it",
+    ),
+    pytest.param(
+        "yaml", "exporter:\n  http_port: " + "[" * 62 + "]" * 62 + "\n" + MINIMAL_YAML,
+        "exporter.http_port", "must be an integer, not a list",
+        id="yaml-64-levels-are-read",
+    ),
+    pytest.param(
+        "yaml", "exporter:\n  http_port: " + "[" * 63 + "]" * 63 + "\n" + MINIMAL_YAML,
+        "line 2, column 76", "nested more than 64 levels deep",
+        id="yaml-65-levels",
+    ),
+    pytest.param(
+        "yaml", "a: " + "[" * 10000 + "]" * 10000 + "\n",
+        "line 1, column 67", "nested more than 64 levels deep",
+        id="yaml-10000-deep",
+    ),
+    pytest.param(
+        "yaml", "- " * 500 + "x\n",
+        "line 1, column 129", "nested more than 64 levels deep",
+        id="yaml-500-deep-block",
+    ),
+    pytest.param(
+        "yaml", "exporter:\n  http_port: " + "9" * 5000 + "\n" + MINIMAL_YAML,
+        "exporter.http_port", "is a number of more than 100 digits",
+        id="yaml-5000-digits",
+    ),
+    pytest.param(
+        "yaml", "exporter:\n  http_port: " + "1:" * 100 + "1\n" + MINIMAL_YAML,
+        "exporter.http_port", "is a number of more than 100 digits",
+        id="yaml-long-base-60",
+    ),
+    pytest.param(
+        "yaml", "exporter:\n  http_port: !!int 8000\n" + MINIMAL_YAML,
+        "exporter.http_port",
+        "YAML tags (!name, !!int, ...) are not allowed; write the plain value",
+        id="yaml-int-tag",
+    ),
+    pytest.param(
+        "yaml", MINIMAL_YAML + "    labels:\n      env: !!binary aHVudGVyMg==\n",
+        "clusters[0].labels.env", "YAML tags",
+        id="yaml-binary-tag",
+    ),
+    pytest.param(
+        "yaml", "exporter: !!map {}\n" + MINIMAL_YAML,
+        "exporter", "YAML tags",
+        id="yaml-tag-on-a-table",
+    ),
+    pytest.param(
+        "yaml", "!!map\n" + MINIMAL_YAML,
+        "line 1, column 1", "YAML tags",
+        id="yaml-tag-on-the-document",
+    ),
+    pytest.param(
+        "yaml", "exporter:\n  http_port: !<tag:yaml.org,2002:int> 1\n" + MINIMAL_YAML,
+        "exporter.http_port", "YAML tags",
+        id="yaml-verbatim-tag",
+    ),
+    pytest.param(
+        "yaml", "exporter:\n  http_port: &port 8000\n" + MINIMAL_YAML,
+        "exporter.http_port", "YAML anchors (&name) are not allowed",
+        id="yaml-anchor",
+    ),
+    pytest.param(
+        "yaml", "exporter:\n  &key http_port: 8000\n" + MINIMAL_YAML,
+        "exporter", "YAML anchors (&name) are not allowed (in a key)",
+        id="yaml-anchor-on-a-key",
+    ),
+    pytest.param(
+        "yaml", "clusters:\n  - name: c\n    bootstrap_servers: *hunter2\n",
+        "clusters[0].bootstrap_servers",
+        "YAML aliases (*name) are not allowed; write the value out",
+        id="yaml-alias",
+    ),
+    pytest.param(
+        "yaml", MINIMAL_YAML + "    labels:\n      env: 2024-13-45\n",
+        "clusters[0].labels.env", "is not a valid date/time; quote it if it is text",
+        id="yaml-impossible-date",
+    ),
+    pytest.param(
+        "yaml", "exporter:\n  http_host: a\x07b\n" + MINIMAL_YAML,
+        "line 2, column 15", "invalid YAML: special characters are not allowed",
+        id="yaml-control-character",
+    ),
+    pytest.param(
+        "yaml", 'clusters:\n  - name: "\\U0011ffff"\n',
+        "line 2, column 14", "invalid YAML: an escape or number out of range",
+        id="yaml-escape-out-of-range",
+    ),
+    pytest.param(
+        "yaml", 'clusters:\n  - name: "\\q"\n',
+        "line 2, column 13",
+        "invalid YAML: found unknown escape character; while scanning a double-quoted scalar",
+        id="yaml-unknown-escape-not-quoted",
+    ),
+    pytest.param(
+        "yaml", "clusters:\n  - name: c\n    bootstrap_servers: k\t\n",
+        "line 3, column 25",
+        "invalid YAML: found character that cannot start any token; while scanning for the next",
+        id="yaml-character-not-quoted",
+    ),
+    pytest.param(
+        "yaml", "clusters:\n  - name: *hunter2$\n",
+        "line 2, column 19",
+        "invalid YAML: expected alphabetic or numeric character; while scanning an alias",
+        id="yaml-found-character-not-quoted",
+    ),
+    pytest.param(
+        "yaml", 'a: "\\xZZhunter2"\n',
+        "line 1, column 7",
+        "invalid YAML: expected escape sequence of 2 hexadecimal numbers; while scanning a",
+        id="yaml-found-escape-not-quoted",
+    ),
 ]
 
 
@@ -726,6 +924,133 @@ def test_bad_config_is_one_line_naming_file_key_and_problem(
     message = str(error)
     assert message == f"test.{fmt}: {key}: {error.reason}"
     assert "\n" not in message
+    assert "hunter2" not in message and "\x01" not in message and "\x07" not in message
+
+
+# -- secrets next to syntax; environment values in unquoted text -------------------------
+
+SECRET_SYNTAX = [
+    ("yaml", "http_port: *${P}"), ("yaml", "http_port: &${P} 1"), ("yaml", "http_port: !${P} 1"),
+    ("yaml", "http_port: !!int ${P}"), ("yaml", "http_port: !!float ${P}"),
+    ("yaml", "http_port: !!timestamp ${P}"), ("yaml", "http_port: !!binary ${P}"),
+    ("yaml", "http_port: !<${P}> 1"), ("yaml", 'http_port: "${P}'), ("yaml", "${P}: [1, 2"),
+    ("yaml", "http_port: [${P}"), ("toml", "http_port = ${P}"), ("toml", 'http_port = "${P}'),
+    ("toml", "http_port = [${P}"), ("toml", "http_port = {${P}"), ("toml", "http_port = *${P}"),
+]
+
+
+@pytest.mark.parametrize("fmt, line", SECRET_SYNTAX)
+@pytest.mark.parametrize("secret", ["hunter2", PASSWORD])
+def test_no_error_shows_a_secret_next_to_syntax(fmt: str, line: str, secret: str) -> None:
+    """A secret in a tag, an anchor, an alias, an unclosed quote or bracket, or bare, written
+    in the file or from the environment: the error is one line, and does not show it."""
+    head = {"toml": "[exporter]\n", "yaml": "exporter:\n  "}[fmt]
+    tail = {"toml": "\n" + MINIMAL, "yaml": "\n" + MINIMAL_YAML}[fmt]
+    for text, environ in (
+        (head + line + tail, {"P": secret}),
+        (head + line.replace("${P}", secret) + tail, {}),
+    ):
+        error = error_of(text, fmt, environ)
+        assert "\n" not in str(error)
+        assert secret not in str(error) and "hunter" not in str(error), str(error)
+
+
+BARE = {
+    "yaml": "clusters:\n  - name: ${V}\n    bootstrap_servers: k\n",
+    "toml": '[exporter]\nhttp_port = ${V}\n' + MINIMAL,
+}
+
+
+@pytest.mark.parametrize("fmt, value", [
+    ("yaml", "a: b"), ("yaml", "a:"), ("yaml", "x #y"), ("yaml", "#x"), ("yaml", "*alias"),
+    ("yaml", "&a"), ("yaml", "!tag"), ("yaml", "? k"), ("yaml", "- k"), ("yaml", "{a: 1}"),
+    ("yaml", "[1]"), ("yaml", "'q"), ("yaml", '"q'), ("yaml", "|"), ("yaml", "---"),
+    ("yaml", "two\nlines"), ("yaml", "nul\x00"), ("yaml", "tab\t"), ("yaml", "nel\x85"),
+    ("toml", "{a = 1}"), ("toml", "1 # x"), ("toml", "1\n[x]"), ("toml", "1\u2028"),
+])
+def test_an_environment_value_that_would_add_syntax_is_refused_unquoted(
+    fmt: str, value: str
+) -> None:
+    """Unquoted, a value from the environment must stay one scalar: one that would add a line,
+    a comment, a key, a table or YAML syntax is refused, naming the variable and the line."""
+    error = error_of(BARE[fmt], fmt, {"V": value})
+    assert error.key == "line 2"
+    assert error.reason == (
+        "the value of V would change the file's structure in unquoted text; "
+        "put the reference in double quotes"
+    )
+
+
+def test_environment_values_that_stay_one_scalar_go_in_unquoted() -> None:
+    """Unquoted values still work as before: numbers, booleans, and YAML plain text with
+    spaces, colons, commas and indicators after its first character."""
+    environ = {"N": "my cluster", "B": "k1:9092,k2:9092", "P": 'p@ss!w*rd"x=', "E": "false"}
+    text = (
+        "exporter:\n  timestamp_sampling:\n    enabled: ${E}\n"
+        "clusters:\n  - name: ${N}\n    bootstrap_servers: ${B}\n    consumer_properties:\n"
+        "      security.protocol: SASL_PLAINTEXT\n      sasl.mechanism: PLAIN\n"
+        "      sasl.username: u\n      sasl.password: ${P}\n"
+    )
+    config = parse_config(text, "t", "yaml", environ)
+    assert config.exporter.timestamp_sampling.enabled is False
+    (cluster,) = config.clusters
+    assert cluster.name == "my cluster"
+    assert cluster.bootstrap_servers == ("k1:9092", "k2:9092")
+    assert cluster.kafka_args["sasl_plain_password"] == 'p@ss!w*rd"x='
+    assert toml(BARE["toml"], {"V": "9100"}).exporter.http_port == 9100
+
+
+def test_inside_brackets_a_separator_is_refused_unquoted() -> None:
+    """In [...] a comma or bracket from the environment would add items: refused there, and
+    taken in a value outside brackets."""
+    text = MINIMAL_YAML + "    group_whitelist: [${G}]\n"
+    config = parse_config(text, "t", "yaml", {"G": "^a:b"})
+    assert [p.pattern for p in config.clusters[0].groups.whitelist] == ["^a:b"]
+    error = error_of(text, "yaml", {"G": "a,b"})
+    assert (error.key, "would change the file's structure" in error.reason) == ("line 4", True)
+
+
+def test_the_files_own_defaults_are_its_syntax() -> None:
+    """A ${VAR:-default} is the author's text: it may be a list, unquoted."""
+    text = MINIMAL_YAML + '    group_whitelist: ${G:-["^a", "^b"]}\n'
+    config = parse_config(text, "t", "yaml", {})
+    assert [p.pattern for p in config.clusters[0].groups.whitelist] == ["^a", "^b"]
+
+
+@pytest.mark.parametrize("fmt", ["toml", "yaml"])
+def test_control_characters_go_escaped_into_double_quotes(fmt: str) -> None:
+    """Inside "..." controls and Unicode line breaks are escaped, and read back exactly."""
+    value = "a\x7fb\u2028c\x85d\te\x00f\x1bg"
+    line = {"toml": '[clusters.labels]\nenv = "${V}"\n', "yaml": '    labels:\n      env: "${V}"\n'}
+    base = {"toml": MINIMAL, "yaml": MINIMAL_YAML}[fmt]
+    config = parse_config(base + line[fmt], "t", fmt, {"V": value})
+    assert config.clusters[0].labels["env"] == value
+
+
+@pytest.mark.parametrize("fmt", ["toml", "yaml"])
+def test_control_characters_cannot_go_into_single_quotes(fmt: str) -> None:
+    """'...' has no escapes: a value with a control character or line break is refused."""
+    line = {"toml": "[clusters.labels]\nenv = '${V}'\n", "yaml": "    labels:\n      env: '${V}'\n"}
+    text = {"toml": MINIMAL, "yaml": MINIMAL_YAML}[fmt] + line[fmt]
+    error = error_of(text, fmt, {"V": "a\u2028b"})
+    assert error.reason == "the value of V cannot go inside '...' quotes; use double quotes"
+
+
+def test_an_undecodable_environment_value_is_refused() -> None:
+    """os.environ keeps bytes that are not UTF-8 as lone surrogates; they are no text."""
+    error = error_of(_c(name="${V}"), "toml", {"V": "pass\udcffword"})
+    assert (error.key, error.reason) == ("line 2", "the value of V is not UTF-8 text")
+
+
+def test_many_references_on_one_line_take_linear_time() -> None:
+    """Each reference's quoting is read on from the previous one, not from the line's start."""
+    import time
+
+    text = _c(name="${?E}" * 50000)
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="must not be empty"):
+        toml(text)
+    assert time.monotonic() - start < 5
 
 
 def test_missing_file_is_an_error(tmp_path) -> None:

@@ -91,10 +91,12 @@ PROMPT_EXIT = 10.0
 
 
 def log_records(log: str) -> List[Tuple[str, str]]:
-    """(system, message) of each line of a twistd log file, twistd's own lines left out."""
+    """(system, message) of each line of a twistd log file, twistd's own lines and debug
+    lines left out."""
     records = [LOG_LINE.fullmatch(line) for line in log.splitlines()]
     assert all(records), log
-    return [(m["system"], m["message"]) for m in records if m and m["system"] != TWISTD_LOGGER]
+    return [(m["system"], m["message"]) for m in records
+            if m and m["system"] != TWISTD_LOGGER and not m["system"].endswith("#debug")]
 
 
 def serving_config(tmp_path: Path, http_port: int) -> Path:
