@@ -19,12 +19,12 @@ exporter makes; tests hold the bytes equal to prometheus_client's.
 from __future__ import annotations
 
 import functools
-import gzip
 import html
 import itertools
 import operator
 import re
 import threading
+import zlib
 from typing import (
     AbstractSet, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple,
 )
@@ -48,6 +48,8 @@ OPENMETRICS_TYPE = openmetrics.CONTENT_TYPE_LATEST
 # Level 1: on this repetitive text it takes half the time of level 6 (54 vs 117 ms for
 # 65k series, 10 MB) for 13% more bytes (245 vs 216 KB), and a pass's CPU matters more.
 GZIP_LEVEL = 1
+# zlib's window bits for a gzip member (16 + 15): header with mtime 0, as `gzip -n` writes.
+_GZIP_WBITS = 31
 # Rows in the status page's "most lag" table.
 TOP_GROUPS = 10
 
@@ -101,11 +103,13 @@ class Rendered:
 
     def _make(self, variant: Variant) -> bytes:
         plain = self._bodies.get(variant._replace(gzipped=False))
-        if plain is None:
-            plain = merge_body(self._headers, self._parts, variant.openmetrics)
         if not variant.gzipped:
-            return plain
-        return gzip.compress(plain, GZIP_LEVEL, mtime=0)
+            return merge_body(self._headers, self._parts, variant.openmetrics)
+        # Compressed piece by piece: the plain body is never joined just to be gzipped.
+        pieces = [plain] if plain is not None else body_pieces(
+            self._headers, self._parts, variant.openmetrics)
+        packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+        return b"".join([*map(packer.compress, pieces), packer.flush()])
 
 
 # -- the exposition -------------------------------------------------------------------
@@ -207,6 +211,13 @@ def merge_body(
     The text format allows a family name only once, so the clusters' lines are joined under
     one header; a family without a line is left out, as families.merge() leaves it out.
     """
+    return b"".join(body_pieces(headers, parts, openmetrics_format))
+
+
+def body_pieces(
+    headers: Sequence[FamilyHeader], parts: Sequence[FamilyLines], openmetrics_format: bool
+) -> List[bytes]:
+    """The pieces merge_body joins, in order."""
     out: List[bytes] = []
     for header in headers:
         lines = [part[header.key] for part in parts if part.get(header.key)]
@@ -215,7 +226,7 @@ def merge_body(
             out.extend(lines)
     if openmetrics_format:
         out.append(b"# EOF\n")
-    return b"".join(out)
+    return out
 
 
 # -- the status page ------------------------------------------------------------------
