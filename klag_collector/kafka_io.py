@@ -169,18 +169,21 @@ class AdminReads:
     def _describe_consumer(
         self, names: Sequence[str]
     ) -> Tuple[Dict[str, GroupInfo], Dict[str, str]]:
-        answers = self._answers(names, kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY, lambda ids: (
-            kafka_protocol.ConsumerGroupDescribeRequest(
-                group_ids=ids, include_authorized_operations=False)))
-        return {g.group_id: consumer_group_info(g) for g in answers.groups}, answers.failed
+        return self._describe_with(names, kafka_protocol.CONSUMER_GROUP_DESCRIBE_KEY,
+                                   kafka_protocol.ConsumerGroupDescribeRequest, consumer_group_info)
 
     def _describe_streams(
         self, names: Sequence[str]
     ) -> Tuple[Dict[str, GroupInfo], Dict[str, str]]:
-        answers = self._answers(names, kafka_protocol.STREAMS_GROUP_DESCRIBE_KEY, lambda ids: (
-            kafka_protocol.StreamsGroupDescribeRequest(
-                group_ids=ids, include_authorized_operations=False)))
-        return {g.group_id: streams_group_info(g) for g in answers.groups}, answers.failed
+        return self._describe_with(names, kafka_protocol.STREAMS_GROUP_DESCRIBE_KEY,
+                                   kafka_protocol.StreamsGroupDescribeRequest, streams_group_info)
+
+    def _describe_with(
+        self, names: Sequence[str], api_key: int, request: Any, info: Callable[[Any], GroupInfo]
+    ) -> Tuple[Dict[str, GroupInfo], Dict[str, str]]:
+        answers = self._answers(names, api_key, lambda ids: request(
+            group_ids=ids, include_authorized_operations=False))
+        return {g.group_id: info(g) for g in answers.groups}, answers.failed
 
     # -- share groups (KIP-932) ----------------------------------------------------
 

@@ -160,6 +160,14 @@ _SUBTOPOLOGY: List[Dict[str, Any]] = [
      "about": "The internal repartition topics it reads from.", "fields": _TOPIC_INFO},
 ]
 
+# The fields of the consumer and streams group describe requests (both version 0).
+_DESCRIBE_REQUEST: List[Dict[str, Any]] = [
+    {"name": "GroupIds", "type": "[]string", "versions": "0+", "entityType": "groupId",
+     "about": "The ids of the groups to describe"},
+    {"name": "IncludeAuthorizedOperations", "type": "bool", "versions": "0+",
+     "about": "Whether to include authorized operations."},
+]
+
 SCHEMAS: Dict[str, Dict[str, Any]] = {
     "ConsumerGroupDescribeRequest": {
         "apiKey": CONSUMER_GROUP_DESCRIBE_KEY,
@@ -168,12 +176,7 @@ SCHEMAS: Dict[str, Dict[str, Any]] = {
         # Version 1 is the same as version 0 (it says the client understands MemberType).
         "validVersions": "0-1",
         "flexibleVersions": "0+",
-        "fields": [
-            {"name": "GroupIds", "type": "[]string", "versions": "0+", "entityType": "groupId",
-             "about": "The ids of the groups to describe"},
-            {"name": "IncludeAuthorizedOperations", "type": "bool", "versions": "0+",
-             "about": "Whether to include authorized operations."},
-        ],
+        "fields": _DESCRIBE_REQUEST,
     },
     "ConsumerGroupDescribeResponse": {
         "apiKey": CONSUMER_GROUP_DESCRIBE_KEY,
@@ -327,12 +330,7 @@ SCHEMAS: Dict[str, Dict[str, Any]] = {
         # Version 1 adds IncludeTopologyDescription (KIP-1331), which we do not read.
         "validVersions": "0",
         "flexibleVersions": "0+",
-        "fields": [
-            {"name": "GroupIds", "type": "[]string", "versions": "0+", "entityType": "groupId",
-             "about": "The ids of the groups to describe"},
-            {"name": "IncludeAuthorizedOperations", "type": "bool", "versions": "0+",
-             "about": "Whether to include authorized operations."},
-        ],
+        "fields": _DESCRIBE_REQUEST,
     },
     "StreamsGroupDescribeResponse": {
         "apiKey": STREAMS_GROUP_DESCRIBE_KEY,

@@ -180,6 +180,16 @@ def admin(kafka):
         client.close()
 
 
+@pytest.fixture(scope="module")
+def need_kafka_4():
+    """Skips where the broker is Kafka 3 (the 3.9 rerun): consumer-protocol (KIP-848) and
+    streams (KIP-1071) groups are Kafka 4's."""
+    from devtools import localkafka
+
+    if int(localkafka.kafka_version().split(".")[0]) < 4:
+        pytest.skip("consumer-protocol and streams groups need Kafka 4")
+
+
 @pytest.fixture
 def unique(request) -> str:
     """A name prefix no other test uses, since all tests share one broker."""

@@ -13,7 +13,6 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from devtools import localkafka
 from devtools.javadriver import GroupDriver
 from exporter import ExporterProcess, cluster_toml, config_toml, free_port, now_ms
 from kafkahelp import create_topic, produce, wait_until
@@ -28,12 +27,6 @@ LAG_SECONDS = "kafka_consumergroup_group_lag_seconds"
 SKIPPED_GROUPS = "kafka_lag_exporter_skipped_groups"
 STABLE, EMPTY = 3, 5
 AGE_S = 3600
-
-
-@pytest.fixture(scope="module")
-def need_kafka_4():
-    if int(localkafka.kafka_version().split(".")[0]) < 4:
-        pytest.skip("consumer-protocol groups need Kafka 4 (KIP-848 GA)")
 
 
 def test_consumer_protocol_group_live_then_empty(kafka, need_kafka_4, admin, unique, tmp_path):

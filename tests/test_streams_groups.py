@@ -10,27 +10,18 @@ from __future__ import annotations
 import pytest
 from kafka import KafkaAdminClient
 
-from devtools import localkafka
 from devtools.javadriver import StreamsDriver
+from klag_collector import metrics as m
 from exporter import ExporterProcess, cluster_toml, config_toml, free_port, now_ms
 from kafkahelp import create_topic, produce, wait_until
 
 pytestmark = pytest.mark.broker
 
-STATE = "kafka_consumergroup_group_state"
-MEMBERS = "kafka_consumergroup_group_members"
-OFFSET = "kafka_consumergroup_group_offset"
-LAG = "kafka_consumergroup_group_lag"
-LAG_SECONDS = "kafka_consumergroup_group_lag_seconds"
-SKIPPED_GROUPS = "kafka_lag_exporter_skipped_groups"
-STABLE, EMPTY = 3, 5
+STATE, MEMBERS = m.GROUP_STATE.name, m.GROUP_MEMBERS.name
+OFFSET, LAG, LAG_SECONDS = m.GROUP_OFFSET.name, m.GROUP_LAG.name, m.GROUP_LAG_SECONDS.name
+SKIPPED_GROUPS = m.SKIPPED_GROUPS.name
+STABLE, EMPTY = m.GROUP_STATES["Stable"], m.GROUP_STATES["Empty"]
 AGE_S = 1800
-
-
-@pytest.fixture(scope="module")
-def need_kafka_4():
-    if int(localkafka.kafka_version().split(".")[0]) < 4:
-        pytest.skip("streams groups need Kafka 4 (KIP-1071)")
 
 
 def _committed(admin: KafkaAdminClient, group: str) -> dict:
