@@ -523,6 +523,7 @@ def test_systemd_unit_has_the_usual_hardening():
     assert re.fullmatch(r"\S*/klag-collector -c /etc/klag-collector/config\.toml( .*)?",
                         s["ExecStart"][0])
     assert s["ExecStartPre"][0].endswith("--check")
+    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # SIGHUP reloads the config
 
 
 @pytest.mark.subprocess
