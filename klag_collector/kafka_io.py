@@ -91,6 +91,13 @@ def _changed(name: str, reasons: Mapping[str, str]) -> bool:
     return name in reasons and any(marker in reasons[name] for marker in _NOT_THIS_KIND)
 
 
+class Watermarks(NamedTuple):
+    """Partition -> earliest and -> end offset, as the leaders answered."""
+
+    earliest: Dict[TP, int]
+    latest: Dict[TP, int]
+
+
 class _Answers(NamedTuple):
     """The groups of a request's responses answered without an error, and why the others
     were not (group -> one line)."""
@@ -313,22 +320,37 @@ class AdminReads:
             for topic in self._admin.describe_topics()
         )
 
-    def earliest_offsets(self, partitions: Sequence[TP]) -> Dict[TP, int]:
-        """Each partition's earliest offset as the broker answered it."""
-        return self._list_offsets(partitions, OffsetSpec.EARLIEST)
+    def watermarks(self, leaders: Mapping[TP, int]) -> "Watermarks":
+        """Each partition's earliest and end offsets as its leader answered them.
 
-    def latest_offsets(self, partitions: Sequence[TP]) -> Dict[TP, int]:
-        """Each partition's end offset as the broker answered it."""
-        return self._list_offsets(partitions, OffsetSpec.LATEST)
+        One ListOffsets of each kind per leader, all in flight at once, to the leaders the
+        cycle's metadata named (no metadata request of their own). A partition without a
+        leader, or answered with an error, is left out (its watermarks are unknown).
+        """
+        by_leader: Dict[int, List[TP]] = {}
+        for tp, leader in leaders.items():
+            if leader >= 0:
+                by_leader.setdefault(leader, []).append(tp)
+        watermarks = Watermarks({}, {})
+        if by_leader:
+            self._admin._manager.run(self._list_offsets, by_leader, watermarks)
+        return watermarks
 
-    def _list_offsets(self, partitions: Sequence[TP], spec: OffsetSpec) -> Dict[TP, int]:
-        if not partitions:
-            return {}
-        found = self._admin.list_partition_offsets(
-            {TopicPartition(topic, partition): spec for topic, partition in partitions},
-            timeout_ms=self._offset_fetch_timeout_ms,
-        )
-        return {(tp.topic, tp.partition): o.offset for tp, o in found.items()}
+    async def _list_offsets(self, by_leader: Mapping[int, List[TP]], into: "Watermarks") -> None:
+        sent = []
+        for leader, tps in by_leader.items():
+            for spec, found in ((OffsetSpec.EARLIEST, into.earliest),
+                                (OffsetSpec.LATEST, into.latest)):
+                request = KafkaAdminClient._list_partition_offsets_request(
+                    {TopicPartition(topic, partition): spec for topic, partition in tps}, 0)
+                sent.append((found, self._admin._manager.send(
+                    request, node_id=leader, request_timeout_ms=self._offset_fetch_timeout_ms)))
+        for found, answer in sent:
+            response = await answer
+            for topic in response.topics:
+                for p in topic.partitions:
+                    if not p.error_code:
+                        found[(topic.name, p.partition_index)] = p.offset
 
     def cleanup_policies(self, topics: Sequence[str]) -> Dict[str, str]:
         """Each named topic's cleanup.policy value, "" when the broker gave none."""

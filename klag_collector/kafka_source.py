@@ -45,13 +45,13 @@ class KafkaSource:
         self._log_failures(groups, share.failed)
         offsets = kafka.committed_offsets(selection.offset_groups(groups))
         topics = kafka.describe_topics()
-        partitions = selection.watermark_partitions(topics, self.cluster.topics)
+        watermarks = kafka.watermarks(selection.watermark_partitions(topics, self.cluster.topics))
         read = ClusterRead(
             groups=groups,
             offsets=offsets,
             topics=topics,
-            earliest=kafka.earliest_offsets(partitions),
-            latest=kafka.latest_offsets(partitions),
+            earliest=watermarks.earliest,
+            latest=watermarks.latest,
             share=share,
         )
         data = selection.select(read, self.cluster.topics)

@@ -109,9 +109,9 @@ def compute_lag(
         latest=dict(data.latest),
         skipped=dict(skipped),
         skipped_groups=dict(data.skipped_groups),
-        compaction_partitions=sum(row.compacted for row in partitions),
-        data_loss_partitions=sum(row.data_loss for row in partitions),
-        offset_out_of_range_partitions=sum(row.offset_out_of_range > 0 for row in partitions),
+        compaction_partitions=len([row for row in partitions if row.compacted]),
+        data_loss_partitions=len([row for row in partitions if row.data_loss]),
+        offset_out_of_range_partitions=len([row for row in partitions if row.offset_out_of_range]),
         share_partitions=share_partitions,
         share_groups=share_groups,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Tuple
+from typing import Mapping, NamedTuple, Optional, Tuple
 
 # (topic, partition)
 TP = Tuple[str, int]
@@ -105,9 +105,9 @@ class ClusterData:
     share_offsets: Mapping[str, Mapping[TP, ShareOffset]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionLag:
-    """Lag figures of one group on one partition."""
+class PartitionLag(NamedTuple):
+    """Lag figures of one group on one partition (a named tuple: there is one per group and
+    partition, and a tuple is made in half the time of a frozen dataclass)."""
 
     group: str
     topic: str

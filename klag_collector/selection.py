@@ -152,9 +152,10 @@ def kept_topics(
 
 def watermark_partitions(
     topics: Iterable[TopicDescription], topic_filter: NameFilter
-) -> List[TP]:
-    """Every partition of every kept topic, leaderless ones included."""
-    return [(t.name, p) for t in kept_topics(topics, topic_filter) for p in t.leaders]
+) -> Dict[TP, int]:
+    """Every partition of every kept topic -> its leader (-1: leaderless)."""
+    return {(t.name, p): leader for t in kept_topics(topics, topic_filter)
+            for p, leader in t.leaders.items()}
 
 
 def usable_leaders(topics: Iterable[TopicDescription]) -> Dict[TP, int]:

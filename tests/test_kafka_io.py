@@ -61,10 +61,6 @@ class RecordingAdmin:
             for n in names
         }
 
-    def list_partition_offsets(self, specs: Mapping[TopicPartition, Any], timeout_ms: int) -> Any:
-        self.calls.append(("list_partition_offsets", dict(specs), timeout_ms))
-        return {tp: SimpleNamespace(offset=-1 if tp.partition == 9 else 10) for tp in specs}
-
     def describe_configs(self, resources: Sequence[Any], config_filter: str) -> Any:
         self.calls.append(("describe_configs", [r.name for r in resources], config_filter))
         return {"topic": self.configs}
@@ -119,23 +115,52 @@ def test_nothing_is_asked_for_no_groups_partitions_or_topics() -> None:
     admin = RecordingAdmin()
     r = reads(admin)
     assert r.committed_offsets([]).by_group == {}
-    assert r.earliest_offsets([]) == {}
+    assert r.watermarks({("t", 0): -1}) == ({}, {})
     assert r.cleanup_policies([]) == {}
     assert admin.calls == []
 
 
-def test_watermarks_are_asked_by_spec_with_the_offset_fetch_timeout() -> None:
+class ListOffsetsLeaders:
+    """kafka-python's connection manager as AdminReads.watermarks uses it: each leader
+    answers ListOffsets from its own log ends (partition 9 with an error)."""
+
+    def __init__(self, admin: Any) -> None:
+        self.admin = admin
+
+    def run(self, coro: Any, *args: Any) -> Any:
+        import asyncio
+        return asyncio.run(coro(*args))
+
+    def send(self, request: Any, node_id: int, request_timeout_ms: int) -> Any:
+        import asyncio
+        from kafka.protocol.consumer import ListOffsetsResponse
+        topic = ListOffsetsResponse.ListOffsetsTopicResponse
+        partition = topic.ListOffsetsPartitionResponse
+        self.admin.calls.append(("ListOffsets", node_id, request_timeout_ms, sorted(
+            (t.name, p.partition_index, p.timestamp) for t in request.topics for p in t.partitions)))
+        answer = ListOffsetsResponse(throttle_time_ms=0, topics=[topic(name=t.name, partitions=[
+            partition(partition_index=p.partition_index, error_code=6 if p.partition_index == 9 else 0,
+                      timestamp=-1, offset=(100 * node_id + (0 if p.timestamp == -2 else 50)))
+            for p in t.partitions]) for t in request.topics])
+        done: Any = asyncio.get_event_loop().create_future()
+        done.set_result(answer)
+        return done
+
+
+def test_watermarks_are_asked_of_each_leader_both_kinds_at_once() -> None:
+    """One ListOffsets per kind (-2 earliest, -1 latest) per leader, with the offset fetch
+    timeout; a leaderless or errored partition is left out, not 0."""
     admin = RecordingAdmin()
-    r = reads(admin)
-    assert r.latest_offsets([("t", 0), ("t", 9)]) == {("t", 0): 10, ("t", 9): -1}
-    assert r.earliest_offsets([("t", 0)]) == {("t", 0): 10}
-    latest_call, earliest_call = admin.calls
-    assert latest_call == (
-        "list_partition_offsets",
-        {TopicPartition("t", 0): OffsetSpec.LATEST, TopicPartition("t", 9): OffsetSpec.LATEST},
-        2500,
-    )
-    assert earliest_call[1] == {TopicPartition("t", 0): OffsetSpec.EARLIEST}
+    admin._manager = ListOffsetsLeaders(admin)  # type: ignore[attr-defined]
+    marks = reads(admin).watermarks({("t", 0): 1, ("t", 1): 2, ("t", 2): -1, ("t", 9): 1})
+    assert marks.earliest == {("t", 0): 100, ("t", 1): 200}
+    assert marks.latest == {("t", 0): 150, ("t", 1): 250}
+    assert admin.calls == [
+        ("ListOffsets", 1, 2500, [("t", 0, -2), ("t", 9, -2)]),
+        ("ListOffsets", 1, 2500, [("t", 0, -1), ("t", 9, -1)]),
+        ("ListOffsets", 2, 2500, [("t", 1, -2)]),
+        ("ListOffsets", 2, 2500, [("t", 1, -1)]),
+    ]
 
 
 def test_a_topic_the_broker_gave_no_cleanup_policy_for_answers_empty() -> None:

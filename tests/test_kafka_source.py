@@ -6,9 +6,10 @@ one carries, is what is checked. End-to-end reads are shown on a real broker.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from klag_collector.config import Performance, parse_config
+from klag_collector.kafka_io import Watermarks
 from klag_collector.kafka_source import KafkaSource
 from klag_collector.model import (
     GroupType,
@@ -73,13 +74,11 @@ class RecordingReads:
             TopicDescription("internal", 0, {0: 1}),
         )
 
-    def earliest_offsets(self, partitions: Sequence[TP]) -> Dict[TP, int]:
-        self.calls.append(("earliest_offsets", list(partitions)))
-        return {tp: 0 for tp in partitions}
-
-    def latest_offsets(self, partitions: Sequence[TP]) -> Dict[TP, int]:
-        self.calls.append(("latest_offsets", list(partitions)))
-        return {tp: 5 for tp in partitions}
+    def watermarks(self, leaders: Mapping[TP, int]) -> Watermarks:
+        self.calls.append(("watermarks", dict(leaders)))
+        # A leaderless partition is not answered.
+        return Watermarks({tp: 0 for tp, leader in leaders.items() if leader >= 0},
+                          {tp: 5 for tp, leader in leaders.items() if leader >= 0})
 
     def cleanup_policies(self, topics: Sequence[str]) -> Dict[str, str]:
         self.calls.append(("cleanup_policies", list(topics)))
@@ -106,15 +105,14 @@ def test_a_read_asks_only_for_what_the_policy_keeps() -> None:
     io = RecordingIO()
     data = source_on(io).read(now=1000)
     kept = ["app-a", "app-broken"]
-    partitions = [("orders", 0), ("orders", 1), ("compact-t", 0)]
+    partitions = {("orders", 0): 1, ("orders", 1): -1, ("compact-t", 0): 2}
     assert io.reads.calls == [
         ("listed_groups", None),
         ("describe_groups", kept),
         ("read_share_groups", ["app-share"]),
         ("committed_offsets", kept),
         ("describe_topics", None),
-        ("earliest_offsets", partitions),
-        ("latest_offsets", partitions),
+        ("watermarks", partitions),
         ("cleanup_policies", ["compact-t", "orders"]),
     ]
     assert set(data.groups) == {"app-a"}

@@ -96,7 +96,7 @@ def test_filters_keep_the_groups_topics_and_partitions_of_the_broker_test() -> N
         topic("__consumer_offsets", {0: 1}),
     ]
     partitions = watermark_partitions(topics, TOPICS)
-    assert partitions == [("p-t1", 0), ("p-t1", 1), ("p-idle", 0)]
+    assert partitions == {("p-t1", 0): 1, ("p-t1", 1): 1, ("p-idle", 0): 1}
     answers = read(
         {
             "p-a": {("p-t1", 0): 1, ("p-t1", 1): 2, ("p-t2-skip", 0): 0},
@@ -209,14 +209,15 @@ def test_a_topic_answered_with_an_error_is_dropped() -> None:
     """Error code 3 (unknown topic) on a whitelisted topic: no watermarks, no leaders."""
     topics = [topic("p-ok", {0: 1}), topic("p-broken", {0: 2}, error_code=3)]
     assert [t.name for t in kept_topics(topics, TOPICS)] == ["p-ok"]
-    assert watermark_partitions(topics, TOPICS) == [("p-ok", 0)]
+    assert watermark_partitions(topics, TOPICS) == {("p-ok", 0): 1}
     assert usable_leaders(kept_topics(topics, TOPICS)) == {("p-ok", 0): 1}
 
 
-def test_leaderless_partitions_have_watermarks_asked_but_no_leader() -> None:
-    """Leader -1: the partition's watermarks are still asked for; it has no broker to fetch from."""
+def test_leaderless_partitions_are_named_with_leader_minus_one() -> None:
+    """Leader -1: the partition is named, so that its unknown watermarks are counted; it has
+    no broker to ask them of or to fetch from."""
     topics = [topic("p-t", {0: 2, 1: -1, 2: 3})]
-    assert watermark_partitions(topics, TOPICS) == [("p-t", 0), ("p-t", 1), ("p-t", 2)]
+    assert watermark_partitions(topics, TOPICS) == {("p-t", 0): 2, ("p-t", 1): -1, ("p-t", 2): 3}
     assert usable_leaders(topics) == {("p-t", 0): 2, ("p-t", 2): 3}
 
 
@@ -250,7 +251,8 @@ def test_nothing_outside_the_topic_filter_survives(
     topic_filter = literal_filter(whitelist, blacklist)
     good = {t.name for t in topics if t.error_code == 0 and allowed(t.name, whitelist, blacklist)}
     partitions = watermark_partitions(topics, topic_filter)
-    assert partitions == [(t.name, p) for t in topics if t.name in good for p in t.leaders]
+    assert partitions == {(t.name, p): leader for t in topics if t.name in good
+                          for p, leader in t.leaders.items()}
     leaders = select(read({}, topics), topic_filter).leaders
     assert leaders == {
         (t.name, p): leader
