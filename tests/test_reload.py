@@ -413,8 +413,14 @@ http_host = "127.0.0.1"
 http_port = {port}
 {exporter}
 [exporter.performance]
-kafka_timeout = "2s"
+kafka_timeout = "10s"
 {clusters}"""
+
+
+def reload_errors(records: List[Dict[str, Any]]) -> List[str]:
+    """The error lines a reload wrote."""
+    return [r["message"] for r in records
+            if r["level"] == "error" and r["message"].startswith("config reload")]
 
 
 def broker_cluster(name: str, bootstrap: str) -> str:
@@ -445,8 +451,7 @@ def test_sighup_reloads_klag_collector_in_place(kafka, unique, tmp_path) -> None
         proc.config.write_text(process_config(port, broker_cluster(b, kafka.bootstrap))
                                .replace('"1s"', '"sesame"'))
         os.kill(proc.proc.pid, signal.SIGHUP)
-        wait_until(lambda: [r for r in log_lines(proc.log) if r["level"] == "error"],
-                   what="the refusal's log line")
+        wait_until(lambda: reload_errors(log_lines(proc.log)), what="the refusal's log line")
         refused_at = proc.scrape().get(metrics.LAST_UPDATE.name, cluster_name=b)
         # The running config keeps polling every second.
         proc.wait_for(lambda s: s.get(metrics.LAST_UPDATE.name, cluster_name=b) > refused_at,
@@ -454,7 +459,8 @@ def test_sighup_reloads_klag_collector_in_place(kafka, unique, tmp_path) -> None
     finally:
         code = proc.stop()
     records = log_lines(proc.log)
-    errors = [r["message"] for r in records if r["level"] == "error"]
+    # A cycle of a busy machine may time out too; what the reload says is one line.
+    errors = reload_errors(records)
     assert errors == [f"config reload refused, the running config stays: {load_error(proc.config)}"]
     assert "sesame" not in errors[0]
     assert f"config reloaded from {proc.config}: added {b}; removed {a}" in [
