@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
 import threading
-from typing import IO, Any, Dict, Optional
+from typing import IO, Any, Callable, Dict, Optional
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -124,6 +125,28 @@ def start_logging(level: str = "info", fmt: Optional[str] = None, out: IO[str] =
     observer = FilteringLogObserver(LineObserver(out, fmt), [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     route_kafka_logs(level)
+    threading.excepthook = _without_closed_io_loops(threading.excepthook)
+
+
+def _closed_io_loop(args: "threading.ExceptHookArgs") -> bool:
+    """Whether a thread ended as a kafka-python IO thread whose selector was closed under it.
+
+    kafka-python closes a client's selector once its stop has waited a while, and the IO
+    thread then dies in select(); it has logged that ("IO loop crashed", shown at debug), and
+    the client is gone either way, so its traceback is not for stderr.
+    """
+    thread, error = args.thread, args.exc_value
+    return (thread is not None and thread.name.startswith("kafka-io-")
+            and isinstance(error, (ValueError, OSError))
+            and ("closed" in str(error) or getattr(error, "errno", None) == errno.EBADF))
+
+
+def _without_closed_io_loops(
+    hook: Callable[["threading.ExceptHookArgs"], Any]
+) -> Callable[["threading.ExceptHookArgs"], Any]:
+    def quiet(args: "threading.ExceptHookArgs") -> Any:
+        return None if _closed_io_loop(args) else hook(args)
+    return quiet
 
 
 def route_kafka_logs(level: str) -> None:
