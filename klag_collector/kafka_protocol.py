@@ -160,7 +160,18 @@ _SUBTOPOLOGY: List[Dict[str, Any]] = [
      "about": "The internal repartition topics it reads from.", "fields": _TOPIC_INFO},
 ]
 
-# The fields of the consumer and streams group describe requests (both version 0).
+def _described_groups(group_fields: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The fields of a group-describe response: a throttle time and the described groups,
+    each with *group_fields* and the authorized operations last."""
+    return [
+        {"name": "ThrottleTimeMs", "type": "int32", "versions": "0+",
+         "about": "The throttle time in ms."},
+        {"name": "Groups", "type": "[]DescribedGroup", "versions": "0+",
+         "about": "Each described group.", "fields": [*group_fields, _AUTHORIZED_OPERATIONS]},
+    ]
+
+
+# The fields of the group describe requests (consumer and streams: version 0; share: 1).
 _DESCRIBE_REQUEST: List[Dict[str, Any]] = [
     {"name": "GroupIds", "type": "[]string", "versions": "0+", "entityType": "groupId",
      "about": "The ids of the groups to describe"},
@@ -185,34 +196,28 @@ SCHEMAS: Dict[str, Dict[str, Any]] = {
         # Version 1 adds MemberType (KIP-1099).
         "validVersions": "0-1",
         "flexibleVersions": "0+",
-        "fields": [
-            {"name": "ThrottleTimeMs", "type": "int32", "versions": "0+",
-             "about": "The throttle time in ms."},
-            {"name": "Groups", "type": "[]DescribedGroup", "versions": "0+",
-             "about": "Each described group.", "fields": [
-                *_GROUP_HEADER,
-                {"name": "Members", "type": "[]Member", "versions": "0+",
-                 "about": "The members.", "fields": [
-                    {"name": "MemberId", "type": "string", "versions": "0+",
-                     "about": "The member ID."},
-                    {"name": "InstanceId", "type": "string", "versions": "0+",
-                     "nullableVersions": "0+", "default": "null",
-                     "about": "The member instance ID."},
-                    *_MEMBER_COMMON,
-                    {"name": "SubscribedTopicRegex", "type": "string", "versions": "0+",
-                     "nullableVersions": "0+", "default": "null",
-                     "about": "The subscribed topic regex, or null."},
-                    {"name": "Assignment", "type": "Assignment", "versions": "0+",
-                     "about": "The current assignment.", "fields": _ASSIGNMENT},
-                    {"name": "TargetAssignment", "type": "Assignment", "versions": "0+",
-                     "about": "The target assignment.", "fields": _ASSIGNMENT},
-                    {"name": "MemberType", "type": "int8", "versions": "1+", "default": "-1",
-                     "ignorable": True,
-                     "about": "-1 for unknown. 0 for classic member. +1 for consumer member."},
-                ]},
-                _AUTHORIZED_OPERATIONS,
+        "fields": _described_groups([
+            *_GROUP_HEADER,
+            {"name": "Members", "type": "[]Member", "versions": "0+",
+             "about": "The members.", "fields": [
+                {"name": "MemberId", "type": "string", "versions": "0+",
+                 "about": "The member ID."},
+                {"name": "InstanceId", "type": "string", "versions": "0+",
+                 "nullableVersions": "0+", "default": "null",
+                 "about": "The member instance ID."},
+                *_MEMBER_COMMON,
+                {"name": "SubscribedTopicRegex", "type": "string", "versions": "0+",
+                 "nullableVersions": "0+", "default": "null",
+                 "about": "The subscribed topic regex, or null."},
+                {"name": "Assignment", "type": "Assignment", "versions": "0+",
+                 "about": "The current assignment.", "fields": _ASSIGNMENT},
+                {"name": "TargetAssignment", "type": "Assignment", "versions": "0+",
+                 "about": "The target assignment.", "fields": _ASSIGNMENT},
+                {"name": "MemberType", "type": "int8", "versions": "1+", "default": "-1",
+                 "ignorable": True,
+                 "about": "-1 for unknown. 0 for classic member. +1 for consumer member."},
             ]},
-        ],
+        ]),
     },
     "ShareGroupDescribeRequest": {
         "apiKey": SHARE_GROUP_DESCRIBE_KEY,
@@ -221,12 +226,7 @@ SCHEMAS: Dict[str, Dict[str, Any]] = {
         # Version 0 was used for early access of KIP-932 in Kafka 4.0, removed in 4.1.
         "validVersions": "1",
         "flexibleVersions": "0+",
-        "fields": [
-            {"name": "GroupIds", "type": "[]string", "versions": "0+", "entityType": "groupId",
-             "about": "The ids of the groups to describe."},
-            {"name": "IncludeAuthorizedOperations", "type": "bool", "versions": "0+",
-             "about": "Whether to include authorized operations."},
-        ],
+        "fields": _DESCRIBE_REQUEST,
     },
     "ShareGroupDescribeResponse": {
         "apiKey": SHARE_GROUP_DESCRIBE_KEY,
@@ -234,23 +234,17 @@ SCHEMAS: Dict[str, Dict[str, Any]] = {
         "name": "ShareGroupDescribeResponse",
         "validVersions": "1",
         "flexibleVersions": "0+",
-        "fields": [
-            {"name": "ThrottleTimeMs", "type": "int32", "versions": "0+",
-             "about": "The throttle time in ms."},
-            {"name": "Groups", "type": "[]DescribedGroup", "versions": "0+",
-             "about": "Each described group.", "fields": [
-                *_GROUP_HEADER,
-                {"name": "Members", "type": "[]Member", "versions": "0+",
-                 "about": "The members.", "fields": [
-                    {"name": "MemberId", "type": "string", "versions": "0+",
-                     "about": "The member ID."},
-                    *_MEMBER_COMMON,
-                    {"name": "Assignment", "type": "Assignment", "versions": "0+",
-                     "about": "The current assignment.", "fields": _ASSIGNMENT},
-                ]},
-                _AUTHORIZED_OPERATIONS,
+        "fields": _described_groups([
+            *_GROUP_HEADER,
+            {"name": "Members", "type": "[]Member", "versions": "0+",
+             "about": "The members.", "fields": [
+                {"name": "MemberId", "type": "string", "versions": "0+",
+                 "about": "The member ID."},
+                *_MEMBER_COMMON,
+                {"name": "Assignment", "type": "Assignment", "versions": "0+",
+                 "about": "The current assignment.", "fields": _ASSIGNMENT},
             ]},
-        ],
+        ]),
     },
     "DescribeShareGroupOffsetsRequest": {
         "apiKey": DESCRIBE_SHARE_GROUP_OFFSETS_KEY,
@@ -338,28 +332,22 @@ SCHEMAS: Dict[str, Dict[str, Any]] = {
         "name": "StreamsGroupDescribeResponse",
         "validVersions": "0",
         "flexibleVersions": "0+",
-        "fields": [
-            {"name": "ThrottleTimeMs", "type": "int32", "versions": "0+",
-             "about": "The throttle time in ms."},
-            {"name": "Groups", "type": "[]DescribedGroup", "versions": "0+",
-             "about": "Each described group.", "fields": [
-                *_GROUP_HEADER[:-1],  # all but AssignorName, which streams groups lack
-                {"name": "Topology", "type": "Topology", "versions": "0+",
+        "fields": _described_groups([
+            *_GROUP_HEADER[:-1],  # all but AssignorName, which streams groups lack
+            {"name": "Topology", "type": "Topology", "versions": "0+",
+             "nullableVersions": "0+", "default": "null",
+             "about": "The topology metadata currently initialized for the group.",
+             "fields": [
+                {"name": "Epoch", "type": "int32", "versions": "0+",
+                 "about": "The epoch of the currently initialized topology."},
+                {"name": "Subtopologies", "type": "[]Subtopology", "versions": "0+",
                  "nullableVersions": "0+", "default": "null",
-                 "about": "The topology metadata currently initialized for the group.",
-                 "fields": [
-                    {"name": "Epoch", "type": "int32", "versions": "0+",
-                     "about": "The epoch of the currently initialized topology."},
-                    {"name": "Subtopologies", "type": "[]Subtopology", "versions": "0+",
-                     "nullableVersions": "0+", "default": "null",
-                     "about": "The subtopologies, or null if the group is uninitialized.",
-                     "fields": _SUBTOPOLOGY},
-                ]},
-                {"name": "Members", "type": "[]Member", "versions": "0+",
-                 "about": "The members.", "fields": _STREAMS_MEMBER},
-                _AUTHORIZED_OPERATIONS,
+                 "about": "The subtopologies, or null if the group is uninitialized.",
+                 "fields": _SUBTOPOLOGY},
             ]},
-        ],
+            {"name": "Members", "type": "[]Member", "versions": "0+",
+             "about": "The members.", "fields": _STREAMS_MEMBER},
+        ]),
     },
 }
 
