@@ -124,8 +124,15 @@ def start_logging(level: str = "info", fmt: Optional[str] = None, out: IO[str] =
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
     observer = FilteringLogObserver(LineObserver(out, fmt), [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    quiet_kafka_python(level)
+
+
+def quiet_kafka_python(level: str) -> None:
+    """kafka-python's log lines only at debug `level`, and no traceback of an IO thread that
+    died on a selector its client closed; for `klag-collector` and for `twistd klag`."""
     route_kafka_logs(level)
-    threading.excepthook = _without_closed_io_loops(threading.excepthook)
+    if not getattr(threading.excepthook, "_klag_quiet", False):
+        threading.excepthook = _without_closed_io_loops(threading.excepthook)
 
 
 def _closed_io_loop(args: "threading.ExceptHookArgs") -> bool:
@@ -146,6 +153,7 @@ def _without_closed_io_loops(
 ) -> Callable[["threading.ExceptHookArgs"], Any]:
     def quiet(args: "threading.ExceptHookArgs") -> Any:
         return None if _closed_io_loop(args) else hook(args)
+    quiet._klag_quiet = True  # type: ignore[attr-defined]  # installed once per process
     return quiet
 
 

@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from .config import load_config
 from .errors import ConfigError
+from .logs import quiet_kafka_python
 from .reload_triggers import reload_on_sighup
 from .service import KlagService, ListenFailed, make_service
 
@@ -95,6 +96,9 @@ def makeService(options: Options) -> service.IService:
     """The exporter's service, listening where the config (or --listen) says."""
     from twisted.internet import reactor
 
+    # twistd has no log level option: kafka-python's lines (a couple a second while a broker
+    # is down) stay out of its log, as they do under klag-collector without -l debug.
+    quiet_kafka_python("info")
     endpoint: Any = None
     if options["listen"]:
         endpoint = endpoints.serverFromString(reactor, options["listen"])

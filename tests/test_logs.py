@@ -42,3 +42,30 @@ def test_any_other_thread_death_is_told() -> None:
     assert _die("klag-prod_0", ValueError("I/O operation on closed epoll object")) == [
         "klag-prod_0"]
     assert _die("kafka-io-x", RuntimeError("closed")) == ["kafka-io-x"]
+
+
+def test_twistd_keeps_kafka_python_out_of_its_log(tmp_path: Any) -> None:
+    """The twistd plugin's makeService routes kafka-python's records away (only -l debug
+    shows them) and installs the thread hook once, however often it runs."""
+    import logging
+
+    from klag_collector import tap
+
+    config = tmp_path / "klag.toml"
+    config.write_text('[[clusters]]\nname = "c"\nbootstrap_servers = "127.0.0.1:9"\n')
+    saved_hook, kafka = threading.excepthook, logging.getLogger("kafka")
+    saved = (list(kafka.handlers), kafka.level, kafka.propagate)
+    kafka.handlers[:], kafka.propagate = [], True
+    try:
+        hooks = []
+        for _ in range(2):
+            options = tap.Options()
+            options.parseOptions(["-c", str(config)])
+            tap.makeService(options)
+            hooks.append(threading.excepthook)
+        assert getattr(hooks[0], "_klag_quiet", False) and hooks[0] is hooks[1]
+        assert [h.level for h in kafka.handlers] == [logging.CRITICAL + 1]
+        assert kafka.propagate is False
+    finally:
+        threading.excepthook = saved_hook
+        kafka.handlers[:], kafka.level, kafka.propagate = saved
