@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 Window = Tuple[float, float]
@@ -111,8 +112,12 @@ def time_to_dated(cycles: List[Dict[str, Any]]) -> Dict[str, Any]:
     return {"cycle": None, "rows": c1["partition_rows"], "snapshot_s": None, "served_s": None}
 
 
+# The checkout this bench runs from, so that profile rows name files relative to it.
+_REPO = str(Path(__file__).resolve().parent.parent) + "/"
+
+
 def _where(filename: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+    for marker in ("site-packages/", _REPO, "lib/python3"):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return filename
