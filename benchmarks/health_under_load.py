@@ -2,7 +2,7 @@
 """/health latency while /metrics is scraped without pause (a benchmark, not a test).
 
 Runs the exporter in a child process on the real reactor over an in-memory cluster (the
-tests' FakeSource, with rows laid out as tests/test_reactor_work.py lays them out: G groups
+tests' FakeSource, with rows laid out by tests/fakes.py lagging_rows: G groups
 each committed on every one of P partitions, timestamps known), sized to about 60,000
 series; then C client threads (in --load-processes child processes) scrape /metrics over
 keep-alive connections back to back, half of them asking for gzip, half for identity, while
@@ -54,26 +54,6 @@ def log(msg: str) -> None:
 # -- the exporter (child process) --------------------------------------------------------------
 
 
-def fake_rows(groups: int, partitions: int) -> Tuple[Any, Dict[Any, Optional[int]]]:
-    """`groups` groups each committed at its own offset on `partitions` partitions of one topic,
-    all lagging, with every record's timestamp known (as test_reactor_work.many_rows)."""
-    from klag_collector.model import ClusterData, GroupInfo
-
-    tps = [("t", p) for p in range(partitions)]
-    names = [f"g{i:04d}" for i in range(groups)]
-    data = ClusterData(
-        groups={name: GroupInfo(name, "Empty") for name in names},
-        committed={name: {tp: 1_000 + i for tp in tps} for i, name in enumerate(names)},
-        earliest={tp: 0 for tp in tps},
-        latest={tp: 1_000_000 for tp in tps},
-        leaders={tp: tp[1] % LEADERS for tp in tps},
-    )
-    stamps: Dict[Any, Optional[int]] = {
-        (tp[0], tp[1], 1_000 + i): T0_MS - 60_000 for i in range(groups) for tp in tps
-    }
-    return data, stamps
-
-
 def serve(port: int, groups: int, partitions: int, whole_bodies: bool) -> None:
     """The exporter on 127.0.0.1:`port` over the fake cluster, until SIGTERM."""
     from twisted.internet import reactor
@@ -83,11 +63,11 @@ def serve(port: int, groups: int, partitions: int, whole_bodies: bool) -> None:
     if whole_bodies:  # the "before": every body handed to the transport in one write
         web.STREAM_OVER = sys.maxsize
 
-    from fakes import FakeSource
+    from fakes import FakeSource, lagging_rows
     from klag_collector.config import parse_config
     from klag_collector.service import make_service
 
-    data, stamps = fake_rows(groups, partitions)
+    data, stamps = lagging_rows(groups, partitions, LEADERS, T0_MS - 60_000)
     config = parse_config(f"""
 [exporter]
 poll_interval = "1h"

@@ -137,3 +137,24 @@ def pollers_on_clock(
         for c in config.clusters
     ]
     return config, pollers
+
+
+def lagging_rows(groups: int, partitions: int, leaders: int,
+                 stamp_ms: int) -> Tuple[ClusterData, Dict[RecordKey, Optional[int]]]:
+    """`groups` groups, each committed at its own offset (1,000 + its index) on every one of
+    `partitions` partitions of topic t (led by `leaders` brokers in turn), all lagging, and
+    the timestamp `stamp_ms` of every record they sit at."""
+    tps = [("t", p) for p in range(partitions)]
+    names = [f"g{i:04d}" for i in range(groups)]
+    data = ClusterData(
+        groups={name: GroupInfo(name, "Empty") for name in names},
+        committed={name: {tp: 1_000 + i for tp in tps} for i, name in enumerate(names)},
+        earliest={tp: 0 for tp in tps},
+        latest={tp: 1_000_000 for tp in tps},
+        leaders={tp: tp[1] % leaders for tp in tps},
+    )
+    stamps: Dict[RecordKey, Optional[int]] = {
+        (tp[0], tp[1], 1_000 + i): stamp_ms for i in range(groups) for tp in tps
+    }
+    return data, stamps
+

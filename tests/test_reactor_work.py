@@ -18,9 +18,9 @@ from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from klag_collector import families, poller, timestamps
-from klag_collector.model import ClusterData, GroupInfo, RecordKey
+from klag_collector.model import ClusterData, RecordKey
 from klag_collector.timestamps import TimestampCache
-from fakes import FakeSource, InWorkerThread, pollers_on_clock
+from fakes import FakeSource, InWorkerThread, lagging_rows, pollers_on_clock
 
 T0 = 1_700_000_000.0
 GROUPS, PARTITIONS, LEADERS = 500, 100, 3
@@ -52,19 +52,7 @@ PER_ROW: List[Tuple[Any, str]] = [
 @lru_cache(maxsize=1)
 def many_rows() -> Tuple[ClusterData, Dict[RecordKey, Optional[int]]]:
     """GROUPS x PARTITIONS lagging rows, each at its own offset, and their timestamps."""
-    tps = [("t", p) for p in range(PARTITIONS)]
-    names = [f"g{i:03d}" for i in range(GROUPS)]
-    data = ClusterData(
-        groups={name: GroupInfo(name, "Empty") for name in names},
-        committed={name: {tp: 1_000 + i for tp in tps} for i, name in enumerate(names)},
-        earliest={tp: 0 for tp in tps},
-        latest={tp: 1_000_000 for tp in tps},
-        leaders={tp: tp[1] % LEADERS for tp in tps},
-    )
-    stamps: Dict[RecordKey, Optional[int]] = {
-        (tp[0], tp[1], 1_000 + i): int(T0 * 1000) - 60_000 for i in range(GROUPS) for tp in tps
-    }
-    return data, stamps
+    return lagging_rows(GROUPS, PARTITIONS, LEADERS, int(T0 * 1000) - 60_000)
 
 
 class ReactorWorkTests(SynchronousTestCase):
