@@ -50,6 +50,13 @@ _ASSIGNMENT: List[Dict[str, Any]] = [
     ]},
 ]
 
+# Member fields the consumer and share group-describe responses share.
+_MEMBER_ID: Dict[str, Any] = {"name": "MemberId", "type": "string", "versions": "0+",
+                              "about": "The member ID."}
+_CURRENT_ASSIGNMENT: Dict[str, Any] = {
+    "name": "Assignment", "type": "Assignment", "versions": "0+",
+    "about": "The current assignment.", "fields": _ASSIGNMENT}
+
 # Fields the two group-describe responses share, in their order there.
 _GROUP_HEADER: List[Dict[str, Any]] = [
     {"name": "ErrorCode", "type": "int16", "versions": "0+",
@@ -160,12 +167,15 @@ _SUBTOPOLOGY: List[Dict[str, Any]] = [
      "about": "The internal repartition topics it reads from.", "fields": _TOPIC_INFO},
 ]
 
+_THROTTLE_TIME: Dict[str, Any] = {"name": "ThrottleTimeMs", "type": "int32", "versions": "0+",
+                                  "about": "The throttle time in ms."}
+
+
 def _described_groups(group_fields: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The fields of a group-describe response: a throttle time and the described groups,
     each with *group_fields* and the authorized operations last."""
     return [
-        {"name": "ThrottleTimeMs", "type": "int32", "versions": "0+",
-         "about": "The throttle time in ms."},
+        _THROTTLE_TIME,
         {"name": "Groups", "type": "[]DescribedGroup", "versions": "0+",
          "about": "Each described group.", "fields": [*group_fields, _AUTHORIZED_OPERATIONS]},
     ]
@@ -179,176 +189,127 @@ _DESCRIBE_REQUEST: List[Dict[str, Any]] = [
      "about": "Whether to include authorized operations."},
 ]
 
+def _message(name: str, api_key: int, versions: str, fields: List[Dict[str, Any]]
+             ) -> Dict[str, Dict[str, Any]]:
+    """One message schema, keyed by its name, as Kafka's JSON files write it (flexible
+    versions from 0 in all of these)."""
+    return {name: {
+        "apiKey": api_key, "type": "response" if name.endswith("Response") else "request",
+        "name": name, "validVersions": versions, "flexibleVersions": "0+", "fields": fields,
+    }}
+
+
 SCHEMAS: Dict[str, Dict[str, Any]] = {
-    "ConsumerGroupDescribeRequest": {
-        "apiKey": CONSUMER_GROUP_DESCRIBE_KEY,
-        "type": "request",
-        "name": "ConsumerGroupDescribeRequest",
-        # Version 1 is the same as version 0 (it says the client understands MemberType).
-        "validVersions": "0-1",
-        "flexibleVersions": "0+",
-        "fields": _DESCRIBE_REQUEST,
-    },
-    "ConsumerGroupDescribeResponse": {
-        "apiKey": CONSUMER_GROUP_DESCRIBE_KEY,
-        "type": "response",
-        "name": "ConsumerGroupDescribeResponse",
-        # Version 1 adds MemberType (KIP-1099).
-        "validVersions": "0-1",
-        "flexibleVersions": "0+",
-        "fields": _described_groups([
-            *_GROUP_HEADER,
-            {"name": "Members", "type": "[]Member", "versions": "0+",
-             "about": "The members.", "fields": [
-                {"name": "MemberId", "type": "string", "versions": "0+",
-                 "about": "The member ID."},
-                {"name": "InstanceId", "type": "string", "versions": "0+",
-                 "nullableVersions": "0+", "default": "null",
-                 "about": "The member instance ID."},
-                *_MEMBER_COMMON,
-                {"name": "SubscribedTopicRegex", "type": "string", "versions": "0+",
-                 "nullableVersions": "0+", "default": "null",
-                 "about": "The subscribed topic regex, or null."},
-                {"name": "Assignment", "type": "Assignment", "versions": "0+",
-                 "about": "The current assignment.", "fields": _ASSIGNMENT},
-                {"name": "TargetAssignment", "type": "Assignment", "versions": "0+",
-                 "about": "The target assignment.", "fields": _ASSIGNMENT},
-                {"name": "MemberType", "type": "int8", "versions": "1+", "default": "-1",
-                 "ignorable": True,
-                 "about": "-1 for unknown. 0 for classic member. +1 for consumer member."},
-            ]},
-        ]),
-    },
-    "ShareGroupDescribeRequest": {
-        "apiKey": SHARE_GROUP_DESCRIBE_KEY,
-        "type": "request",
-        "name": "ShareGroupDescribeRequest",
-        # Version 0 was used for early access of KIP-932 in Kafka 4.0, removed in 4.1.
-        "validVersions": "1",
-        "flexibleVersions": "0+",
-        "fields": _DESCRIBE_REQUEST,
-    },
-    "ShareGroupDescribeResponse": {
-        "apiKey": SHARE_GROUP_DESCRIBE_KEY,
-        "type": "response",
-        "name": "ShareGroupDescribeResponse",
-        "validVersions": "1",
-        "flexibleVersions": "0+",
-        "fields": _described_groups([
-            *_GROUP_HEADER,
-            {"name": "Members", "type": "[]Member", "versions": "0+",
-             "about": "The members.", "fields": [
-                {"name": "MemberId", "type": "string", "versions": "0+",
-                 "about": "The member ID."},
-                *_MEMBER_COMMON,
-                {"name": "Assignment", "type": "Assignment", "versions": "0+",
-                 "about": "The current assignment.", "fields": _ASSIGNMENT},
-            ]},
-        ]),
-    },
-    "DescribeShareGroupOffsetsRequest": {
-        "apiKey": DESCRIBE_SHARE_GROUP_OFFSETS_KEY,
-        "type": "request",
-        "name": "DescribeShareGroupOffsetsRequest",
-        # Version 1 is the same as version 0 (it asks for Lag in the response).
-        "validVersions": "0-1",
-        "flexibleVersions": "0+",
-        "fields": [
-            {"name": "Groups", "type": "[]DescribeShareGroupOffsetsRequestGroup",
-             "versions": "0+", "about": "The groups to describe offsets for.", "fields": [
-                {"name": "GroupId", "type": "string", "versions": "0+",
-                 "entityType": "groupId", "about": "The group identifier."},
-                {"name": "Topics", "type": "[]DescribeShareGroupOffsetsRequestTopic",
-                 "versions": "0+", "nullableVersions": "0+",
-                 "about": "The topics to describe offsets for, or null for all "
-                          "topic-partitions.", "fields": [
-                    {"name": "TopicName", "type": "string", "versions": "0+",
-                     "entityType": "topicName", "about": "The topic name."},
-                    {"name": "Partitions", "type": "[]int32", "versions": "0+",
-                     "about": "The partitions."},
-                ]},
-            ]},
-        ],
-    },
-    "DescribeShareGroupOffsetsResponse": {
-        "apiKey": DESCRIBE_SHARE_GROUP_OFFSETS_KEY,
-        "type": "response",
-        "name": "DescribeShareGroupOffsetsResponse",
-        # Version 1 adds Lag (KIP-1226).
-        "validVersions": "0-1",
-        "flexibleVersions": "0+",
-        "fields": [
-            {"name": "ThrottleTimeMs", "type": "int32", "versions": "0+",
-             "about": "The throttle time in ms."},
-            {"name": "Groups", "type": "[]DescribeShareGroupOffsetsResponseGroup",
-             "versions": "0+", "about": "The results for each group.", "fields": [
-                {"name": "GroupId", "type": "string", "versions": "0+",
-                 "entityType": "groupId", "about": "The group identifier."},
-                {"name": "Topics", "type": "[]DescribeShareGroupOffsetsResponseTopic",
-                 "versions": "0+", "about": "The results for each topic.", "fields": [
-                    {"name": "TopicName", "type": "string", "versions": "0+",
-                     "entityType": "topicName", "about": "The topic name."},
-                    {"name": "TopicId", "type": "uuid", "versions": "0+",
-                     "about": "The unique topic ID."},
-                    {"name": "Partitions", "type": "[]DescribeShareGroupOffsetsResponsePartition",
-                     "versions": "0+", "fields": [
-                        {"name": "PartitionIndex", "type": "int32", "versions": "0+",
-                         "about": "The partition index."},
-                        {"name": "StartOffset", "type": "int64", "versions": "0+",
-                         "about": "The share-partition start offset."},
-                        {"name": "LeaderEpoch", "type": "int32", "versions": "0+",
-                         "about": "The leader epoch of the partition."},
-                        {"name": "Lag", "type": "int64", "versions": "1+", "ignorable": True,
-                         "default": "-1", "about": "The share-partition lag."},
-                        {"name": "ErrorCode", "type": "int16", "versions": "0+",
-                         "about": "The partition-level error code, or 0 if there was no "
-                                  "error."},
-                        {"name": "ErrorMessage", "type": "string", "versions": "0+",
-                         "nullableVersions": "0+", "default": "null",
-                         "about": "The partition-level error message, or null if there was "
-                                  "no error."},
-                    ]},
-                ]},
-                {"name": "ErrorCode", "type": "int16", "versions": "0+",
-                 "about": "The group-level error code, or 0 if there was no error."},
-                {"name": "ErrorMessage", "type": "string", "versions": "0+",
-                 "nullableVersions": "0+", "default": "null",
-                 "about": "The group-level error message, or null if there was no error."},
-            ]},
-        ],
-    },
-    "StreamsGroupDescribeRequest": {
-        "apiKey": STREAMS_GROUP_DESCRIBE_KEY,
-        "type": "request",
-        "name": "StreamsGroupDescribeRequest",
-        # Version 1 adds IncludeTopologyDescription (KIP-1331), which we do not read.
-        "validVersions": "0",
-        "flexibleVersions": "0+",
-        "fields": _DESCRIBE_REQUEST,
-    },
-    "StreamsGroupDescribeResponse": {
-        "apiKey": STREAMS_GROUP_DESCRIBE_KEY,
-        "type": "response",
-        "name": "StreamsGroupDescribeResponse",
-        "validVersions": "0",
-        "flexibleVersions": "0+",
-        "fields": _described_groups([
-            *_GROUP_HEADER[:-1],  # all but AssignorName, which streams groups lack
-            {"name": "Topology", "type": "Topology", "versions": "0+",
+    # Version 1 is the same as version 0 (it says the client understands MemberType).
+    **_message(
+        "ConsumerGroupDescribeRequest", CONSUMER_GROUP_DESCRIBE_KEY, "0-1", _DESCRIBE_REQUEST),
+    # Version 1 adds MemberType (KIP-1099).
+    **_message(
+        "ConsumerGroupDescribeResponse", CONSUMER_GROUP_DESCRIBE_KEY, "0-1", _described_groups([
+        *_GROUP_HEADER,
+        {"name": "Members", "type": "[]Member", "versions": "0+",
+         "about": "The members.", "fields": [
+            _MEMBER_ID,
+            {"name": "InstanceId", "type": "string", "versions": "0+",
              "nullableVersions": "0+", "default": "null",
-             "about": "The topology metadata currently initialized for the group.",
-             "fields": [
-                {"name": "Epoch", "type": "int32", "versions": "0+",
-                 "about": "The epoch of the currently initialized topology."},
-                {"name": "Subtopologies", "type": "[]Subtopology", "versions": "0+",
-                 "nullableVersions": "0+", "default": "null",
-                 "about": "The subtopologies, or null if the group is uninitialized.",
-                 "fields": _SUBTOPOLOGY},
+             "about": "The member instance ID."},
+            *_MEMBER_COMMON,
+            {"name": "SubscribedTopicRegex", "type": "string", "versions": "0+",
+             "nullableVersions": "0+", "default": "null",
+             "about": "The subscribed topic regex, or null."},
+            _CURRENT_ASSIGNMENT,
+            {"name": "TargetAssignment", "type": "Assignment", "versions": "0+",
+             "about": "The target assignment.", "fields": _ASSIGNMENT},
+            {"name": "MemberType", "type": "int8", "versions": "1+", "default": "-1",
+             "ignorable": True,
+             "about": "-1 for unknown. 0 for classic member. +1 for consumer member."},
+        ]},
+    ])),
+    # Version 0 was used for early access of KIP-932 in Kafka 4.0, removed in 4.1.
+    **_message("ShareGroupDescribeRequest", SHARE_GROUP_DESCRIBE_KEY, "1", _DESCRIBE_REQUEST),
+    **_message("ShareGroupDescribeResponse", SHARE_GROUP_DESCRIBE_KEY, "1", _described_groups([
+        *_GROUP_HEADER,
+        {"name": "Members", "type": "[]Member", "versions": "0+",
+         "about": "The members.", "fields": [
+            _MEMBER_ID,
+            *_MEMBER_COMMON,
+            _CURRENT_ASSIGNMENT,
+        ]},
+    ])),
+    # Version 1 is the same as version 0 (it asks for Lag in the response).
+    **_message("DescribeShareGroupOffsetsRequest", DESCRIBE_SHARE_GROUP_OFFSETS_KEY, "0-1", [
+        {"name": "Groups", "type": "[]DescribeShareGroupOffsetsRequestGroup",
+         "versions": "0+", "about": "The groups to describe offsets for.", "fields": [
+            {"name": "GroupId", "type": "string", "versions": "0+",
+             "entityType": "groupId", "about": "The group identifier."},
+            {"name": "Topics", "type": "[]DescribeShareGroupOffsetsRequestTopic",
+             "versions": "0+", "nullableVersions": "0+",
+             "about": "The topics to describe offsets for, or null for all "
+                      "topic-partitions.", "fields": [
+                {"name": "TopicName", "type": "string", "versions": "0+",
+                 "entityType": "topicName", "about": "The topic name."},
+                {"name": "Partitions", "type": "[]int32", "versions": "0+",
+                 "about": "The partitions."},
             ]},
-            {"name": "Members", "type": "[]Member", "versions": "0+",
-             "about": "The members.", "fields": _STREAMS_MEMBER},
-        ]),
-    },
+        ]},
+    ]),
+    # Version 1 adds Lag (KIP-1226).
+    **_message("DescribeShareGroupOffsetsResponse", DESCRIBE_SHARE_GROUP_OFFSETS_KEY, "0-1", [
+        _THROTTLE_TIME,
+        {"name": "Groups", "type": "[]DescribeShareGroupOffsetsResponseGroup",
+         "versions": "0+", "about": "The results for each group.", "fields": [
+            {"name": "GroupId", "type": "string", "versions": "0+",
+             "entityType": "groupId", "about": "The group identifier."},
+            {"name": "Topics", "type": "[]DescribeShareGroupOffsetsResponseTopic",
+             "versions": "0+", "about": "The results for each topic.", "fields": [
+                {"name": "TopicName", "type": "string", "versions": "0+",
+                 "entityType": "topicName", "about": "The topic name."},
+                {"name": "TopicId", "type": "uuid", "versions": "0+",
+                 "about": "The unique topic ID."},
+                {"name": "Partitions", "type": "[]DescribeShareGroupOffsetsResponsePartition",
+                 "versions": "0+", "fields": [
+                    {"name": "PartitionIndex", "type": "int32", "versions": "0+",
+                     "about": "The partition index."},
+                    {"name": "StartOffset", "type": "int64", "versions": "0+",
+                     "about": "The share-partition start offset."},
+                    {"name": "LeaderEpoch", "type": "int32", "versions": "0+",
+                     "about": "The leader epoch of the partition."},
+                    {"name": "Lag", "type": "int64", "versions": "1+", "ignorable": True,
+                     "default": "-1", "about": "The share-partition lag."},
+                    {"name": "ErrorCode", "type": "int16", "versions": "0+",
+                     "about": "The partition-level error code, or 0 if there was no "
+                              "error."},
+                    {"name": "ErrorMessage", "type": "string", "versions": "0+",
+                     "nullableVersions": "0+", "default": "null",
+                     "about": "The partition-level error message, or null if there was "
+                              "no error."},
+                ]},
+            ]},
+            {"name": "ErrorCode", "type": "int16", "versions": "0+",
+             "about": "The group-level error code, or 0 if there was no error."},
+            {"name": "ErrorMessage", "type": "string", "versions": "0+",
+             "nullableVersions": "0+", "default": "null",
+             "about": "The group-level error message, or null if there was no error."},
+        ]},
+    ]),
+    # Version 1 adds IncludeTopologyDescription (KIP-1331), which we do not read.
+    **_message("StreamsGroupDescribeRequest", STREAMS_GROUP_DESCRIBE_KEY, "0", _DESCRIBE_REQUEST),
+    **_message("StreamsGroupDescribeResponse", STREAMS_GROUP_DESCRIBE_KEY, "0", _described_groups([
+        *_GROUP_HEADER[:-1],  # all but AssignorName, which streams groups lack
+        {"name": "Topology", "type": "Topology", "versions": "0+",
+         "nullableVersions": "0+", "default": "null",
+         "about": "The topology metadata currently initialized for the group.",
+         "fields": [
+            {"name": "Epoch", "type": "int32", "versions": "0+",
+             "about": "The epoch of the currently initialized topology."},
+            {"name": "Subtopologies", "type": "[]Subtopology", "versions": "0+",
+             "nullableVersions": "0+", "default": "null",
+             "about": "The subtopologies, or null if the group is uninitialized.",
+             "fields": _SUBTOPOLOGY},
+        ]},
+        {"name": "Members", "type": "[]Member", "versions": "0+",
+         "about": "The members.", "fields": _STREAMS_MEMBER},
+    ])),
 }
 
 
