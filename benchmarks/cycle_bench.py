@@ -621,9 +621,12 @@ def time_prometheus_client(collector: Any, served: Dict[Tuple[bool, bool], bytes
     from prometheus_client.openmetrics import exposition as om_exposition
 
     try:
-        from klag_collector.render import GZIP_LEVEL
-    except ImportError:
-        GZIP_LEVEL = 6
+        from klag_collector.gzip_pieces import LEVEL as GZIP_LEVEL
+    except ImportError:  # a checkout from before gzip_pieces
+        try:
+            from klag_collector.render import GZIP_LEVEL
+        except ImportError:
+            GZIP_LEVEL = 6
     registry = CollectorRegistry()
     registry.register(collector)
     t = time.perf_counter()

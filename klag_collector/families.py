@@ -1,10 +1,11 @@
-"""Turn a cluster's lag view and health into metric families of compact rows.
+"""Turn a cluster's lag view and health into metric families of compact columns.
 
-A family is its definition, the cluster's labels and one row per sample: the values of
-the definition's own labels (tuples shared by the families of one partition row) and the
-sample value. No label dict or prometheus_client object is made per sample; the renderer
-writes lines straight from the rows, and `Family.metric()` makes the prometheus_client
-family for a registry that asks (`collector.LagCollector`).
+A family is its definition, the cluster's labels, and two columns, one entry per sample: the
+values of the definition's own labels (tuples shared by the families of one partition row)
+and the sample values (an array of doubles, 8 bytes a sample). No label dict or
+prometheus_client object is made per sample; the renderer writes lines straight from the
+columns, and `Family.metric()` makes the prometheus_client family for a registry that asks
+(`collector.LagCollector`).
 
 Lag families are built once per cycle (off the reactor thread) and kept with the
 snapshot; health families are a handful of samples built when asked.
@@ -12,6 +13,7 @@ snapshot; health families are a handful of samples built when asked.
 
 from __future__ import annotations
 
+from array import array
 from typing import Dict, Iterable, List, NamedTuple, Sequence, Tuple
 
 from prometheus_client.metrics_core import Metric
@@ -21,25 +23,31 @@ from . import metrics
 from .model import ClusterHealth, LagView, PartitionLag
 
 Labels = Tuple[Tuple[str, str], ...]
-# One sample: the values of its definition's labels, in their order, and its value.
-Row = Tuple[Tuple[str, ...], float]
+# The values of a sample's own labels, in its definition's order.
+LabelValues = Tuple[str, ...]
+
+
+def sample_values(values: Iterable[float] = ()) -> "array[float]":
+    """A column of sample values."""
+    return array("d", values)
 
 
 class Family(NamedTuple):
-    """One metric family of one cluster."""
+    """One metric family of one cluster: sample i has labels[i] and values[i]."""
 
     definition: metrics.MetricDef
     # the cluster's labels, which every sample carries first
     base: Labels
-    rows: List[Row]
+    labels: List[LabelValues]
+    values: "array[float]"
 
     def metric(self) -> Metric:
         """The prometheus_client family with these samples."""
         family = empty_family(self.definition)
         names = self.definition.labels
-        for values, value in self.rows:
+        for own, value in zip(self.labels, self.values):
             labels = dict(self.base)
-            labels.update(zip(names, values))
+            labels.update(zip(names, own))
             family.samples.append(Sample(self.definition.name, labels, value, None, None, None))
         return family
 
@@ -58,49 +66,50 @@ def empty_family(definition: metrics.MetricDef) -> Metric:
 
 
 class _Builder:
-    """Collects the rows of each family of one cluster."""
+    """Collects the samples of each family of one cluster."""
 
     def __init__(self, base: Labels, definitions: Sequence[metrics.MetricDef]) -> None:
         self.families: Families = {
-            definition.name: Family(definition, base, []) for definition in definitions
+            definition.name: Family(definition, base, [], sample_values())
+            for definition in definitions
         }
 
-    def add(self, definition: metrics.MetricDef, values: Tuple[str, ...], value: float) -> None:
+    def add(self, definition: metrics.MetricDef, labels: LabelValues, value: float) -> None:
         family = self.families.get(definition.name)
         if family is not None:  # else not reported at this granularity
-            family.rows.append((values, float(value)))
+            family.labels.append(labels)
+            family.values.append(value)
 
-    def extend(self, definition: metrics.MetricDef, rows: Iterable[Row]) -> None:
+    def extend(self, definition: metrics.MetricDef, labels: Iterable[LabelValues],
+               values: Iterable[float]) -> None:
         family = self.families.get(definition.name)
         if family is not None:
-            family.rows.extend(rows)
-
+            family.labels.extend(labels)
+            family.values.extend(values)
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
 def _partition_rows(builder: _Builder, rows: Sequence[PartitionLag]) -> None:
-    # One list per family, made in one pass each: these are the bulk of the series. The
-    # label tuples of a partition row are shared by its families.
+    # One column pair per family, made in one pass each: these are the bulk of the series.
+    # The label tuples of a partition row are shared by its families.
     ids = [(row.group, row.topic, str(row.partition)) for row in rows]
     member = [key + (row.member.host, row.member.consumer_id, row.member.client_id)
               for key, row in zip(ids, rows)]
-    builder.extend(metrics.GROUP_OFFSET, [
-        (key, float(row.committed)) for key, row in zip(member, rows)])
-    builder.extend(metrics.GROUP_LAG, [(key, float(row.lag)) for key, row in zip(member, rows)])
+    builder.extend(metrics.GROUP_OFFSET, member, [row.committed for row in rows])
+    builder.extend(metrics.GROUP_LAG, member, [row.lag for row in rows])
+    dated = [i for i, row in enumerate(rows) if row.lag_seconds is not None]
     builder.extend(metrics.GROUP_LAG_SECONDS, [
-        (key + (_flag(row.compacted), _flag(row.data_loss)), float(row.lag_seconds))
-        for key, row in zip(member, rows) if row.lag_seconds is not None])
-    builder.extend(metrics.GROUP_MESSAGES_LOST, [
-        (key, float(row.messages_lost)) for key, row in zip(ids, rows)])
-    builder.extend(metrics.GROUP_RETENTION_MARGIN, [
-        (key, float(row.retention_margin)) for key, row in zip(ids, rows)])
-    builder.extend(metrics.GROUP_LAG_RETENTION_RATIO, [
-        (key, float(row.retention_ratio)) for key, row in zip(ids, rows)])
-    builder.extend(metrics.GROUP_OFFSET_OUT_OF_RANGE, [  # present only for such partitions
-        (key, float(row.offset_out_of_range)) for key, row in zip(ids, rows)
-        if row.offset_out_of_range > 0])
+        member[i] + (_flag(rows[i].compacted), _flag(rows[i].data_loss)) for i in dated
+    ], [rows[i].lag_seconds or 0.0 for i in dated])
+    builder.extend(metrics.GROUP_MESSAGES_LOST, ids, [row.messages_lost for row in rows])
+    builder.extend(metrics.GROUP_RETENTION_MARGIN, ids, [row.retention_margin for row in rows])
+    builder.extend(metrics.GROUP_LAG_RETENTION_RATIO, ids, [row.retention_ratio for row in rows])
+    out_of_range = [i for i, row in enumerate(rows) if row.offset_out_of_range > 0]
+    builder.extend(metrics.GROUP_OFFSET_OUT_OF_RANGE,  # present only for such partitions
+                   [ids[i] for i in out_of_range],
+                   [rows[i].offset_out_of_range for i in out_of_range])
 
 
 def _group_rows(builder: _Builder, view: LagView) -> None:
@@ -148,8 +157,9 @@ def lag_families(view: LagView, base: Labels, granularity: metrics.Granularity) 
     )
     for definition, offsets in ((metrics.PARTITION_LATEST_OFFSET, view.latest),
                                 (metrics.PARTITION_EARLIEST_OFFSET, view.earliest)):
-        builder.extend(definition, [((topic, str(partition)), float(offset))
-                                    for (topic, partition), offset in sorted(offsets.items())])
+        ordered = sorted(offsets.items())
+        builder.extend(definition, [(topic, str(partition)) for (topic, partition), _ in ordered],
+                       [offset for _, offset in ordered])
     if granularity is metrics.Granularity.PARTITION:
         _partition_rows(builder, view.partitions)
     _group_rows(builder, view)

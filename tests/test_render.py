@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from klag_collector import metrics, render
 from klag_collector.collector import LagCollector, read_clusters
-from klag_collector.families import Family, empty_family
+from klag_collector.families import Family, empty_family, sample_values
 from klag_collector.model import ClusterData, ClusterHealth, GroupInfo
 from klag_collector.poller import ClusterPoller
 from klag_collector.render import (
@@ -46,9 +46,10 @@ ALL_VARIANTS = [Variant(om, gz) for om in (False, True) for gz in (False, True)]
 
 def fam(name: str, help: str, labels: Sequence[str] = (), rows: Sequence[Any] = (),
         type: str = "gauge", base: Any = ()) -> Family:
-    """A family as families.py builds them: a definition, the cluster's labels, rows."""
+    """A family as families.py builds them: a definition, the cluster's labels, and the
+    columns of `rows` (label values, value)."""
     return Family(metrics.MetricDef(name, help, tuple(labels), type), tuple(base),
-                  [(tuple(values), float(value)) for values, value in rows])
+                  [tuple(values) for values, _ in rows], sample_values(value for _, value in rows))
 
 
 def small_families() -> List[Family]:

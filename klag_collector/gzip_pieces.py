@@ -1,0 +1,77 @@
+"""Text compressed piece by piece, and joined into one gzip body without compressing again.
+
+A render pass keeps each family's sample lines compressed, not as text: 65k series are ~10 MB
+of text and ~250 KB deflated. A piece is raw deflate ended by a sync flush, so it is a run of
+non-final, byte-aligned blocks that refer only to its own bytes; pieces laid end to end, then
+one final empty block, are one valid deflate stream (as pigz joins the blocks it compresses in
+parallel). The gzip trailer's CRC-32 is combined from the pieces' own, so the text is never
+needed again to serve the gzipped body, and a family whose lines did not change is not
+compressed again.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Iterable, List, NamedTuple, Sequence
+
+# Level 1: on this repetitive text it takes half the time of level 6 (54 vs 117 ms for
+# 65k series, 10 MB) for 13% more bytes (245 vs 216 KB), and a pass's CPU matters more.
+LEVEL = 1
+# Raw deflate: the gzip header and trailer are written once per body, not per piece.
+_RAW = -15
+# gzip header: deflate, no name, mtime 0 (as `gzip -n` writes), fastest, unknown OS.
+_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
+# A final block of fixed codes holding only end-of-block: it closes the deflate stream.
+_FINAL_BLOCK = b"\x03\x00"
+_MASK = 0xFFFFFFFF
+
+
+class Piece(NamedTuple):
+    """Some text, deflated, with what the gzip trailer needs to know of it."""
+
+    deflated: bytes
+    crc: int
+    size: int
+
+
+EMPTY = Piece(b"", 0, 0)
+
+
+def deflate(text: bytes) -> Piece:
+    """*text* as a piece (compressed now: blocking, in a worker thread for large text)."""
+    if not text:
+        return EMPTY
+    packer = zlib.compressobj(LEVEL, zlib.DEFLATED, _RAW)
+    return Piece(packer.compress(text) + packer.flush(zlib.Z_SYNC_FLUSH), zlib.crc32(text), len(text))
+
+
+def crc32_combine(first: int, second: int, second_size: int) -> int:
+    """The CRC-32 of two texts one after the other, from the CRC-32 of each.
+
+    The register after a text is affine in the register before it: feeding `second_size`
+    zero bytes to the first text's register moves it past the second text, whose own CRC
+    then adds in (GF(2) sums are XOR).
+    """
+    shifted = zlib.crc32(bytes(second_size), first ^ _MASK) ^ _MASK
+    return shifted ^ second
+
+
+def gzip_body(pieces: Iterable[Piece]) -> bytes:
+    """One gzip member holding the pieces' texts in order."""
+    out: List[bytes] = [_HEADER]
+    crc = 0
+    size = 0
+    for piece in pieces:
+        if piece.size:
+            out.append(piece.deflated)
+            crc = crc32_combine(crc, piece.crc, piece.size)
+            size += piece.size
+    out.append(_FINAL_BLOCK)
+    out.append(struct.pack("<II", crc, size & _MASK))
+    return b"".join(out)
+
+
+def inflate(pieces: Sequence[Piece]) -> List[bytes]:
+    """The pieces' texts, in order."""
+    return [zlib.decompressobj(_RAW).decompress(piece.deflated) for piece in pieces if piece.size]
