@@ -13,6 +13,7 @@ snapshot; health families are a handful of samples built when asked.
 
 from __future__ import annotations
 
+import functools
 from array import array
 from typing import Dict, Iterable, List, NamedTuple, Sequence, Tuple
 
@@ -87,21 +88,27 @@ class _Builder:
             family.labels.extend(labels)
             family.values.extend(values)
 
-def _flag(value: bool) -> str:
-    return "true" if value else "false"
+# A partition's label value, one string per partition number however many rows carry it.
+_partition_label = functools.lru_cache(maxsize=1 << 16)(str)
+
+
+# The compacted and data_loss label values of a row, by (compacted, data_loss).
+_FLAGS = {(compacted, data_loss): ("true" if compacted else "false",
+                                   "true" if data_loss else "false")
+          for compacted in (False, True) for data_loss in (False, True)}
 
 
 def _partition_rows(builder: _Builder, rows: Sequence[PartitionLag]) -> None:
     # One column pair per family, made in one pass each: these are the bulk of the series.
     # The label tuples of a partition row are shared by its families.
-    ids = [(row.group, row.topic, str(row.partition)) for row in rows]
+    ids = [(row.group, row.topic, _partition_label(row.partition)) for row in rows]
     member = [key + (row.member.host, row.member.consumer_id, row.member.client_id)
               for key, row in zip(ids, rows)]
     builder.extend(metrics.GROUP_OFFSET, member, [row.committed for row in rows])
     builder.extend(metrics.GROUP_LAG, member, [row.lag for row in rows])
     dated = [i for i, row in enumerate(rows) if row.lag_seconds is not None]
     builder.extend(metrics.GROUP_LAG_SECONDS, [
-        member[i] + (_flag(rows[i].compacted), _flag(rows[i].data_loss)) for i in dated
+        member[i] + _FLAGS[rows[i].compacted, rows[i].data_loss] for i in dated
     ], [rows[i].lag_seconds or 0.0 for i in dated])
     builder.extend(metrics.GROUP_MESSAGES_LOST, ids, [row.messages_lost for row in rows])
     builder.extend(metrics.GROUP_RETENTION_MARGIN, ids, [row.retention_margin for row in rows])
@@ -130,7 +137,7 @@ def _group_rows(builder: _Builder, view: LagView) -> None:
 def _share_rows(builder: _Builder, view: LagView, granularity: metrics.Granularity) -> None:
     if granularity is metrics.Granularity.PARTITION:
         for row in view.share_partitions:
-            ids = (row.group, row.topic, str(row.partition))
+            ids = (row.group, row.topic, _partition_label(row.partition))
             builder.add(metrics.SHARE_GROUP_START_OFFSET, ids, row.start_offset)
             builder.add(metrics.SHARE_GROUP_LAG, ids, row.lag)
             if row.lag_seconds is not None:
@@ -158,7 +165,8 @@ def lag_families(view: LagView, base: Labels, granularity: metrics.Granularity) 
     for definition, offsets in ((metrics.PARTITION_LATEST_OFFSET, view.latest),
                                 (metrics.PARTITION_EARLIEST_OFFSET, view.earliest)):
         ordered = sorted(offsets.items())
-        builder.extend(definition, [(topic, str(partition)) for (topic, partition), _ in ordered],
+        builder.extend(definition,
+                       [(topic, _partition_label(partition)) for (topic, partition), _ in ordered],
                        [offset for _, offset in ordered])
     if granularity is metrics.Granularity.PARTITION:
         _partition_rows(builder, view.partitions)

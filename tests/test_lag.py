@@ -9,9 +9,7 @@ from hypothesis import strategies as st
 
 from klag_collector.lag import (
     compute_lag,
-    offset_lag,
-    offset_out_of_range,
-    retention_ratio,
+    partition_lag,
     timestamp_requests,
 )
 from klag_collector.record_age import (
@@ -95,8 +93,32 @@ def test_committed_past_the_log_end_is_out_of_range_not_caught_up() -> None:
     assert view.skipped == {}
     assert view.offset_out_of_range_partitions == 1
     assert view.data_loss_partitions == 0
-    assert (offset_lag(120, 100), offset_out_of_range(120, 100)) == (0, 20)
-    assert (offset_out_of_range(100, 100), offset_out_of_range(40, 100)) == (0, 0)
+    figures = [(r.lag, r.offset_out_of_range) for r in (
+        partition_lag("g", ("t", 0), committed, 0, 100, NO_MEMBER, False, None, NOW)
+        for committed in (120, 100, 40))]
+    assert figures == [(0, 20), (0, 0), (60, 0)]
+
+
+offsets = st.integers(min_value=-1, max_value=10**12)
+
+
+@given(offsets, offsets, offsets, st.none() | st.integers(0, NOW_MS * 2) | st.just(CaughtUp(0)))
+def test_partition_lag_holds_the_definitions(committed: int, earliest: int, latest: int,
+                                             record_time: object) -> None:
+    """Every figure of a row as its definition states it, whatever the offsets."""
+    stamps = {("t", 0, max(committed, earliest)): record_time}
+    r = partition_lag("g", ("t", 0), committed, earliest, latest, NO_MEMBER, True, stamps, NOW)
+    assert r.lag == max(0, latest - committed)
+    assert r.offset_out_of_range == max(0, committed - latest)
+    assert r.messages_lost == max(0, earliest - committed)
+    assert r.retention_margin == committed - earliest
+    retained = latest - earliest
+    assert r.retention_ratio == (r.lag * 100.0 / retained if retained > 0 else 0.0)
+    assert r.data_loss is (committed < earliest) and r.compacted is True
+    if r.offset_out_of_range:
+        assert r.lag_seconds is None
+    else:
+        assert r.lag_seconds == time_lag(r.lag, record_time, NOW)  # type: ignore[arg-type]
 
 
 def test_out_of_range_is_computed_with_sampling_off() -> None:
@@ -278,7 +300,7 @@ def test_retention_ratio_is_zero_when_nothing_is_retained() -> None:
     r = row(compute_lag(data, None, NOW), "g", "t", 0)
     assert r.lag == 40
     assert r.retention_ratio == 0.0
-    assert retention_ratio(7, 10, 5) == 0.0
+    assert partition_lag("g", ("t", 0), 3, 10, 5, NO_MEMBER, False, None, NOW).retention_ratio == 0.0
 
 
 def test_compaction_flag_comes_from_compacted_topics() -> None:
