@@ -10,6 +10,7 @@ Every method here blocks and must run in a worker thread, never on the reactor.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import (
@@ -303,8 +304,11 @@ class AdminReads:
                     raw.update(self._admin.list_group_offsets([name]))
                 except BrokerResponseError:
                     unavailable.append(name)
+        # Each group's answer decodes topic names of its own: interned, every row of a topic
+        # (and every label tuple made from them) shares one string.
+        intern = sys.intern
         by_group = {
-            name: {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+            name: {(intern(tp.topic), tp.partition): meta.offset for tp, meta in offsets.items()}
             for name, offsets in raw.items()
         }
         return CommittedOffsets(by_group=by_group, unavailable=tuple(unavailable))
