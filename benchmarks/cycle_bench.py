@@ -226,6 +226,14 @@ class Exporter:
         self.config = parse_config(config_text, "<bench>", "toml")
         self.port = self.config.exporter.http_port
         self.svc = make_service(self.config, reactor)
+        # The interpreter as klag-collector sets it up for itself, where the checkout does.
+        try:
+            from klag_collector import interpreter
+        except ImportError:
+            seams["interpreter"] = "Python's defaults (the checkout has no interpreter.tune)"
+        else:
+            interpreter.tune()
+            seams["interpreter"] = "interpreter.tune(), as klag-collector runs"
         self.poller = find_poller(self.svc, seams)
         # No public seam tells when a render pass is done: the renderer's when_rendered is
         # used while it exists, else the bench waits for the exporter's pools to go idle.

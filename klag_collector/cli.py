@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable, List, Optional, Sequence, cast
 
-from . import __version__
+from . import __version__, interpreter
 from .config import Config, load_config
 from .errors import ConfigError
 from .logs import JSON, LEVELS, TEXT, start_logging
@@ -124,6 +124,7 @@ def run_forever(config: Config) -> int:
 
     log = Logger(namespace="klag_collector")
     svc = make_service(config, reactor)
+    interpreter.tune()
     try:
         # Listen before the reactor runs, as twistd does: a taken port is then one line and
         # exit 1, before any poller has contacted Kafka.

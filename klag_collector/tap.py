@@ -14,6 +14,7 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
+from . import interpreter
 from .config import load_config
 from .errors import ConfigError
 from .logs import quiet_kafka_python
@@ -102,4 +103,6 @@ def makeService(options: Options) -> service.IService:
     endpoint: Any = None
     if options["listen"]:
         endpoint = endpoints.serverFromString(reactor, options["listen"])
-    return TwistdService(make_service(options["parsed"], reactor, endpoint=endpoint), reactor)
+    made = make_service(options["parsed"], reactor, endpoint=endpoint)
+    interpreter.tune()
+    return TwistdService(made, reactor)
