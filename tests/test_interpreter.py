@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -16,8 +17,9 @@ _PROBE = """
 import gc, json, sys
 from klag_collector import interpreter
 before = [sys.getswitchinterval(), list(gc.get_threshold()), gc.get_freeze_count()]
-interpreter.tune()
-print(json.dumps([before, [sys.getswitchinterval(), list(gc.get_threshold()), gc.get_freeze_count()]]))
+tuned = interpreter.tune()
+print(json.dumps([before, [sys.getswitchinterval(), list(gc.get_threshold()), gc.get_freeze_count()],
+                  tuned.malloc_arenas]))
 """
 
 
@@ -25,8 +27,11 @@ print(json.dumps([before, [sys.getswitchinterval(), list(gc.get_threshold()), gc
 def test_tune_shortens_the_switch_interval_and_freezes_what_is_alive() -> None:
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env_with_repo(), capture_output=True,
                          text=True, check=True, timeout=60).stdout
-    (interval, threshold, frozen), (tuned_interval, tuned_threshold, tuned_frozen) = json.loads(out)
+    before, after, arenas = json.loads(out)
+    (interval, threshold, frozen), (tuned_interval, tuned_threshold, tuned_frozen) = before, after
     assert interval == 0.005 and tuned_interval == interpreter.SWITCH_INTERVAL
     assert tuned_threshold == [interpreter.YOUNG_THRESHOLD, threshold[1], threshold[2]]
     # The modules imported so far moved to the permanent generation.
     assert frozen == 0 and tuned_frozen > 1000
+    if platform.libc_ver()[0] == "glibc":
+        assert arenas == interpreter.MALLOC_ARENAS
