@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Callable, List, Optional, Sequence, cast
 
 from . import __version__, interpreter
-from .config import Config, load_config
+from .config import Config, ShardingConfig, ShardMode, load_config
 from .errors import ConfigError
 from .logs import JSON, LEVELS, TEXT, start_logging
 
@@ -48,6 +49,8 @@ def summary(config: Config) -> str:
             else "off"
         ),
     ]
+    if exporter.sharding is not None:
+        lines.append("sharding: " + sharding_summary(exporter.sharding))
     for cluster in config.clusters:
         labels = ", ".join(f"{name}={value}" for name, value in cluster.labels.items()) or "none"
         security = cluster.kafka_args.get("security_protocol", "PLAINTEXT")
@@ -60,6 +63,16 @@ def summary(config: Config) -> str:
             "ignored (klag-exporter keys with no effect here): " + ", ".join(config.ignored_keys)
         )
     return "\n".join(lines)
+
+
+def sharding_summary(sharding: ShardingConfig) -> str:
+    """The --check line of [exporter.sharding]."""
+    if sharding.mode is ShardMode.STATIC:
+        return f"static, shard {sharding.shard} of {sharding.shards}"
+    where = (f"on cluster {sharding.coordination_cluster}" if sharding.coordination_cluster
+             else "on each cluster")
+    return (f"kafka, {sharding.shards} shards, group {sharding.coordination_group} and topic "
+            f"{sharding.coordination_topic} {where}, session {sharding.session_timeout:g}s")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -78,7 +91,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # --once prints its result on stdout; progress lines would only get in the way.
     start_logging(args.log_level or ("warn" if args.once else "info"), args.log_format)
     if args.once:
-        sys.exit(run_once(config, args.format))
+        # A one-shot run joins no coordination group: it reads the whole of every cluster.
+        whole = dataclasses.replace(config.exporter, sharding=None)
+        sys.exit(run_once(dataclasses.replace(config, exporter=whole), args.format))
     sys.exit(run_forever(config))
 
 

@@ -19,6 +19,7 @@ from . import metrics
 from .families import Families, Labels, empty_family, health_families, merge
 from .model import ClusterHealth
 from .poller import ClusterPoller, ClusterSnapshot, ClusterState
+from .shard_poller import ShardReport, shard_report
 
 
 class ClusterReport(NamedTuple):
@@ -31,10 +32,15 @@ class ClusterReport(NamedTuple):
     snapshot: Optional[ClusterSnapshot]
     # starting | ok | failing | stale, as /ready and the status page show it.
     state: ClusterState
+    # With [exporter.sharding]: the shards the replica owns, and whether it collected them.
+    sharding: Optional[ShardReport] = None
 
     def health_families(self) -> Families:
         """The cluster's own families: up is 1 only while a snapshot is reported."""
-        return health_families(self.health, self.base_labels, self.snapshot is not None)
+        found = health_families(self.health, self.base_labels, self.snapshot is not None)
+        if self.sharding is not None:
+            found.update(self.sharding.families(self.base_labels))
+        return found
 
 
 def read_clusters(pollers: Sequence[ClusterPoller], now: float) -> Tuple[ClusterReport, ...]:
@@ -42,7 +48,7 @@ def read_clusters(pollers: Sequence[ClusterPoller], now: float) -> Tuple[Cluster
     return tuple(
         ClusterReport(
             poller.name, poller.base_labels, poller.health, poller.fresh_snapshot(now),
-            poller.state(now),
+            poller.state(now), shard_report(poller, now),
         )
         for poller in pollers
     )

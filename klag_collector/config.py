@@ -30,6 +30,7 @@ from klag_collector.durations import parse_duration
 from klag_collector.envsubst import interpolate
 from klag_collector.errors import ConfigError
 from klag_collector.metrics import BUILTIN_LABELS, Granularity
+from klag_collector.sharding import Shards, parse_static_shard
 
 __all__ = [
     "ClusterConfig",
@@ -38,6 +39,8 @@ __all__ = [
     "NameFilter",
     "OtelConfig",
     "Performance",
+    "ShardMode",
+    "ShardingConfig",
     "TimestampSampling",
     "load_config",
     "parse_config",
@@ -99,6 +102,31 @@ class OtelConfig:
     export_interval: float = 60.0
 
 
+class ShardMode(str, enum.Enum):
+    """``exporter.sharding.mode``: how replicas share a cluster's groups."""
+
+    # through a Kafka consumer group of the replicas (the coordination group)
+    KAFKA = "kafka"
+    # a fixed shard "i/n" per replica, no coordination
+    STATIC = "static"
+
+
+@dataclass(frozen=True)
+class ShardingConfig:
+    """``[exporter.sharding]``: several replicas share each cluster's groups (see sharding)."""
+
+    mode: ShardMode
+    # shards in all: the coordination topic's partitions, or the n of a static "i/n"
+    shards: int = 64
+    # static: the one shard this replica reports (the i of "i/n")
+    shard: Optional[int] = None
+    coordination_group: str = "klag-collector"
+    coordination_topic: str = "__klag_collector_shards"
+    # the [[clusters]] entry hosting every cluster's coordination; None: each its own
+    coordination_cluster: Optional[str] = None
+    session_timeout: float = 10.0
+
+
 class ReadyRequires(str, enum.Enum):
     """``ready_requires``: which clusters /ready needs fresh (a str: it equals its value)."""
 
@@ -124,6 +152,8 @@ class ExporterConfig:
     otel: OtelConfig = OtelConfig()
     # POST /-/reload re-reads the config file; off, the path is unknown (404).
     enable_reload_endpoint: bool = False
+    # None: one replica reports everything
+    sharding: Optional[ShardingConfig] = None
 
 
 class _KafkaArgs(FrozenMap[Any]):
@@ -206,7 +236,7 @@ _EXPORTER_KEYS = (
     "poll_interval", "http_host", "http_port", "granularity", "staleness_threshold",
     "ready_requires", "http_max_connections", "http_header_timeout",
     "timestamp_sampling", "performance", "otel", "leadership",
-    "enable_reload_endpoint",
+    "enable_reload_endpoint", "sharding",
 )
 # How a table's keys are read: key -> (Reader method, its extra arguments), in reading order.
 _Readers = Dict[str, Tuple[str, Tuple[Any, ...]]]
@@ -227,6 +257,16 @@ _OTEL: _Readers = {
     "protocol": ("member", (OtelProtocol,)),
     "export_interval": ("duration", ()),
 }
+# The keys of [exporter.sharding] besides `mode`, by the mode they belong to.
+_SHARDING_KEYS: Dict[ShardMode, Tuple[str, ...]] = {
+    ShardMode.KAFKA: ("shards", "coordination_group", "coordination_topic",
+                      "coordination_cluster", "session_timeout"),
+    ShardMode.STATIC: ("shard",),
+}
+# The coordination topic has a partition per shard; more would only slow its rebalances.
+MAX_SHARDS = 1024
+# What Kafka allows in a topic name (kafka.common.internals.Topic).
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _CLUSTER_KEYS = (
     "name", "bootstrap_servers", "group_whitelist", "group_blacklist", "topic_whitelist",
     "topic_blacklist", "consumer_properties", "labels", "aws_msk_iam",
@@ -300,6 +340,9 @@ def _build(reader: Reader, tree: Any) -> Config:
             reader.fail(f"clusters[{i}].name", f"duplicate cluster name (also {first})")
         seen[cluster.name] = i
         clusters.append(cluster)
+    coordination = exporter.sharding and exporter.sharding.coordination_cluster
+    if coordination and coordination not in seen:
+        reader.fail("exporter.sharding.coordination_cluster", "names no [[clusters]] entry")
     return Config(reader.source, exporter, tuple(clusters), tuple(reader.ignored))
 
 
@@ -326,7 +369,9 @@ def _exporter(reader: Reader, raw: Any) -> ExporterConfig:
     leadership = _section(reader, section.table.get("leadership"), "exporter.leadership", ())
     if leadership.table.get("enabled"):
         reader.fail(
-            "exporter.leadership.enabled", "leader election is not supported; run one replica"
+            "exporter.leadership.enabled",
+            "leader election is not supported; several replicas share the work with "
+            "[exporter.sharding] instead"
         )
     return ExporterConfig(
         poll_interval=poll,
@@ -355,7 +400,54 @@ def _exporter(reader: Reader, raw: Any) -> ExporterConfig:
         enable_reload_endpoint=section.get(
             "enable_reload_endpoint", defaults.enable_reload_endpoint, reader.boolean
         ),
+        sharding=_sharding(reader, section.table.get("sharding")),
     )
+
+
+def _sharding(reader: Reader, raw: Any) -> Optional[ShardingConfig]:
+    """``[exporter.sharding]``, each key allowed only in the mode it belongs to."""
+    if raw is None:
+        return None
+    path = "exporter.sharding"
+    keys = ("mode",) + tuple(key for mode_keys in _SHARDING_KEYS.values() for key in mode_keys)
+    section = Section(reader, reader.table(raw, path, keys), path)
+    if "mode" not in section.table:
+        reader.fail(f"{path}.mode", 'required key is missing ("kafka" or "static")')
+    mode: ShardMode = section.get("mode", None, reader.member, ShardMode)
+    for key in section.table:
+        if key != "mode" and key not in _SHARDING_KEYS[mode]:
+            reader.fail(join(path, key), f'is not a key of mode = "{mode.value}"')
+    if mode is ShardMode.STATIC:
+        if "shard" not in section.table:
+            reader.fail(f"{path}.shard", 'required with mode = "static" ("i/n")')
+        static: Shards = section.get("shard", None, _static_shard, reader)
+        return ShardingConfig(mode, shards=static.count, shard=min(static.owned))
+    defaults = ShardingConfig(mode)
+    return ShardingConfig(
+        mode,
+        shards=section.get("shards", defaults.shards, reader.integer, 1, MAX_SHARDS),
+        coordination_group=section.get(
+            "coordination_group", defaults.coordination_group, reader.string),
+        coordination_topic=section.get(
+            "coordination_topic", defaults.coordination_topic, _topic_name, reader),
+        coordination_cluster=section.get("coordination_cluster", None, reader.string),
+        session_timeout=section.get(
+            "session_timeout", defaults.session_timeout, reader.duration, 1.0),
+    )
+
+
+def _static_shard(value: Any, path: str, reader: Reader) -> Shards:
+    shards = parse_static_shard(reader.string(value, path))
+    if shards is None:
+        reader.fail(path, 'must be "i/n": this replica\'s shard i of n shards, 0 <= i < n')
+    return shards
+
+
+def _topic_name(value: Any, path: str, reader: Reader) -> str:
+    name = reader.string(value, path)
+    if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        reader.fail(path, "is not a Kafka topic name (up to 249 of a-z A-Z 0-9 . _ -)")
+    return name
 
 
 _T = TypeVar("_T")

@@ -11,11 +11,12 @@ from typing import Dict, FrozenSet, List, Mapping, Optional
 
 from twisted.logger import Logger
 
-from . import selection
+from . import selection, sharding
 from .config import ClusterConfig, Performance
 from .kafka_io import KafkaIO
 from .model import ClusterData, ClusterRead, GroupDescriptions, RecordKey
 from .record_age import RecordTime
+from .sharding import G, ShardScope, Shards
 from .timestamps import FetchItem
 
 
@@ -24,8 +25,12 @@ class KafkaSource:
 
     log = Logger()
 
-    def __init__(self, cluster: ClusterConfig, performance: Performance) -> None:
+    def __init__(
+        self, cluster: ClusterConfig, performance: Performance, scope: Optional[ShardScope] = None
+    ) -> None:
         self.cluster = cluster
+        # Sharded: each read asks only about the groups of the shards the scope names now.
+        self._scope = scope
         self._kafka = KafkaIO(cluster.bootstrap_servers, cluster.kafka_args, performance)
         self._cleanup_policies = selection.CleanupPolicyCache(
             performance.compacted_topics_cache_ttl
@@ -35,17 +40,22 @@ class KafkaSource:
 
     def read(self, now: float) -> ClusterData:
         """Steps 1 to 5 of a collection cycle; committed offsets are read before watermarks."""
+        shards = self._scope.for_read() if self._scope is not None else None
         kafka = self._kafka.admin_reads()
         every = kafka.listed_groups()
-        listed = selection.groups_to_describe(every, self.cluster.groups)
+        listed = _owned(selection.groups_to_describe(every, self.cluster.groups), shards)
         groups = kafka.describe_groups(listed)
         share = kafka.read_share_groups(
-            selection.share_groups_to_describe(every, self.cluster.groups)
+            _owned(selection.share_groups_to_describe(every, self.cluster.groups), shards)
         )
         self._log_failures(groups, share.failed)
         offsets = kafka.committed_offsets(selection.offset_groups(groups))
         topics = kafka.describe_topics()
-        watermarks = kafka.watermarks(selection.watermark_partitions(topics, self.cluster.topics))
+        partitions = selection.watermark_partitions(topics, self.cluster.topics)
+        if shards is not None:
+            needed = sharding.consumed_partitions(offsets.by_group, share.offsets)
+            partitions = sharding.partitions_to_read(partitions, shards, needed)
+        watermarks = kafka.watermarks(partitions)
         read = ClusterRead(
             groups=groups,
             offsets=offsets,
@@ -88,3 +98,8 @@ class KafkaSource:
     def reset(self) -> None:
         """Drop the clients after a failure, so the next cycle reconnects from scratch."""
         self._kafka.reset()
+
+
+def _owned(groups: List[G], shards: Optional[Shards]) -> List[G]:
+    """The groups a read asks about: all of them unsharded, else those of its shards."""
+    return groups if shards is None else sharding.owned_groups(groups, shards)

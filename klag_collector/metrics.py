@@ -275,6 +275,16 @@ TIMESTAMP_FETCH_ERRORS = _d(
     "Batched timestamp fetches that failed.",
     type="counter",
 )
+SHARDS_OWNED = _d(
+    "kafka_lag_exporter_shards_owned",
+    "Shards of the cluster's groups this replica reports now ([exporter.sharding]); "
+    "sum() across replicas is the shard count.",
+)
+REBALANCES = _d(
+    "kafka_lag_exporter_rebalances_total",
+    "Rebalances of the coordination group this replica took part in since it started.",
+    type="counter",
+)
 
 # Lag families, in exposition order.
 LAG_FAMILIES = (
@@ -321,7 +331,10 @@ HEALTH_FAMILIES = (
     TIMESTAMP_FETCH_ERRORS,
 )
 
-ALL_FAMILIES = LAG_FAMILIES + HEALTH_FAMILIES
+# A sharded replica's own families ([exporter.sharding]), reported like the health families.
+SHARDING_FAMILIES = (SHARDS_OWNED, REBALANCES)
+
+ALL_FAMILIES = LAG_FAMILIES + HEALTH_FAMILIES + SHARDING_FAMILIES
 
 # Every label name the exporter itself sets; custom cluster labels may not reuse them.
 BUILTIN_LABELS = frozenset({CLUSTER}.union(*(d.labels for d in ALL_FAMILIES)))

@@ -25,8 +25,10 @@ from zope.interface import implementer
 from . import __version__
 from .collector import ClusterReport, LagCollector, read_clusters
 from .config import (
-    ClusterConfig, Config, ExporterConfig, OtelConfig, Performance, load_config,
+    ClusterConfig, Config, ExporterConfig, OtelConfig, Performance, ShardingConfig, ShardMode,
+    load_config,
 )
+from .coordination import ShardMember, first_membership
 from .errors import ConfigError, describe_error
 from .http_channel import GuardedSite, HttpLimits, raise_open_file_limit
 from .kafka_source import KafkaSource
@@ -34,6 +36,8 @@ from .poller import ClusterPoller, Source
 from .reload import ReloadPlan, ReloadResult, describe_plan, plan_reload
 from .reload_triggers import RELOAD_PARENT, ReloadResource
 from .render import MetricsRenderer, Rendered
+from .shard_poller import ShardedPoller
+from .sharding import ShardScope
 from .web import MetricsResource, make_root
 
 
@@ -127,8 +131,9 @@ class QuietSite(GuardedSite):
         pass
 
 
-# Builds a cluster's Kafka edge from its config and the exporter's performance settings.
-SourceFactory = Callable[[ClusterConfig, Performance], Source]
+# Builds a cluster's Kafka edge from its config and the exporter's performance settings;
+# with [exporter.sharding] also given `scope=`, the ShardScope its reads are for.
+SourceFactory = Callable[..., Source]
 
 
 class _DaemonThread(threading.Thread):
@@ -183,9 +188,15 @@ class KlagService(service.MultiService):
         render_pool = ThreadPool(minthreads=0, maxthreads=1, name="klag-render")
         self._pools: List[ThreadPool] = [render_pool]
         # A child service of its own, so that pollers a reload adds still stop after the site.
+        # The coordination members (mode = "kafka") stop after the pollers, which stop after
+        # the site.
+        self._coordination = service.MultiService()
+        if exporter.sharding is not None and exporter.sharding.mode is ShardMode.KAFKA:
+            self._coordination.setServiceParent(self)
+        self._members: Dict[str, ShardMember] = {}
         self._clusters = service.MultiService()
         self._clusters.setServiceParent(self)
-        self._pool_of: Dict[ClusterPoller, ThreadPool] = {}
+        self._pool_of: Dict[service.IService, ThreadPool] = {}
         # Pollers a reload took out, until they and their threads have stopped.
         self._retiring: Set["defer.Deferred[None]"] = set()
         self._reload_lock = defer.DeferredLock()
@@ -193,10 +204,11 @@ class KlagService(service.MultiService):
         made = [self._new_poller(cluster, exporter) for cluster in config.clusters]
         self._pollers: List[ClusterPoller] = [poller for poller, _ in made]
         for poller, pool in made:
-            self._attach(poller, pool)
+            self._attach(poller, pool, self._clusters)
         self._renderer = MetricsRenderer(
             self._pollers, exporter.granularity, reactor, self._runner(render_pool)
         )
+        self._sync_members()
         #: A prometheus_client Collector over the snapshots, for a host's own registry.
         self.collector = LagCollector(self._pollers, exporter.granularity, reactor)
         #: The exporter's HTTP tree: /metrics, /health, /ready and the status page at /.
@@ -226,27 +238,59 @@ class KlagService(service.MultiService):
     ) -> Tuple[ClusterPoller, ThreadPool]:
         """A poller and its own thread pool, neither started nor attached yet."""
         # Room for every concurrent timestamp fetch, plus the cycle's own read.
-        pool = ThreadPool(
-            minthreads=0,
-            maxthreads=exporter.timestamp_sampling.max_concurrent_fetches + 2,
-            name=f"klag-{cluster.name}",
-        )
-        # A worker still blocked after its clients were closed must not hold the process
-        # past its stop: every kafka-python wait fails on close, this is the safety net.
-        pool.threadFactory = _DaemonThread
-        poller = ClusterPoller(
-            cluster, exporter, self._source_factory(cluster, exporter.performance),
-            self._reactor, self._runner(pool), on_change=self._data_changed,
-        )
-        return poller, pool
+        pool = _pool(exporter.timestamp_sampling.max_concurrent_fetches + 2, cluster.name)
+        run = self._runner(pool)
+        sharding = exporter.sharding
+        if sharding is None:
+            source = self._source_factory(cluster, exporter.performance)
+            return ClusterPoller(cluster, exporter, source, self._reactor, run,
+                                 on_change=self._data_changed), pool
+        membership = first_membership(sharding)
+        scope = ShardScope(membership.shards)
+        source = self._source_factory(cluster, exporter.performance, scope=scope)
+        return ShardedPoller(cluster, exporter, source, self._reactor, run, scope, membership,
+                             on_change=self._data_changed), pool
 
-    def _attach(self, poller: ClusterPoller, pool: ThreadPool) -> None:
-        """Run the poller with the service: now, if the service is running."""
-        self._pool_of[poller] = pool
+    def _attach(
+        self, child: service.IService, pool: ThreadPool, parent: service.MultiService
+    ) -> None:
+        """Run a poller (or member) with the service: now, if the service is running."""
+        self._pool_of[child] = pool
         self._pools.append(pool)
         if self.running:
             pool.start()
-        poller.setServiceParent(self._clusters)
+        child.setServiceParent(parent)
+
+    def _sync_members(self) -> None:
+        """One coordination member per cluster hosting a coordination, each poller following
+        its own (mode = "kafka"); after a reload, members whose host changed are replaced."""
+        sharding = self.config.exporter.sharding
+        if sharding is None or sharding.mode is not ShardMode.KAFKA:
+            return
+        entries = {cluster.name: cluster for cluster in self.config.clusters}
+        pollers = [p for p in self._pollers if isinstance(p, ShardedPoller)]
+        host_of = {p.name: entries[sharding.coordination_cluster or p.name] for p in pollers}
+        hosts = {host.name: host for host in host_of.values()}
+        for name, member in list(self._members.items()):
+            if hosts.get(name) != member.cluster:
+                self._retire(self._members.pop(name))
+        for name, host in hosts.items():
+            if name not in self._members:
+                self._members[name] = self._new_member(host, sharding)
+        for member in self._members.values():
+            member.followers = []
+        for poller in pollers:
+            member = self._members[host_of[poller.name].name]
+            member.followers.append(poller.follow)
+            poller.follow(member.membership)
+
+    def _new_member(self, host: ClusterConfig, sharding: ShardingConfig) -> ShardMember:
+        """A coordination member on *host*, with a thread of its own, attached."""
+        pool = _pool(1, f"shards-{host.name}")
+        member = ShardMember(host, sharding, self._reactor, self._runner(pool),
+                             self._reactor.callFromThread)
+        self._attach(member, pool, self._coordination)
+        return member
 
     def _data_changed(self) -> None:
         # A method, not the renderer's own: the pollers are made before the renderer reading them.
@@ -402,26 +446,37 @@ class KlagService(service.MultiService):
         self.collector.pollers = list(self._pollers)
         self.config = plan.config
         for poller, pool in made.values():
-            self._attach(poller, pool)
+            self._attach(poller, pool, self._clusters)
+        self._sync_members()
         self._renderer.invalidate()
 
-    def _retire(self, poller: ClusterPoller) -> None:
-        """Stop a poller a reload took out, then its threads; stopService waits for both."""
-        pool = self._pool_of.pop(poller)
+    def _retire(self, child: service.IService) -> None:
+        """Stop a poller (or member) a reload took out, then its threads; stopService waits
+        for both."""
+        pool = self._pool_of.pop(child)
         self._pools.remove(pool)
         running = self.running
         # Its name is free at once, for a replacing poller; the stop may take a cycle's end.
-        stopping = defer.maybeDeferred(poller.disownServiceParent)
+        stopping = defer.maybeDeferred(child.disownServiceParent)
 
         def stop_threads(outcome: Any) -> Any:
             if isinstance(outcome, Failure):
-                log.failure("cluster {cluster}: stopping its poller failed", outcome,
-                            cluster=poller.name)
+                log.failure("cluster {cluster}: stopping its {what} failed", outcome,
+                            cluster=child.name, what=type(child).__name__)
             return self._stop_pools([pool]) if running else None
 
         stopping.addBoth(stop_threads)
         self._retiring.add(stopping)
         stopping.addBoth(lambda _: self._retiring.discard(stopping))
+
+
+def _pool(threads: int, name: str) -> ThreadPool:
+    """A thread pool of daemon threads for one poller or member, not started."""
+    pool = ThreadPool(minthreads=0, maxthreads=threads, name=f"klag-{name}")
+    # A worker still blocked after its clients were closed must not hold the process
+    # past its stop: every kafka-python wait fails on close, this is the safety net.
+    pool.threadFactory = _DaemonThread
+    return pool
 
 
 def make_service(
@@ -444,6 +499,8 @@ def make_service(
     :param source_factory: called with each cluster's ClusterConfig and the exporter's
         Performance settings, returns that cluster's Kafka edge (read, fetch_timestamps,
         reset); the default reads Kafka with kafka-python. Tests pass in-memory sources.
+        With [exporter.sharding] it is also given `scope=`, a sharding.ShardScope whose
+        `for_read()` says, at each read, which shards the read is for.
     :returns: the service, not started. Besides the IService methods (setServiceParent,
         startService, stopService, ...) it offers `collector`, a prometheus_client
         Collector over the snapshots; `root`, the HTTP tree (/metrics, /health, /ready and

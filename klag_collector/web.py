@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from .config import ReadyRequires
 from .poller import ClusterPoller
+from .shard_poller import ShardReport, shard_report
 from .render import OPENMETRICS_TYPE, TEXT_TYPE, MetricsRenderer, Variant
 
 log = Logger()
@@ -184,19 +185,42 @@ class HealthResource(_Leaf):
 def cluster_status(poller: ClusterPoller, now: float) -> Dict[str, Any]:
     """One cluster's entry in /ready."""
     health = poller.health
-    return {
+    status: Dict[str, Any] = {
         "state": poller.state(now),
         "last_success": health.last_success,
         "consecutive_failures": health.consecutive_failures,
         "last_error": health.last_error,
         "next_attempt_in": poller.next_attempt_in(now),
     }
+    report = shard_report(poller, now)
+    if report is not None:
+        status["sharding"] = sharding_status(report)
+    return status
+
+
+def sharding_status(report: ShardReport) -> Dict[str, Any]:
+    """A sharded cluster's `sharding` entry in /ready: which shards this replica owns."""
+    membership = report.membership
+    return {
+        "state": membership.state,
+        "shards": membership.shards.count,
+        "owned": sorted(membership.shards.owned),
+        "collected": report.collected,
+        "rebalances": membership.rebalances,
+        "error": membership.error,
+    }
+
+
+def cluster_ready(poller: ClusterPoller, now: float) -> bool:
+    """Fresh data; sharded, also a member that collected every shard it owns."""
+    report = shard_report(poller, now)
+    return poller.fresh_snapshot(now) is not None if report is None else report.collected
 
 
 def is_ready(pollers: Sequence[ClusterPoller], requires: ReadyRequires, now: float) -> bool:
-    """Ready when any (or, with ReadyRequires.ALL, every) cluster has fresh data."""
-    fresh = [poller.fresh_snapshot(now) is not None for poller in pollers]
-    return all(fresh) if requires is ReadyRequires.ALL else any(fresh)
+    """Ready when any (or, with ReadyRequires.ALL, every) cluster is ready (cluster_ready)."""
+    ready = [cluster_ready(poller, now) for poller in pollers]
+    return all(ready) if requires is ReadyRequires.ALL else any(ready)
 
 
 class ReadyResource(_Leaf):

@@ -303,6 +303,22 @@ def test_dashboard_has_cluster_group_topic_variables(dashboard):
         variables["group"]["definition"])
 
 
+REPLICA_PANELS = {"Shards Owned per Replica", "Rebalances"}
+
+
+def test_dashboard_aggregates_across_sharded_replicas(dashboard):
+    """With [exporter.sharding] a group's series come from whichever replica owns its shard:
+    every query aggregates, keeping no replica label (instance, pod) but in the panels about
+    the replicas themselves, which show the shards each owns."""
+    for title, expr in queries(dashboard):
+        assert re.match(r"(sum|max|min|count)\b", expr), (title, expr)
+        kept = set().union(*(set(re.split(r",\s*", g)) for g in re.findall(r"by \(([^)]*)\)", expr)))
+        replica_labels = kept & {"instance", "pod"}
+        assert not replica_labels or title in REPLICA_PANELS, (title, expr)
+    named = set().union(*(metric_names(expr) for _, expr in queries(dashboard)))
+    assert {metrics.SHARDS_OWNED.name, metrics.REBALANCES.name} <= named
+
+
 VAR_RE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 
 
@@ -432,15 +448,20 @@ def test_alert_unit_tests_fire_and_stay_quiet_for_every_alert():
 # --- Kubernetes -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def k8s() -> Dict[str, Dict[str, Any]]:
+def manifests(directory: Path) -> Dict[str, Dict[str, Any]]:
+    """The manifests of the YAML files in *directory* (not below it), by kind."""
     docs: Dict[str, Dict[str, Any]] = {}
-    for path in sorted(K8S_DIR.glob("*.yaml")):
+    for path in sorted(directory.glob("*.yaml")):
         with path.open() as f:
             for doc in yaml.safe_load_all(f):
                 if doc:
                     docs[doc["kind"]] = doc
     return docs
+
+
+@pytest.fixture(scope="module")
+def k8s() -> Dict[str, Dict[str, Any]]:
+    return manifests(K8S_DIR)
 
 
 def test_k8s_manifests_parse_with_every_kind(k8s):
@@ -493,6 +514,78 @@ def test_k8s_pod_runs_as_the_image_user_without_privileges(k8s):
     sc = pod["containers"][0]["securityContext"]
     assert sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                   "capabilities": {"drop": ["ALL"]}}
+
+
+# --- Kubernetes, scaled out ---------------------------------------------------------
+
+SHARDED_DIR = K8S_DIR / "sharded"
+
+
+@pytest.fixture(scope="module")
+def sharded() -> Dict[str, Dict[str, Any]]:
+    return manifests(SHARDED_DIR)
+
+
+def test_k8s_sharded_manifests_are_a_stateful_set_scraped_pod_by_pod(sharded):
+    """sharded/ holds a ConfigMap, a StatefulSet of several replicas, its headless Service and a
+    PodMonitor, all listed in its kustomization."""
+    assert set(sharded) == {"ConfigMap", "StatefulSet", "Service", "PodMonitor", "Kustomization"}
+    listed = set(sharded["Kustomization"]["resources"])
+    assert listed == {p.name for p in SHARDED_DIR.glob("*.yaml")} - {"kustomization.yaml"}
+    spec = sharded["StatefulSet"]["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["serviceName"] == sharded["Service"]["metadata"]["name"]
+    assert sharded["Service"]["spec"]["clusterIP"] == "None"
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= pod_labels.items()
+    monitor = sharded["PodMonitor"]["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= pod_labels.items()
+    [endpoint] = monitor["podMetricsEndpoints"]
+    [container] = spec["template"]["spec"]["containers"]
+    assert (endpoint["port"], endpoint["path"]) == (container["ports"][0]["name"], "/metrics")
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+
+
+def test_k8s_sharded_config_shares_the_groups_through_kafka(sharded, tmp_path):
+    """Its config loads with mode = "kafka" on the container's port, mounted where args read it;
+    the static alternative it describes loads too, with the pod's ordinal as its shard."""
+    from klag_collector.config import ShardMode
+
+    text = sharded["ConfigMap"]["data"]["config.toml"]
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    config = load_config(str(path), environ={})
+    assert config.exporter.sharding is not None
+    assert config.exporter.sharding.mode is ShardMode.KAFKA
+    pod = sharded["StatefulSet"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["ports"][0]["containerPort"] == config.exporter.http_port
+    assert container["args"][:2] == ["-c", "/etc/klag/config.toml"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "config"]
+    assert volume["configMap"]["name"] == sharded["ConfigMap"]["metadata"]["name"]
+    replicas = sharded["StatefulSet"]["spec"]["replicas"]
+    # The commented alternative, as the table's only keys.
+    keys = re.findall(r"^\s*# ((?:mode|shard) = .*)$", text, re.M)
+    assert keys == ['mode = "static"', 'shard = "${POD_INDEX}/3"']
+    static = re.sub(r"\[exporter\.sharding\]\n.*?(?=\n\s*\[)",
+                    "[exporter.sharding]\n" + "\n".join(keys), text, flags=re.S)
+    path.write_text(static)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    sharding = load_config(str(path), environ={"POD_INDEX": "2"}).exporter.sharding
+    assert sharding is not None
+    assert (sharding.mode, sharding.shard, sharding.shards) == (ShardMode.STATIC, 2, replicas)
+
+
+def test_k8s_sharded_pod_runs_like_the_single_one(sharded, k8s):
+    """The same image user, security context and probes as the one-replica Deployment."""
+    single = k8s["Deployment"]["spec"]["template"]["spec"]
+    pod = sharded["StatefulSet"]["spec"]["template"]["spec"]
+    assert pod["securityContext"] == single["securityContext"]
+    assert pod["containers"][0]["securityContext"] == single["containers"][0]["securityContext"]
+    assert pod["containers"][0]["image"] == single["containers"][0]["image"]
 
 
 # --- systemd ----------------------------------------------------------------------
