@@ -304,15 +304,17 @@ def cache_counts(poller: Any) -> Optional[Tuple[int, int, int, int]]:
 
 
 def snapshot_rows(poller: Any) -> Optional[Dict[str, Any]]:
-    """Row figures of the poller's current snapshot's lag view; None if it has no such view."""
+    """Row figures of the poller's current snapshot; None if it has neither partition rows in
+    its lag view nor families of compact columns."""
     try:
         view = poller.snapshot.view
-        rows, groups = view.partitions, view.groups
+        groups = view.groups
+        figures = _view_rows(view) if view.partitions else _family_rows(poller.snapshot.families)
+        if figures is None:
+            return None
         return {
             "groups": len(groups),
-            "partition_rows": len(rows),
-            "rows_with_time_lag": sum(1 for r in rows if r.lag_seconds is not None),
-            "rows_lag_gt_0": sum(1 for r in rows if r.lag > 0),
+            **figures,
             # Groups that lag by offsets yet report max_lag_seconds 0: only their caught-up
             # partitions had a known time lag (every record here is >= 1 minute old).
             "groups_lagging_but_max_lag_seconds_0": sum(
@@ -322,6 +324,26 @@ def snapshot_rows(poller: Any) -> Optional[Dict[str, Any]]:
         }
     except AttributeError:
         return None
+
+
+def _view_rows(view: Any) -> Dict[str, Any]:
+    rows = view.partitions
+    return {"partition_rows": len(rows),
+            "rows_with_time_lag": sum(1 for r in rows if r.lag_seconds is not None),
+            "rows_lag_gt_0": sum(1 for r in rows if r.lag > 0)}
+
+
+def _family_rows(families: Any) -> Optional[Dict[str, Any]]:
+    """The same figures from the lag families, for a snapshot that keeps no partition rows."""
+    from klag_collector import metrics
+
+    lag = families.get(metrics.GROUP_LAG.name)
+    dated = families.get(metrics.GROUP_LAG_SECONDS.name)
+    if lag is None or dated is None or not hasattr(lag, "values"):
+        return None
+    return {"partition_rows": len(lag.values), "rows_with_time_lag": len(dated.values),
+            "rows_lag_gt_0": sum(1 for value in lag.values if value > 0),
+            "counted_from": "snapshot families"}
 
 
 def served_rows(port: int) -> Dict[str, Any]:

@@ -64,7 +64,11 @@ class Source(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ClusterSnapshot:
-    """One successful cycle's result: lag figures and their pre-built families."""
+    """One successful cycle's result: lag figures and their pre-built families.
+
+    The view's partition rows are kept only when asked for (`--once` prints them); served
+    from, the families are the one copy of every row.
+    """
 
     view: LagView
     families: families.Families
@@ -77,10 +81,14 @@ def build_snapshot(
     now: float,
     base: families.Labels,
     granularity: Granularity,
+    keep_rows: bool = False,
 ) -> ClusterSnapshot:
     """Compute lag and build the families; runs in a worker thread."""
     view = compute_lag(data, timestamps, now)
-    return ClusterSnapshot(view, families.lag_families(view, base, granularity), now)
+    built = families.lag_families(view, base, granularity)
+    if not keep_rows:
+        view = replace(view, partitions=(), share_partitions=())
+    return ClusterSnapshot(view, built, now)
 
 
 class ClusterPoller(service.Service):
@@ -124,6 +132,8 @@ class ClusterPoller(service.Service):
                 self.cache, self._fetch_timestamps, sampling.max_concurrent_fetches, run_in_thread
             )
         self.snapshot: Optional[ClusterSnapshot] = None
+        # Whether snapshots keep their view's partition rows: only a one-shot printout reads them.
+        self.keep_rows = False
         self.health = ClusterHealth()
         self._loop: SerialLoop[ClusterSnapshot] = SerialLoop(
             clock,
@@ -248,6 +258,7 @@ class ClusterPoller(service.Service):
                 self.clock.seconds(),
                 self.base_labels,
                 self.exporter.granularity,
+                self.keep_rows,
             ))
         finally:
             self._tell_if_slow(steps)

@@ -329,6 +329,8 @@ class KlagService(service.MultiService):
         """
         for pool in self._pools:
             pool.start()
+        for poller in self._pollers:
+            poller.keep_rows = True  # the printout lists every partition row
         try:
             yield defer.gatherResults([poller.poll_now() for poller in self._pollers])
             for poller in self._pollers:

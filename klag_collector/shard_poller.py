@@ -54,6 +54,9 @@ class ShardedPoller(ClusterPoller):
         jitter: Callable[[], float] = random.random,
     ) -> None:
         super().__init__(cluster, exporter, source, clock, run_in_thread, self._changed, jitter)
+        # A revoke cuts the served snapshot again from its rows (shard_view.restrict): the
+        # aggregate counts are recounted from them, at any granularity.
+        self.keep_rows = True
         self._tell = on_change
         self._work = run_in_thread
         self.scope = scope

@@ -124,11 +124,14 @@ def pollers_on_clock(
     run_in_thread: RunInThread = run_now,
     on_change: Callable[[], None] = lambda: None,
     jitter: float = 0.0,
+    keep_rows: bool = True,
 ) -> Tuple[Config, List[ClusterPoller]]:
     """The TOML config `config_text` and a poller per cluster, not started, driven by `clock`.
 
     Each reads `sources[cluster name]` (a FakeSource, say). `jitter` (in [0, 1), 0 by
-    default) is fixed, so that a test knows the retry delays after failures.
+    default) is fixed, so that a test knows the retry delays after failures. The snapshots
+    keep their partition rows, as `--once`'s do, so that a test reads figures row by row;
+    `keep_rows=False` makes them as a serving poller does.
     """
     config = parse_config(config_text, "<test config>", "toml")
     pollers = [
@@ -136,6 +139,8 @@ def pollers_on_clock(
                       lambda: jitter)
         for c in config.clusters
     ]
+    for poller in pollers:
+        poller.keep_rows = keep_rows
     return config, pollers
 
 

@@ -8,6 +8,7 @@ from twisted.internet import task
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from klag_collector import metrics
 from klag_collector.model import ClusterData, GroupInfo
 from klag_collector.poller import MAX_REASONS_TOLD, STOP_GRACE, ClusterPoller, ClusterState
 from fakes import FakeSource, HeldRunner, one_partition_data, pollers_on_clock, run_now
@@ -91,6 +92,21 @@ class CycleTests(PollerTestCase):
         self.assertEqual(p.state(self.clock.seconds()), ClusterState.OK)
         self.assertEqual(p.health.last_success, T0)
         self.stop()
+
+    def test_a_serving_snapshot_keeps_its_rows_once_in_its_families(self) -> None:
+        """Served, the lag view's partition rows are dropped once the families hold them;
+        the families are the same as a snapshot keeping its rows has."""
+        kept = self.make()
+        kept.poll_now()
+        _, (served,) = pollers_on_clock(CONFIG, {"c1": self.source}, self.clock, keep_rows=False)
+        served.poll_now()
+        assert kept.snapshot is not None and served.snapshot is not None
+        self.assertEqual(len(kept.snapshot.view.partitions), 2)
+        self.assertEqual(served.snapshot.view.partitions, ())
+        self.assertEqual(served.snapshot.view.groups, kept.snapshot.view.groups)
+        self.assertEqual(served.snapshot.families, kept.snapshot.families)
+        lag = served.snapshot.families[metrics.GROUP_LAG.name]
+        self.assertEqual(list(lag.values), [5.0, 5.0])
 
     def test_cycles_follow_the_poll_interval(self) -> None:
         """A cycle runs every poll_interval seconds."""
