@@ -38,6 +38,7 @@ RETRY_CAP = 30.0
 # How long the stop waits for the member to leave the group and close.
 CLOSE_TIMEOUT = 3.0
 
+
 class MemberEdge(Protocol):
     """The blocking Kafka edge of a member (MemberIO, or a test fake)."""
 

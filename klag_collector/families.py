@@ -106,10 +106,11 @@ def _partition_rows(builder: _Builder, rows: Sequence[PartitionLag]) -> None:
               for key, row in zip(ids, rows)]
     builder.extend(metrics.GROUP_OFFSET, member, [row.committed for row in rows])
     builder.extend(metrics.GROUP_LAG, member, [row.lag for row in rows])
-    dated = [i for i, row in enumerate(rows) if row.lag_seconds is not None]
-    builder.extend(metrics.GROUP_LAG_SECONDS, [
-        member[i] + _FLAGS[rows[i].compacted, rows[i].data_loss] for i in dated
-    ], [rows[i].lag_seconds or 0.0 for i in dated])
+    dated = [(key, row, row.lag_seconds) for key, row in zip(member, rows)
+             if row.lag_seconds is not None]
+    builder.extend(metrics.GROUP_LAG_SECONDS,
+                   [key + _FLAGS[row.compacted, row.data_loss] for key, row, _ in dated],
+                   [seconds for _, _, seconds in dated])
     builder.extend(metrics.GROUP_MESSAGES_LOST, ids, [row.messages_lost for row in rows])
     builder.extend(metrics.GROUP_RETENTION_MARGIN, ids, [row.retention_margin for row in rows])
     builder.extend(metrics.GROUP_LAG_RETENTION_RATIO, ids, [row.retention_ratio for row in rows])

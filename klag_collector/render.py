@@ -214,7 +214,8 @@ def body_pieces(
     """
     out: List[Piece] = []
     for header in headers:
-        lines = [part[header.key] for part in parts if header.key in part and part[header.key].size]
+        lines = [piece for piece in (part.get(header.key, gzip_pieces.EMPTY) for part in parts)
+                 if piece.size]
         if lines:
             out.append(header.openmetrics if openmetrics_format else header.text)
             out.extend(lines)
