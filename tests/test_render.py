@@ -17,9 +17,10 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 from twisted.internet import task
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from klag_collector import metrics, render
+from klag_collector import forked, metrics, render
 from klag_collector.collector import LagCollector, read_clusters
 from klag_collector.families import Family, empty_family, sample_values
 from klag_collector.model import ClusterData, ClusterHealth, GroupInfo
@@ -218,8 +219,11 @@ class LineBuilds:
         self.families = []
 
 
-class ReportRendererTests(SynchronousTestCase):
-    """Two clusters a and b on FakeSources, polled on a Clock, rendered by MetricsRenderer."""
+class _RenderedClusters(SynchronousTestCase):
+    """Two clusters a and b on FakeSources, polled on a Clock, rendered by MetricsRenderer
+    whose lines `WRITE` writes."""
+
+    WRITE: render.LinesWriter = staticmethod(render.write_lines)
 
     def setUp(self) -> None:
         self.clock = task.Clock()
@@ -241,7 +245,8 @@ class ReportRendererTests(SynchronousTestCase):
         cfg, pollers = pollers_on_clock(config, self.sources, self.clock, run_in_thread=runner,
                                         on_change=self.invalidate)
         self.pollers.extend(pollers)
-        self.renderer = MetricsRenderer(self.pollers, cfg.exporter.granularity, self.clock, run_now)
+        self.renderer = MetricsRenderer(self.pollers, cfg.exporter.granularity, self.clock, run_now,
+                                        self.WRITE)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(LagCollector(self.pollers, cfg.exporter.granularity, self.clock))
         return pollers
@@ -277,6 +282,9 @@ class ReportRendererTests(SynchronousTestCase):
         self.assertEqual(gzip.decompress(rendered.body(Variant(False, True))), rendered.body(Variant(False, False)))
         self.assertEqual(gzip.decompress(rendered.body(Variant(True, True))), rendered.body(Variant(True, False)))
 
+
+
+class ReportRendererTests(_RenderedClusters):
     def test_two_clusters_render_as_prometheus_client_does(self) -> None:
         """Each family once, both clusters' samples under it, bytes equal to prometheus_client."""
         self.start(self.make(config_text(CLUSTER_A + CLUSTER_B)))
@@ -415,6 +423,60 @@ class ReportRendererTests(SynchronousTestCase):
 
 
 # -- MetricsRenderer: one render at a time, bursts coalesced, failures survived ------------
+
+
+class ChildWriterTests(_RenderedClusters):
+    """The lag lines written in a forked child (as klag-collector runs): the same bytes."""
+
+    WRITE = staticmethod(render.write_lines_in_child)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.jobs: List[int] = []  # the jobs of each child
+        call_in_child = forked.call_in_child
+
+        def counted(work: Any, deadline: float = forked.DEADLINE) -> Any:
+            self.jobs.append(len(work.args[0]))
+            return call_in_child(work, deadline)
+
+        self.patch(forked, "call_in_child", counted)
+
+    def test_each_pass_with_new_snapshots_writes_them_in_one_child(self) -> None:
+        """Both clusters' lines equal prometheus_client's; a's next snapshot is written in
+        one more child, b's kept lines are not sent to it."""
+        held_a, held_b = HeldRunner(), HeldRunner()
+        a = self.make(config_text(CLUSTER_A, sampling="false"), held_a)[0]
+        b = self.make(config_text(CLUSTER_B, sampling="false"), held_b)[0]
+        self.start([a, b])
+        for held in (held_a, held_b):
+            while held.pending:
+                held.release()
+        self.assert_same_as_prometheus_client()
+        self.assertEqual(self.jobs, [1, 1])  # a's first snapshot, then b's
+        self.sources["a"].data = data("ga", 9)
+        self.clock.advance(10)  # both cycles start, held at their read
+        while held_a.pending:
+            held_a.release()
+        self.assertEqual(self.jobs, [1, 1, 1])
+        self.assertIn(b'group="ga",member_host="",partition="0",topic="t"} 1.0\n',
+                      self.current().body(Variant(False, False)))
+        self.assert_same_as_prometheus_client()
+
+    def test_a_failed_child_leaves_the_lines_written_in_the_process(self) -> None:
+        """A child that dies is one warning naming why; the lines are written here instead."""
+        def dies(work: Any, deadline: float = forked.DEADLINE) -> Any:
+            raise forked.ChildFailed("the child exited with signal SIGKILL before it answered")
+
+        self.patch(forked, "call_in_child", dies)
+        events: List[Dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.start(self.make(config_text(CLUSTER_A + CLUSTER_B)))
+        self.assert_same_as_prometheus_client()
+        warned = {formatEvent(event) for event in events if event.get("log_level") == LogLevel.warn}
+        self.assertEqual(warned, {
+            "writing /metrics lines in a child process failed (the child exited with signal "
+            "SIGKILL before it answered); they are written in this process"})
 
 
 class StubPoller:
