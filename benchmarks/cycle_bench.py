@@ -89,16 +89,9 @@ def pid_rss_kib(pid: Optional[int]) -> Optional[int]:
 
 
 def cpu_seconds() -> float:
-    """User + system CPU seconds of this process so far (every thread), and of the children
-    it forked to write /metrics lines, where the checkout has them."""
+    """User + system CPU seconds of this process so far (every thread)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    try:
-        from klag_collector.forked import CHILD_CPU
-    except ImportError:
-        children = 0.0
-    else:
-        children = CHILD_CPU.seconds()
-    return usage.ru_utime + usage.ru_stime + children
+    return usage.ru_utime + usage.ru_stime
 
 
 def free_port() -> int:
@@ -232,13 +225,7 @@ class Exporter:
         self.reactor = reactor
         self.config = parse_config(config_text, "<bench>", "toml")
         self.port = self.config.exporter.http_port
-        # The lines written in a forked child where the checkout can, as klag-collector does.
-        if "render_in_child" in inspect.signature(make_service).parameters:
-            self.svc = make_service(self.config, reactor, render_in_child=True)
-            seams["render_in_child"] = "make_service(render_in_child=True), as klag-collector runs"
-        else:
-            self.svc = make_service(self.config, reactor)
-            seams["render_in_child"] = "not in the checkout: lines written in a thread"
+        self.svc = make_service(self.config, reactor)
         # The interpreter as klag-collector sets it up for itself, where the checkout does.
         try:
             from klag_collector import interpreter

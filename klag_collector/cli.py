@@ -138,7 +138,7 @@ def run_forever(config: Config) -> int:
     from .service import ListenFailed, make_service
 
     log = Logger(namespace="klag_collector")
-    svc = make_service(config, reactor, render_in_child=True)
+    svc = make_service(config, reactor)
     interpreter.tune()
     try:
         # Listen before the reactor runs, as twistd does: a taken port is then one line and

@@ -33,9 +33,12 @@ class Piece(NamedTuple):
     deflated: bytes
     crc: int
     size: int
+    # x^(8 * size) modulo the CRC-32 polynomial: what a CRC is multiplied by to move it past
+    # this text, so that joining pieces costs a multiplication each, whatever their size.
+    shift: int
 
 
-EMPTY = Piece(b"", 0, 0)
+EMPTY = Piece(b"", 0, 0, 1 << 31)
 
 
 def deflate(text: bytes) -> Piece:
@@ -43,18 +46,61 @@ def deflate(text: bytes) -> Piece:
     if not text:
         return EMPTY
     packer = zlib.compressobj(LEVEL, zlib.DEFLATED, _RAW)
-    return Piece(packer.compress(text) + packer.flush(zlib.Z_SYNC_FLUSH), zlib.crc32(text), len(text))
+    return Piece(packer.compress(text) + packer.flush(zlib.Z_SYNC_FLUSH), zlib.crc32(text),
+                 len(text), x8n(len(text)))
 
 
-def crc32_combine(first: int, second: int, second_size: int) -> int:
-    """The CRC-32 of two texts one after the other, from the CRC-32 of each.
+# -- CRC-32 arithmetic, as zlib's crc32_combine does it (crc32.c), which Python does not offer.
+# Polynomials modulo the CRC-32 one are 32-bit words, bit-reflected: x^0 is the top bit.
+_POLY = 0xEDB88320
+_ONE = 1 << 31
 
-    The register after a text is affine in the register before it: feeding `second_size`
-    zero bytes to the first text's register moves it past the second text, whose own CRC
-    then adds in (GF(2) sums are XOR).
+
+def _multiply(a: int, b: int) -> int:
+    """a(x) * b(x) modulo the CRC-32 polynomial."""
+    product = 0
+    bit = _ONE
+    while a:
+        if a & bit:
+            product ^= b
+            a ^= bit
+        bit >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+    return product
+
+
+def _powers_of_x() -> List[int]:
+    # x^(2^k) for k = 0..31, squaring the last one each time; as in zlib, the 32 repeat.
+    powers = [_ONE >> 1]
+    for _ in range(31):
+        powers.append(_multiply(powers[-1], powers[-1]))
+    return powers
+
+
+_X_TO_2_TO_THE = _powers_of_x()
+
+
+def x8n(size: int) -> int:
+    """x^(8 * size) modulo the CRC-32 polynomial: the shift of `size` bytes."""
+    power = _ONE
+    k = 3  # 8 * size = size * 2^3
+    while size:
+        if size & 1:
+            power = _multiply(_X_TO_2_TO_THE[k & 31], power)
+        size >>= 1
+        k += 1
+    return power
+
+
+def crc32_combine(first: int, second: int, second_shift: int) -> int:
+    """The CRC-32 of two texts one after the other, from the CRC-32 of each and the shift of
+    the second (x8n of its size).
+
+    The register after a text is affine in the register before it; moving the first text's
+    CRC past the second text multiplies it by x^(8 * size), and the second's CRC adds in
+    (GF(2) sums are XOR).
     """
-    shifted = zlib.crc32(bytes(second_size), first ^ _MASK) ^ _MASK
-    return shifted ^ second
+    return _multiply(second_shift, first) ^ second
 
 
 def gzip_body(pieces: Iterable[Piece]) -> bytes:
@@ -65,7 +111,7 @@ def gzip_body(pieces: Iterable[Piece]) -> bytes:
     for piece in pieces:
         if piece.size:
             out.append(piece.deflated)
-            crc = crc32_combine(crc, piece.crc, piece.size)
+            crc = crc32_combine(crc, piece.crc, piece.shift)
             size += piece.size
     out.append(_FINAL_BLOCK)
     out.append(struct.pack("<II", crc, size & _MASK))

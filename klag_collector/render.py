@@ -21,11 +21,13 @@ from __future__ import annotations
 import functools
 import html
 import itertools
+import math
 import operator
 import re
 import threading
 from typing import (
-    AbstractSet, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple,
+    AbstractSet, Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set,
+    Tuple,
 )
 
 from prometheus_client.metrics_core import Metric
@@ -35,7 +37,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from . import __version__, forked, gzip_pieces, metrics
+from . import __version__, gzip_pieces, metrics
 from .collector import ClusterReport, read_clusters
 from .families import Families, Family, empty_family
 from .gzip_pieces import Piece
@@ -141,6 +143,19 @@ def _number(value: float) -> str:
     return str(_remembered_number(value) if value else floatToGoString(value))
 
 
+# Below it, Go writes every finite value as Python's repr does; from it on, with an exponent.
+_GO_EXPONENT_FROM = 1e6
+
+
+def numbers(values: Sequence[float]) -> Iterable[str]:
+    """Each value written as Go (and so prometheus_client) writes it."""
+    # Lags, counts and seconds are mostly small: then repr is one C call per value, faster
+    # than a look-up in the cache.
+    if values and all(map(math.isfinite, values)) and max(values) < _GO_EXPONENT_FROM:
+        return map(repr, values)
+    return map(_number, values)
+
+
 _NEEDS_ESCAPE = re.compile(r'[\\\n"]')
 
 
@@ -149,9 +164,9 @@ def sample_lines(family: Family) -> bytes:
     if not family.values:
         return b""
     line, positions = _line_format(family)
-    numbers = map(_number, family.values)
+    written = numbers(family.values)
     if not positions:
-        return "".join([line % number for number in numbers]).encode()
+        return "".join([line % number for number in written]).encode()
     pick = operator.itemgetter(*positions)
     picked: List[Tuple[str, ...]]
     if len(positions) == 1:
@@ -161,7 +176,7 @@ def sample_lines(family: Family) -> bytes:
     # One look over all the label values: escaping is needed only where one has \, " or \n.
     if _NEEDS_ESCAPE.search("".join(itertools.chain.from_iterable(picked))):
         picked = [tuple(_escape_value(v) for v in values) for values in picked]
-    return "".join([line % (*values, number) for values, number in zip(picked, numbers)]).encode()
+    return "".join([line % (*values, number) for values, number in zip(picked, written)]).encode()
 
 
 # Sample lines per family name, deflated: one cluster's lag families, or its health families.
@@ -291,15 +306,54 @@ class _LagLines(NamedTuple):
     lines: Dict[str, Piece]
 
 
-class LinesJob(NamedTuple):
-    """A cluster's new snapshot's families, and the lines kept from its last one, if any."""
-
-    families: Families
-    kept: Optional[_LagLines]
+# What a pass makes before it is served when nothing was asked yet: what Prometheus asks.
+FIRST_VARIANTS = frozenset({Variant(openmetrics=True, gzipped=True)})
 
 
-# Writes the lines of each job, in order: in this thread, or in a forked child.
-LinesWriter = Callable[[Sequence[LinesJob]], List[Dict[str, Piece]]]
+class ReportRenderer:
+    """Renders clusters' reports; keeps each cluster's lag lines while its snapshot lasts.
+
+    A new snapshot's family whose rows equal the last snapshot's keeps its lines: in a
+    steady cycle only what moved (time lag, lag) is written again.
+    Passes must not overlap (MetricsRenderer runs one at a time), so the kept lines need
+    no lock.
+    """
+
+    def __init__(self, definitions: Sequence[metrics.MetricDef]) -> None:
+        self._headers = [
+            family_header(empty_family(definition), definition.name) for definition in definitions
+        ]
+        self._lag_lines: Dict[str, _LagLines] = {}
+
+    def render(self, reports: Sequence[ClusterReport],
+               variants: AbstractSet[Variant] = FIRST_VARIANTS) -> Rendered:
+        """One pass over `reports`, in their order, making the bodies of *variants*;
+        blocking, so it runs in a worker thread."""
+        parts: List[FamilyLines] = []
+        for report in reports:
+            parts.append(lines_by_family(report.health_families()))
+            lag_lines = self._lag_lines_of(report)
+            if lag_lines is not None:
+                parts.append(lag_lines)
+        # A cluster gone from the reports (a reload removed it) leaves memory too.
+        for name in set(self._lag_lines) - {report.name for report in reports}:
+            del self._lag_lines[name]
+        rendered = Rendered(self._headers, parts, status_page(reports))
+        for variant in sorted(variants):
+            rendered.body(variant)
+        rendered.asked.clear()
+        return rendered
+
+    def _lag_lines_of(self, report: ClusterReport) -> Optional[Dict[str, Piece]]:
+        if report.snapshot is None:
+            # Stale, or never collected: its lines leave /metrics, and memory.
+            self._lag_lines.pop(report.name, None)
+            return None
+        kept = self._lag_lines.get(report.name)
+        if kept is None or kept.snapshot is not report.snapshot:
+            kept = _LagLines(report.snapshot, _lines_keeping(report.snapshot.families, kept))
+            self._lag_lines[report.name] = kept
+        return kept.lines
 
 
 def _lines_keeping(families: Families, kept: Optional[_LagLines]) -> Dict[str, Piece]:
@@ -313,77 +367,6 @@ def _lines_keeping(families: Families, kept: Optional[_LagLines]) -> Dict[str, P
     }
 
 
-def write_lines(jobs: Sequence[LinesJob]) -> List[Dict[str, Piece]]:
-    """The lines of each job, written in this thread."""
-    return [_lines_keeping(job.families, job.kept) for job in jobs]
-
-
-def write_lines_in_child(jobs: Sequence[LinesJob]) -> List[Dict[str, Piece]]:
-    """The lines of each job, written in a forked child so the GIL stays free for scrapes;
-    in this thread if no child could do it."""
-    if not jobs:
-        return []
-    try:
-        return forked.call_in_child(functools.partial(write_lines, jobs))
-    except (OSError, forked.ChildFailed) as e:
-        log.warn("writing /metrics lines in a child process failed ({why}); "
-                 "they are written in this process", why=str(e))
-        return write_lines(jobs)
-
-
-# What a pass makes before it is served when nothing was asked yet: what Prometheus asks.
-FIRST_VARIANTS = frozenset({Variant(openmetrics=True, gzipped=True)})
-
-
-class ReportRenderer:
-    """Renders clusters' reports; keeps each cluster's lag lines while its snapshot lasts.
-
-    A new snapshot's family whose rows equal the last snapshot's keeps its lines: in a
-    steady cycle only what moved (time lag, lag) is written again. `write` writes them.
-    Passes must not overlap (MetricsRenderer runs one at a time), so the kept lines need
-    no lock.
-    """
-
-    def __init__(self, definitions: Sequence[metrics.MetricDef],
-                 write: LinesWriter = write_lines) -> None:
-        self._headers = [
-            family_header(empty_family(definition), definition.name) for definition in definitions
-        ]
-        self._write = write
-        self._lag_lines: Dict[str, _LagLines] = {}
-
-    def render(self, reports: Sequence[ClusterReport],
-               variants: AbstractSet[Variant] = FIRST_VARIANTS) -> Rendered:
-        """One pass over `reports`, in their order, making the bodies of *variants*;
-        blocking, so it runs in a worker thread."""
-        self._keep_lag_lines(reports)
-        parts: List[FamilyLines] = []
-        for report in reports:
-            parts.append(lines_by_family(report.health_families()))
-            kept = self._lag_lines.get(report.name)
-            if kept is not None:
-                parts.append(kept.lines)
-        rendered = Rendered(self._headers, parts, status_page(reports))
-        for variant in sorted(variants):
-            rendered.body(variant)
-        rendered.asked.clear()
-        return rendered
-
-    def _keep_lag_lines(self, reports: Sequence[ClusterReport]) -> None:
-        """Lag lines for each report's snapshot: kept, or written in one go for all that changed."""
-        collected = {report.name: report.snapshot for report in reports
-                     if report.snapshot is not None}
-        # A stale or never collected cluster's lines leave /metrics, and memory; so do those
-        # of a cluster gone from the reports (a reload removed it).
-        for name in set(self._lag_lines) - set(collected):
-            del self._lag_lines[name]
-        new = [(name, snapshot) for name, snapshot in collected.items()
-               if name not in self._lag_lines or self._lag_lines[name].snapshot is not snapshot]
-        jobs = [LinesJob(snapshot.families, self._lag_lines.get(name)) for name, snapshot in new]
-        for (name, snapshot), lines in zip(new, self._write(jobs)):
-            self._lag_lines[name] = _LagLines(snapshot, lines)
-
-
 class MetricsRenderer:
     """Keeps the latest Rendered; `invalidate()` asks for a new one, coalescing bursts."""
 
@@ -393,12 +376,11 @@ class MetricsRenderer:
         granularity: metrics.Granularity,
         clock: IReactorTime,
         run_in_thread: Callable[..., "defer.Deferred[Any]"],
-        write: LinesWriter = write_lines,
     ) -> None:
         self._pollers = pollers
         self._clock = clock
         self._run = run_in_thread
-        self._reports = ReportRenderer(metrics.families_for(granularity), write)
+        self._reports = ReportRenderer(metrics.families_for(granularity))
         self.current: Optional[Rendered] = None
         self._busy = False
         self._dirty = False

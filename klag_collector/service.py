@@ -22,7 +22,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web import resource
 from zope.interface import implementer
 
-from . import __version__, forked
+from . import __version__
 from .collector import ClusterReport, LagCollector, read_clusters
 from .config import (
     ClusterConfig, Config, ExporterConfig, OtelConfig, Performance, ShardingConfig, ShardMode,
@@ -35,7 +35,7 @@ from .kafka_source import KafkaSource
 from .poller import ClusterPoller, Source
 from .reload import ReloadPlan, ReloadResult, describe_plan, plan_reload
 from .reload_triggers import RELOAD_PARENT, ReloadResource
-from .render import MetricsRenderer, Rendered, write_lines, write_lines_in_child
+from .render import MetricsRenderer, Rendered
 from .shard_poller import ShardedPoller
 from .sharding import ShardScope
 from .web import MetricsResource, make_root
@@ -178,7 +178,6 @@ class KlagService(service.MultiService):
         endpoint: Optional[IStreamServerEndpoint] = None,
         serve_http: bool = True,
         source_factory: SourceFactory = KafkaSource,
-        render_in_child: bool = False,
     ) -> None:
         super().__init__()
         self._reactor = reactor = _maybe_global_reactor(reactor)
@@ -207,8 +206,7 @@ class KlagService(service.MultiService):
         for poller, pool in made:
             self._attach(poller, pool, self._clusters)
         self._renderer = MetricsRenderer(
-            self._pollers, exporter.granularity, reactor, self._runner(render_pool),
-            write_lines_in_child if render_in_child and forked.CAN_FORK else write_lines,
+            self._pollers, exporter.granularity, reactor, self._runner(render_pool)
         )
         self._sync_members()
         #: A prometheus_client Collector over the snapshots, for a host's own registry.
@@ -490,7 +488,6 @@ def make_service(
     endpoint: Optional[IStreamServerEndpoint] = None,
     serve_http: bool = True,
     source_factory: SourceFactory = KafkaSource,
-    render_in_child: bool = False,
 ) -> KlagService:
     """The embedding API: the exporter as an IService (a MultiService) for a Twisted program.
 
@@ -506,10 +503,6 @@ def make_service(
         reset); the default reads Kafka with kafka-python. Tests pass in-memory sources.
         With [exporter.sharding] it is also given `scope=`, a sharding.ShardScope whose
         `for_read()` says, at each read, which shards the read is for.
-    :param render_in_child: True writes the /metrics lines of each new snapshot in a forked
-        child process (on Linux), so that scrapes do not wait for the GIL while they are
-        written. For a process that is the exporter: klag-collector and twistd klag pass
-        True; a host keeps the default, as forking the host is the host's choice.
     :returns: the service, not started. Besides the IService methods (setServiceParent,
         startService, stopService, ...) it offers `collector`, a prometheus_client
         Collector over the snapshots; `root`, the HTTP tree (/metrics, /health, /ready and
@@ -518,6 +511,5 @@ def make_service(
         nothing, when the site cannot listen.
     """
     return KlagService(
-        config, reactor, endpoint=endpoint, serve_http=serve_http, source_factory=source_factory,
-        render_in_child=render_in_child,
+        config, reactor, endpoint=endpoint, serve_http=serve_http, source_factory=source_factory
     )

@@ -103,6 +103,6 @@ def makeService(options: Options) -> service.IService:
     endpoint: Any = None
     if options["listen"]:
         endpoint = endpoints.serverFromString(reactor, options["listen"])
-    made = make_service(options["parsed"], reactor, endpoint=endpoint, render_in_child=True)
+    made = make_service(options["parsed"], reactor, endpoint=endpoint)
     interpreter.tune()
     return TwistdService(made, reactor)

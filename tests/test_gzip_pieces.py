@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from klag_collector import gzip_pieces
-from klag_collector.gzip_pieces import crc32_combine, deflate, gzip_body, inflate
+from klag_collector.gzip_pieces import crc32_combine, deflate, gzip_body, inflate, x8n
+
+_MASK = 0xFFFFFFFF
 
 texts = st.lists(st.binary(max_size=3000), max_size=8)
 # Lines like the exporter's: repetitive, so deflate uses back-references inside a piece.
@@ -42,8 +44,20 @@ class GzipBodyTests(unittest.TestCase):
     @settings(max_examples=200, deadline=None)
     @given(st.binary(max_size=5000), st.binary(max_size=5000))
     def test_combined_crc_equals_the_crc_of_both_texts(self, first: bytes, second: bytes) -> None:
-        self.assertEqual(crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second)),
+        self.assertEqual(crc32_combine(zlib.crc32(first), zlib.crc32(second), x8n(len(second))),
                          zlib.crc32(first + second))
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.integers(0, 3_000_000), st.integers(0, _MASK))
+    def test_a_shift_moves_a_crc_as_zero_bytes_do(self, size: int, crc: int) -> None:
+        """x8n(size) is what `size` zero bytes do to a CRC register (zlib's own arithmetic)."""
+        self.assertEqual(crc32_combine(crc, 0, x8n(size)),
+                         zlib.crc32(bytes(size), crc ^ _MASK) ^ _MASK)
+
+    @given(st.integers(0, 2**40), st.integers(0, 2**40))
+    def test_shifts_of_any_size_multiply(self, first: int, second: int) -> None:
+        """Past 4 GiB too: shifting by a then b is shifting by a + b."""
+        self.assertEqual(crc32_combine(x8n(first), 0, x8n(second)), x8n(first + second))
 
     @given(texts)
     def test_inflate_gives_back_each_text(self, parts: List[bytes]) -> None:

@@ -8,6 +8,7 @@ per-family line builds to show that a change of health alone rebuilds no lag lin
 from __future__ import annotations
 
 import gzip
+from array import array
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from hypothesis import given
@@ -16,11 +17,11 @@ from prometheus_client import CollectorRegistry, Gauge, exposition
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from twisted.internet import task
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from klag_collector import forked, metrics, render
+from klag_collector import metrics, render
 from klag_collector.collector import LagCollector, read_clusters
 from klag_collector.families import Family, empty_family, sample_values
 from klag_collector.model import ClusterData, ClusterHealth, GroupInfo
@@ -185,6 +186,17 @@ bootstrap_servers = "127.0.0.1:2"
 """
 
 
+@given(st.lists(st.one_of(st.floats(), st.floats(-2e6, 2e6), st.integers(0, 10**7).map(float))))
+def test_numbers_are_written_as_prometheus_client_writes_them(values: List[float]) -> None:
+    """Lists of small values (the fast path), large, negative, zero, -0.0, inf and nan alike."""
+    assert list(render.numbers(array("d", values))) == [floatToGoString(v) for v in values]
+
+
+def test_numbers_switch_to_go_exponents_at_a_million() -> None:
+    assert list(render.numbers(array("d", [999999.5, -0.0, 1e-7]))) == ["999999.5", "-0.0", "1e-07"]
+    assert list(render.numbers(array("d", [1e6, 3.0]))) == ["1e+06", "3.0"]
+
+
 def config_text(clusters: str, granularity: str = "partition", sampling: str = "true") -> str:
     return CLUSTERS_CONFIG.format(granularity=granularity, sampling=sampling, clusters=clusters)
 
@@ -219,11 +231,8 @@ class LineBuilds:
         self.families = []
 
 
-class _RenderedClusters(SynchronousTestCase):
-    """Two clusters a and b on FakeSources, polled on a Clock, rendered by MetricsRenderer
-    whose lines `WRITE` writes."""
-
-    WRITE: render.LinesWriter = staticmethod(render.write_lines)
+class ReportRendererTests(SynchronousTestCase):
+    """Two clusters a and b on FakeSources, polled on a Clock, rendered by MetricsRenderer."""
 
     def setUp(self) -> None:
         self.clock = task.Clock()
@@ -245,8 +254,7 @@ class _RenderedClusters(SynchronousTestCase):
         cfg, pollers = pollers_on_clock(config, self.sources, self.clock, run_in_thread=runner,
                                         on_change=self.invalidate)
         self.pollers.extend(pollers)
-        self.renderer = MetricsRenderer(self.pollers, cfg.exporter.granularity, self.clock, run_now,
-                                        self.WRITE)
+        self.renderer = MetricsRenderer(self.pollers, cfg.exporter.granularity, self.clock, run_now)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(LagCollector(self.pollers, cfg.exporter.granularity, self.clock))
         return pollers
@@ -282,9 +290,6 @@ class _RenderedClusters(SynchronousTestCase):
         self.assertEqual(gzip.decompress(rendered.body(Variant(False, True))), rendered.body(Variant(False, False)))
         self.assertEqual(gzip.decompress(rendered.body(Variant(True, True))), rendered.body(Variant(True, False)))
 
-
-
-class ReportRendererTests(_RenderedClusters):
     def test_two_clusters_render_as_prometheus_client_does(self) -> None:
         """Each family once, both clusters' samples under it, bytes equal to prometheus_client."""
         self.start(self.make(config_text(CLUSTER_A + CLUSTER_B)))
@@ -423,60 +428,6 @@ class ReportRendererTests(_RenderedClusters):
 
 
 # -- MetricsRenderer: one render at a time, bursts coalesced, failures survived ------------
-
-
-class ChildWriterTests(_RenderedClusters):
-    """The lag lines written in a forked child (as klag-collector runs): the same bytes."""
-
-    WRITE = staticmethod(render.write_lines_in_child)
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.jobs: List[int] = []  # the jobs of each child
-        call_in_child = forked.call_in_child
-
-        def counted(work: Any, deadline: float = forked.DEADLINE) -> Any:
-            self.jobs.append(len(work.args[0]))
-            return call_in_child(work, deadline)
-
-        self.patch(forked, "call_in_child", counted)
-
-    def test_each_pass_with_new_snapshots_writes_them_in_one_child(self) -> None:
-        """Both clusters' lines equal prometheus_client's; a's next snapshot is written in
-        one more child, b's kept lines are not sent to it."""
-        held_a, held_b = HeldRunner(), HeldRunner()
-        a = self.make(config_text(CLUSTER_A, sampling="false"), held_a)[0]
-        b = self.make(config_text(CLUSTER_B, sampling="false"), held_b)[0]
-        self.start([a, b])
-        for held in (held_a, held_b):
-            while held.pending:
-                held.release()
-        self.assert_same_as_prometheus_client()
-        self.assertEqual(self.jobs, [1, 1])  # a's first snapshot, then b's
-        self.sources["a"].data = data("ga", 9)
-        self.clock.advance(10)  # both cycles start, held at their read
-        while held_a.pending:
-            held_a.release()
-        self.assertEqual(self.jobs, [1, 1, 1])
-        self.assertIn(b'group="ga",member_host="",partition="0",topic="t"} 1.0\n',
-                      self.current().body(Variant(False, False)))
-        self.assert_same_as_prometheus_client()
-
-    def test_a_failed_child_leaves_the_lines_written_in_the_process(self) -> None:
-        """A child that dies is one warning naming why; the lines are written here instead."""
-        def dies(work: Any, deadline: float = forked.DEADLINE) -> Any:
-            raise forked.ChildFailed("the child exited with signal SIGKILL before it answered")
-
-        self.patch(forked, "call_in_child", dies)
-        events: List[Dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        self.start(self.make(config_text(CLUSTER_A + CLUSTER_B)))
-        self.assert_same_as_prometheus_client()
-        warned = {formatEvent(event) for event in events if event.get("log_level") == LogLevel.warn}
-        self.assertEqual(warned, {
-            "writing /metrics lines in a child process failed (the child exited with signal "
-            "SIGKILL before it answered); they are written in this process"})
 
 
 class StubPoller:
