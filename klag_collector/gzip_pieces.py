@@ -43,11 +43,23 @@ EMPTY = Piece(b"", 0, 0, 1 << 31)
 
 def deflate(text: bytes) -> Piece:
     """*text* as a piece (compressed now: blocking, in a worker thread for large text)."""
-    if not text:
-        return EMPTY
+    return deflate_chunks((text,))
+
+
+def deflate_chunks(chunks: Iterable[bytes]) -> Piece:
+    """The text of *chunks*, one after the other, as one piece."""
     packer = zlib.compressobj(LEVEL, zlib.DEFLATED, _RAW)
-    return Piece(packer.compress(text) + packer.flush(zlib.Z_SYNC_FLUSH), zlib.crc32(text),
-                 len(text), x8n(len(text)))
+    deflated: List[bytes] = []
+    crc = 0
+    size = 0
+    for chunk in chunks:
+        deflated.append(packer.compress(chunk))
+        crc = zlib.crc32(chunk, crc)
+        size += len(chunk)
+    if not size:
+        return EMPTY
+    deflated.append(packer.flush(zlib.Z_SYNC_FLUSH))
+    return Piece(b"".join(deflated), crc, size, x8n(size))
 
 
 # -- CRC-32 arithmetic, as zlib's crc32_combine does it (crc32.c), which Python does not offer.

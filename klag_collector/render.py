@@ -26,8 +26,8 @@ import operator
 import re
 import threading
 from typing import (
-    AbstractSet, Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set,
-    Tuple,
+    AbstractSet, Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
+    Sequence, Set, Tuple,
 )
 
 from prometheus_client.metrics_core import Metric
@@ -159,24 +159,34 @@ def numbers(values: Sequence[float]) -> Iterable[str]:
 _NEEDS_ESCAPE = re.compile(r'[\\\n"]')
 
 
-def sample_lines(family: Family) -> bytes:
-    """A family's sample lines, which both formats write alike (they differ in headers)."""
-    if not family.values:
-        return b""
+# Rows written at a time. A family's lines made in one go held the GIL for one join and one
+# encode of all its rows, 5-15 ms at 60k rows, and a scrape waited that long; a chunk's take
+# a fraction of a millisecond.
+CHUNK_ROWS = 2048
+
+
+def line_chunks(family: Family) -> Iterator[bytes]:
+    """A family's sample lines, CHUNK_ROWS rows at a time; both formats write them alike
+    (they differ in headers)."""
     line, positions = _line_format(family)
-    written = numbers(family.values)
+    values = family.values
     if not positions:
-        return "".join([line % number for number in written]).encode()
+        for start in range(0, len(values), CHUNK_ROWS):
+            written = numbers(values[start:start + CHUNK_ROWS])
+            yield "".join([line % number for number in written]).encode()
+        return
     pick = operator.itemgetter(*positions)
-    picked: List[Tuple[str, ...]]
-    if len(positions) == 1:
-        picked = [(pick(values),) for values in family.labels]
-    else:
-        picked = [pick(values) for values in family.labels]
-    # One look over all the label values: escaping is needed only where one has \, " or \n.
-    if _NEEDS_ESCAPE.search("".join(itertools.chain.from_iterable(picked))):
-        picked = [tuple(_escape_value(v) for v in values) for values in picked]
-    return "".join([line % (*values, number) for values, number in zip(picked, written)]).encode()
+    single = len(positions) == 1
+    for start in range(0, len(values), CHUNK_ROWS):
+        rows = family.labels[start:start + CHUNK_ROWS]
+        picked: List[Tuple[str, ...]]
+        picked = [(pick(row),) for row in rows] if single else [pick(row) for row in rows]
+        # One look over the chunk's label values: escaping is needed only where one has \, "
+        # or \n.
+        if _NEEDS_ESCAPE.search("".join(itertools.chain.from_iterable(picked))):
+            picked = [tuple(_escape_value(v) for v in row) for row in picked]
+        written = numbers(values[start:start + CHUNK_ROWS])
+        yield "".join([line % (*row, number) for row, number in zip(picked, written)]).encode()
 
 
 # Sample lines per family name, deflated: one cluster's lag families, or its health families.
@@ -185,7 +195,7 @@ FamilyLines = Mapping[str, Piece]
 
 def family_lines(family: Family) -> Piece:
     """A family's sample lines, deflated."""
-    return gzip_pieces.deflate(sample_lines(family))
+    return gzip_pieces.deflate_chunks(line_chunks(family))
 
 
 def lines_by_family(families: Families) -> Dict[str, Piece]:
@@ -362,9 +372,19 @@ def _lines_keeping(families: Families, kept: Optional[_LagLines]) -> Dict[str, P
         return lines_by_family(families)
     old = kept.snapshot.families
     return {
-        name: kept.lines[name] if name in old and old[name] == family else family_lines(family)
+        name: kept.lines[name] if name in old and _same_rows(old[name], family)
+        else family_lines(family)
         for name, family in families.items()
     }
+
+
+def _same_rows(old: Family, new: Family) -> bool:
+    """old == new, compared CHUNK_ROWS rows at a time, as the lines are written."""
+    if (old.definition, old.base, len(old.values)) != (new.definition, new.base, len(new.values)):
+        return False
+    return all(old.values[start:start + CHUNK_ROWS] == new.values[start:start + CHUNK_ROWS]
+               and old.labels[start:start + CHUNK_ROWS] == new.labels[start:start + CHUNK_ROWS]
+               for start in range(0, len(new.values), CHUNK_ROWS))
 
 
 class MetricsRenderer:

@@ -60,6 +60,14 @@ class GzipBodyTests(unittest.TestCase):
         self.assertEqual(crc32_combine(x8n(first), 0, x8n(second)), x8n(first + second))
 
     @given(texts)
+    def test_chunks_are_one_piece_of_their_text(self, chunks: List[bytes]) -> None:
+        piece = gzip_pieces.deflate_chunks(chunks)
+        text = b"".join(chunks)
+        self.assertEqual((piece.crc, piece.size, piece.shift), (zlib.crc32(text), len(text), x8n(len(text))))
+        self.assertEqual(inflate([piece]), [text] if text else [])
+        self.assertEqual(piece == gzip_pieces.EMPTY, not text)
+
+    @given(texts)
     def test_inflate_gives_back_each_text(self, parts: List[bytes]) -> None:
         pieces = [deflate(part) for part in parts]
         self.assertEqual(inflate(pieces), [part for part in parts if part])

@@ -14,23 +14,30 @@ from exporter import env_with_repo
 
 # Run in a process of its own: the settings are the whole interpreter's.
 _PROBE = """
-import gc, json, sys
+import gc, json, sys, time
 from klag_collector import interpreter
+interpreter.FULL_COLLECTION_EVERY = 0.05
 before = [sys.getswitchinterval(), list(gc.get_threshold()), gc.get_freeze_count()]
+full_before = gc.get_stats()[2]["collections"]
 tuned = interpreter.tune()
-print(json.dumps([before, [sys.getswitchinterval(), list(gc.get_threshold()), gc.get_freeze_count()],
-                  tuned.malloc_arenas]))
+after = [sys.getswitchinterval(), list(gc.get_threshold()), gc.get_freeze_count()]
+time.sleep(0.5)
+print(json.dumps([before, after, tuned.malloc_arenas, tuned.full_collection_every,
+                  gc.get_stats()[2]["collections"] - full_before]))
 """
 
 
 @pytest.mark.subprocess
-def test_tune_shortens_the_switch_interval_and_freezes_what_is_alive() -> None:
+def test_tune_sets_the_switch_interval_the_collector_and_malloc() -> None:
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env_with_repo(), capture_output=True,
                          text=True, check=True, timeout=60).stdout
-    before, after, arenas = json.loads(out)
+    before, after, arenas, every, full_collections = json.loads(out)
     (interval, threshold, frozen), (tuned_interval, tuned_threshold, tuned_frozen) = before, after
     assert interval == 0.005 and tuned_interval == interpreter.SWITCH_INTERVAL
-    assert tuned_threshold == [interpreter.YOUNG_THRESHOLD, threshold[1], threshold[2]]
+    assert threshold == [700, 10, 10]
+    assert tuned_threshold == [interpreter.YOUNG_THRESHOLD, interpreter.NEVER, interpreter.NEVER]
+    # The old generation is collected by the thread, every 0.05 s here: 0.5 s makes ~10.
+    assert every == 0.05 and 5 <= full_collections <= 11
     # The modules imported so far moved to the permanent generation.
     assert frozen == 0 and tuned_frozen > 1000
     if platform.libc_ver()[0] == "glibc":

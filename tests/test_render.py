@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 from array import array
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -149,6 +149,36 @@ def test_render_is_byte_identical_to_prometheus_client() -> None:
     assert bodies[Variant(True, False)] == openmetrics.generate_latest(_Families(families))  # type: ignore[arg-type]
 
 
+def test_lines_of_many_rows_are_written_chunk_by_chunk_as_prometheus_client_writes_them() -> None:
+    """Three chunks and a bit: small values in the first, large ones in the second, a label
+    to escape only in the third; a family without labels crosses chunks too."""
+    n = render.CHUNK_ROWS
+    rows = [([f"g{i}", "t"], float(i)) for i in range(n)]
+    rows += [([f"g{i}", "t"], 1e6 + i) for i in range(n, 2 * n)]
+    rows += [([f'g"{i}"\\' if i == 2 * n + 7 else f"g{i}", "t"], 0.5) for i in range(2 * n, 3 * n + 3)]
+    families = [fam("klag_test_lag", "Lag.", ["group", "topic"], rows, base=[("cluster_name", "c")]),
+                fam("klag_test_counts", "Counts.", rows=[([], float(i)) for i in range(n + 1)])]
+    bodies = bodies_of(families)
+    assert bodies[Variant(False, False)] == exposition.generate_latest(_Families(families))  # type: ignore[arg-type]
+    assert bodies[Variant(True, False)] == openmetrics.generate_latest(_Families(families))  # type: ignore[arg-type]
+    chunks = list(render.line_chunks(families[0]))
+    assert [chunk.count(b"\n") for chunk in chunks] == [n, n, n, 3]
+
+
+@given(st.integers(0, 2 * render.CHUNK_ROWS + 4), st.sampled_from(["value", "label", "none"]))
+def test_rows_are_compared_chunk_by_chunk_as_whole_families_are(at: int, change: str) -> None:
+    rows = [([f"g{i}"], float(i)) for i in range(2 * render.CHUNK_ROWS + 5)]
+    changed = list(rows)
+    if change == "value":
+        changed[at] = (changed[at][0], -1.0)
+    elif change == "label":
+        changed[at] = (["other"], changed[at][1])
+    old, new = fam("klag_test_lag", "Lag.", ["group"], rows), fam("klag_test_lag", "Lag.", ["group"], changed)
+    assert render._same_rows(old, new) == (old == new) == (change == "none")
+    assert not render._same_rows(old, fam("klag_test_lag", "Lag.", ["group"], changed[:-1]))
+    assert not render._same_rows(old, fam("klag_test_lag", "Lag.", ["group"], rows, base=[("c", "x")]))
+
+
 @given(st.lists(st.text(), min_size=1, max_size=5), st.floats(allow_nan=False), st.text())
 def test_render_matches_prometheus_client_for_any_label_value(values, number, base) -> None:
     """Any label value (the cluster's too) and any float render as prometheus_client's."""
@@ -207,13 +237,13 @@ def data(group: str, committed: int) -> ClusterData:
 
 
 class LineBuilds:
-    """Wraps render.sample_lines and keeps every family it was called with."""
+    """Wraps render.line_chunks and keeps every family it was called with."""
 
     def __init__(self) -> None:
         self.families: List[Family] = []
-        self._build = render.sample_lines
+        self._build = render.line_chunks
 
-    def __call__(self, family: Family) -> bytes:
+    def __call__(self, family: Family) -> Iterator[bytes]:
         self.families.append(family)
         return self._build(family)
 
@@ -242,7 +272,7 @@ class ReportRendererTests(SynchronousTestCase):
             "b": FakeSource(data("gb", 7), {("t", 0, 7): int((T0 - 5) * 1000)}),
         }
         self.builds = LineBuilds()
-        self.patch(render, "sample_lines", self.builds)
+        self.patch(render, "line_chunks", self.builds)
         self.renderer: Optional[MetricsRenderer] = None
         self.pollers: List[ClusterPoller] = []
         self.held: List[HeldRunner] = []
@@ -480,7 +510,7 @@ class RendererTests(SynchronousTestCase):
         self.poller = StubPoller()
         self.runner = HeldRunner()
         self.builds = LineBuilds()
-        self.patch(render, "sample_lines", self.builds)
+        self.patch(render, "line_chunks", self.builds)
         self.renderer = self.renderer_on(self.runner)
 
     def renderer_on(self, runner: Any) -> MetricsRenderer:
