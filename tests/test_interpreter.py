@@ -33,7 +33,7 @@ def test_tune_sets_the_switch_interval_the_collector_and_malloc() -> None:
                          text=True, check=True, timeout=60).stdout
     before, after, arenas, every, full_collections = json.loads(out)
     (interval, threshold, frozen), (tuned_interval, tuned_threshold, tuned_frozen) = before, after
-    assert interval == 0.005 and tuned_interval == interpreter.SWITCH_INTERVAL
+    assert interval == 0.005 and tuned_interval == pytest.approx(interpreter.SWITCH_INTERVAL)
     assert threshold == [700, 10, 10]
     assert tuned_threshold == [interpreter.YOUNG_THRESHOLD, interpreter.NEVER, interpreter.NEVER]
     # The old generation is collected by the thread, every 0.05 s here: 0.5 s makes ~10.
