@@ -9,7 +9,9 @@ behind them, and one malloc arena keeps the memory the threads free for the next
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
+import os
 import sys
 import threading
 import time
@@ -57,8 +59,15 @@ def tune() -> Tuned:
     # out of the collector's generations, a full collection walks only what cycles made.
     gc.freeze()
     every = FULL_COLLECTION_EVERY
-    threading.Thread(target=_collect_every, args=(every,), name="klag-gc", daemon=True).start()
+    collecting = functools.partial(_start_collecting, every)
+    collecting()
+    # twistd forks to become a daemon after building the service: a thread does not follow.
+    os.register_at_fork(after_in_child=collecting)
     return Tuned(SWITCH_INTERVAL, YOUNG_THRESHOLD, every, _limit_malloc_arenas(MALLOC_ARENAS))
+
+
+def _start_collecting(every: float) -> None:
+    threading.Thread(target=_collect_every, args=(every,), name="klag-gc", daemon=True).start()
 
 
 def _collect_every(seconds: float) -> None:
