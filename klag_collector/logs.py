@@ -135,16 +135,25 @@ def quiet_kafka_python(level: str) -> None:
         threading.excepthook = _without_closed_io_loops(threading.excepthook)
 
 
+# What kafka-python 3.0.12's IO thread raises when another thread of its client polls the
+# selector meanwhile: a client closed while its constructor still bootstraps.
+_LOST_POLL = "Concurrent access to net.poll!"
+
+
 def _closed_io_loop(args: "threading.ExceptHookArgs") -> bool:
     """Whether a thread ended as a kafka-python IO thread whose selector was closed under it.
 
     kafka-python closes a client's selector once its stop has waited a while, and the IO
-    thread then dies in select(); it has logged that ("IO loop crashed", shown at debug), and
-    the client is gone either way, so its traceback is not for stderr.
+    thread then dies in select(), or loses the selector to the thread closing it; it has
+    logged that ("IO loop crashed", shown at debug) and failed what waited on it, and the
+    client is gone either way, so its traceback is not for stderr.
     """
     thread, error = args.thread, args.exc_value
-    return (thread is not None and thread.name.startswith("kafka-io-")
-            and isinstance(error, (ValueError, OSError))
+    if thread is None or not thread.name.startswith("kafka-io-"):
+        return False
+    if isinstance(error, RuntimeError):
+        return str(error) == _LOST_POLL
+    return (isinstance(error, (ValueError, OSError))
             and ("closed" in str(error) or getattr(error, "errno", None) == errno.EBADF))
 
 
