@@ -38,8 +38,6 @@ class Piece(NamedTuple):
     shift: int
 
 
-EMPTY = Piece(b"", 0, 0, 1 << 31)
-
 
 def deflate(text: bytes) -> Piece:
     """*text* as a piece (compressed now: blocking, in a worker thread for large text)."""
@@ -102,6 +100,9 @@ def x8n(size: int) -> int:
         size >>= 1
         k += 1
     return power
+
+
+EMPTY = Piece(b"", 0, 0, x8n(0))
 
 
 def crc32_combine(first: int, second: int, second_shift: int) -> int:

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Set
 from .record_age import (
     TIMESTAMP_UNAVAILABLE,
     WATERMARK_UNAVAILABLE,
+    RecordTime,
     Timestamps,
     sampled_offset,
     time_lag,
@@ -146,8 +147,11 @@ def partition_lag(
         out_of_range, lag = -lag, 0
     seconds: Optional[float] = None
     if timestamps is not None and not out_of_range:
-        seconds = 0.0 if lag == 0 else time_lag(
-            lag, timestamps.get((topic, partition, sampled_offset(committed, earliest))), now)
+        # A caught-up row's record is never asked for (timestamp_requests); time_lag says 0.
+        record: RecordTime = None
+        if lag:
+            record = timestamps.get((topic, partition, sampled_offset(committed, earliest)))
+        seconds = time_lag(lag, record, now)
     retained = latest - earliest
     return PartitionLag(
         group, topic, partition, member, committed, earliest, latest, lag, seconds,
