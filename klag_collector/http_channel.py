@@ -28,6 +28,8 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
+from .scrape_gate import ScrapeGate
+
 
 class HttpLimits(NamedTuple):
     """The site's bounds: ``[exporter]`` http_max_connections and http_header_timeout."""
@@ -97,6 +99,13 @@ def _close_now(transport: ITCPTransport) -> None:
         transport.connectionLost(Failure(ConnectionAborted()))
 
 
+# Bytes a connection hands the kernel in one send (Twisted's default is 128 KiB). Each send
+# releases the GIL, and the reactor waits up to a switch interval to get it back while a
+# worker thread renders: a 400 KB gzip body went out in four sends, and a scrape during a
+# render took p50 1.9 ms; in one send, 1.1 ms.
+SEND_LIMIT = 1 << 20
+
+
 class GuardedChannel(http.HTTPChannel):
     """An HTTPChannel that refuses request bodies and wants each request's headers on time."""
 
@@ -112,14 +121,31 @@ class GuardedChannel(http.HTTPChannel):
         self._finished = False
         self._deadline: Optional[IDelayedCall] = None
         self._abort: Optional[IDelayedCall] = None
+        self._holding = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if isinstance(self.transport, tcp.Connection):
+            self.transport.SEND_LIMIT = SEND_LIMIT
         self._await_request()
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._finished:
-            super().dataReceived(data)
+        if self._finished:
+            return
+        # Worker threads pause (scrape_gate) from the request's first bytes until the answer
+        # made from them is in the kernel: the reactor writes it on its next turn.
+        if not self._holding:
+            self._holding = True
+            self.site.gate.answering()
+            self.callLater(0, self._written_next_turn)
+        super().dataReceived(data)
+
+    def _written_next_turn(self) -> None:
+        self.callLater(0, self._let_go)
+
+    def _let_go(self) -> None:
+        self._holding = False
+        self.site.gate.answered()
 
     def headerReceived(self, line: bytes) -> bool:
         if not super().headerReceived(line):
@@ -200,9 +226,12 @@ class GuardedSite(server.Site):
     # with ALPN, which the exporter does not serve, so the channel is used as it is.
     protocol = GuardedChannel  # type: ignore[assignment]
 
-    def __init__(self, root: Any, limits: HttpLimits, **kwargs: Any) -> None:
+    def __init__(self, root: Any, limits: HttpLimits, gate: Optional[ScrapeGate] = None,
+                 **kwargs: Any) -> None:
         super().__init__(root, **kwargs)
         self.limits = limits
+        # Told when an answer is being made and sent, so that the workers it names wait.
+        self.gate = gate if gate is not None else ScrapeGate()
         # Open channels, oldest first (a dict keeps insertion order).
         self._open: Dict[GuardedChannel, None] = {}
 

@@ -31,6 +31,7 @@ from .config import (
 from .coordination import ShardMember, first_membership
 from .errors import ConfigError, describe_error
 from .http_channel import GuardedSite, HttpLimits, raise_open_file_limit
+from .scrape_gate import ScrapeGate
 from .kafka_source import KafkaSource
 from .poller import ClusterPoller, Source
 from .reload import ReloadPlan, ReloadResult, describe_plan, plan_reload
@@ -205,8 +206,11 @@ class KlagService(service.MultiService):
         self._pollers: List[ClusterPoller] = [poller for poller, _ in made]
         for poller, pool in made:
             self._attach(poller, pool, self._clusters)
+        # The site tells it when a scrape is being answered; the renderer steps aside then.
+        self._gate = ScrapeGate()
         self._renderer = MetricsRenderer(
-            self._pollers, exporter.granularity, reactor, self._runner(render_pool)
+            self._pollers, exporter.granularity, reactor, self._runner(render_pool),
+            self._gate.pause,
         )
         self._sync_members()
         #: A prometheus_client Collector over the snapshots, for a host's own registry.
@@ -300,7 +304,7 @@ class KlagService(service.MultiService):
         exporter = self.config.exporter
         limits = HttpLimits(exporter.http_max_connections, exporter.http_header_timeout)
         http = StreamServerEndpointService(
-            _AnnouncingEndpoint(endpoint, clusters), QuietSite(self.root, limits)
+            _AnnouncingEndpoint(endpoint, clusters), QuietSite(self.root, limits, self._gate)
         )
         # As twisted.application.strports.service does: a port that cannot be bound raises
         # from startService, rather than being logged while the process runs without HTTP.

@@ -21,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from .config import ReadyRequires
+from .http_channel import SEND_LIMIT
 from .poller import ClusterPoller
 from .shard_poller import ShardReport, shard_report
 from .render import OPENMETRICS_TYPE, TEXT_TYPE, MetricsRenderer, Variant
@@ -65,7 +66,7 @@ class _Leaf(resource.Resource):
             # the length GET would get, and no body.
             request.setHeader(b"content-length", b"%d" % len(body))
             return b""
-        if len(body) > STREAM_OVER:
+        if len(body) > CHUNK:
             _BodyProducer(request, body).start()
             return NOT_DONE_YET
         return body
@@ -73,9 +74,10 @@ class _Leaf(resource.Resource):
 
 # Bodies larger than this are written a chunk at a time, as the connection takes them.
 # Handed over whole, a body is copied into the transport's buffer in one go: an 8 MB one
-# holds the reactor a few ms, and costs 8 MB more per connection still reading it.
-STREAM_OVER = 256 * 1024
-CHUNK = 64 * 1024
+# holds the reactor a few ms, and costs 8 MB more per connection still reading it. A chunk is
+# what one send hands the kernel (http_channel.SEND_LIMIT): each chunk more is a reactor turn
+# and a send more, and the GIL to get back after each.
+CHUNK = SEND_LIMIT
 
 
 @implementer(IPushProducer)
