@@ -61,7 +61,7 @@ def serve(port: int, groups: int, partitions: int, whole_bodies: bool) -> None:
     from klag_collector import web
 
     if whole_bodies:  # the "before": every body handed to the transport in one write
-        web.CHUNK = sys.maxsize
+        web.STREAM_OVER = sys.maxsize
 
     from fakes import FakeSource, lagging_rows
     from klag_collector.config import parse_config
