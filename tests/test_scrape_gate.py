@@ -148,3 +148,22 @@ class ChannelTests(unittest.TestCase):
         self.clock.advance(0)
         self.clock.advance(0)
         self.assertEqual(self.gate.answering_now, 0)
+
+
+class WiringTests(unittest.TestCase):
+    def test_the_service_renders_behind_the_gate_of_its_own_site(self) -> None:
+        from twisted.application.internet import StreamServerEndpointService
+        from twisted.internet import endpoints
+
+        from klag_collector.config import parse_config
+        from klag_collector.service import make_service
+
+        clock = task.Clock()
+        config = parse_config('[[clusters]]\nname = "c"\nbootstrap_servers = "127.0.0.1:1"\n',
+                              "gate.toml", "toml")
+        endpoint = endpoints.TCP4ServerEndpoint(clock, 0, interface="127.0.0.1")
+        svc = make_service(config, clock, endpoint=endpoint)
+        sites = [child.factory for child in svc if isinstance(child, StreamServerEndpointService)]
+        self.assertEqual(len(sites), 1)
+        pause = svc._renderer._reports._pause  # type: ignore[attr-defined]
+        self.assertIs(pause.__self__, sites[0].gate)
