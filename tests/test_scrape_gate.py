@@ -33,22 +33,8 @@ class GateTests(unittest.TestCase):
         gate.pause()
         self.assertLess(time.monotonic() - started, 1.0)
 
-    def test_a_worker_waits_until_the_answer_is_sent(self) -> None:
-        gate = ScrapeGate(longest_pause=30.0)
-        gate.answering()
-        worker = pause_in_thread(gate)
-        worker.join(0.2)
-        self.assertTrue(worker.is_alive())
-        gate.answered()
-        worker.join(5.0)
-        self.assertFalse(worker.is_alive())
-
-    def test_the_gate_opens_only_when_every_answer_is_sent(self) -> None:
-        gate = ScrapeGate(longest_pause=30.0)
-        gate.answering()
-        gate.answering()
-        gate.answered()
-        self.assertEqual(gate.answering_now, 1)
+    def assert_held_until_answered(self, gate: ScrapeGate) -> None:
+        """A worker pausing now waits until the one answer still being made is sent."""
         worker = pause_in_thread(gate)
         worker.join(0.2)
         self.assertTrue(worker.is_alive())
@@ -56,6 +42,19 @@ class GateTests(unittest.TestCase):
         worker.join(5.0)
         self.assertFalse(worker.is_alive())
         self.assertEqual(gate.answering_now, 0)
+
+    def test_a_worker_waits_until_the_answer_is_sent(self) -> None:
+        gate = ScrapeGate(longest_pause=30.0)
+        gate.answering()
+        self.assert_held_until_answered(gate)
+
+    def test_the_gate_opens_only_when_every_answer_is_sent(self) -> None:
+        gate = ScrapeGate(longest_pause=30.0)
+        gate.answering()
+        gate.answering()
+        gate.answered()
+        self.assertEqual(gate.answering_now, 1)
+        self.assert_held_until_answered(gate)
 
     def test_a_pause_is_bounded(self) -> None:
         """An answer that is never sent holds a worker back at most longest_pause a pause."""
