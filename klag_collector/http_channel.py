@@ -133,7 +133,8 @@ class GuardedChannel(http.HTTPChannel):
         if self._finished:
             return
         # Worker threads pause (scrape_gate) from the request's first bytes until the answer
-        # made from them is in the kernel: the reactor writes it on its next turn.
+        # made from them is written: the reactor writes it in its next turn, and the gate
+        # opens as the turn after begins.
         if not self._holding:
             self._holding = True
             self.site.gate.answering()

@@ -6,7 +6,8 @@ the gate when it starts answering and when the answer is in the kernel; a worker
 `pause()` between two pieces of its work and waits there meanwhile, so the scrape runs alone.
 
 A pause is bounded (LONGEST_PAUSE): a client that floods requests slows the work, never stops
-it. A connection waiting on its client (the kernel's buffer full) does not hold the gate.
+it. A request holds the gate for a couple of reactor turns, whatever its client does: one that
+reads its answer slowly, or trickles its request, holds it no longer.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ class ScrapeGate:
         return self._answering
 
     def answering(self) -> None:
-        """The reactor starts answering a request (its bytes arrived, or it may write again)."""
+        """The reactor starts answering a request: its bytes arrived."""
         self._answering += 1
         self._open.clear()
 
     def answered(self) -> None:
-        """An answer `answering()` announced is in the kernel, or waits on its client."""
+        """The reactor has written the answer `answering()` announced (as much of it as the
+        kernel took)."""
         self._answering -= 1
         if not self._answering:
             self._open.set()
