@@ -38,7 +38,6 @@ class Piece(NamedTuple):
     shift: int
 
 
-
 def deflate(text: bytes) -> Piece:
     """*text* as a piece (compressed now: blocking, in a worker thread for large text)."""
     return deflate_chunks((text,))

@@ -39,7 +39,7 @@ from twisted.logger import Logger
 
 from . import __version__, gzip_pieces, metrics
 from .collector import ClusterReport, read_clusters
-from .families import Families, Family, empty_family
+from .families import Families, Family, LabelValues, empty_family
 from .gzip_pieces import Piece
 from .poller import ClusterPoller, ClusterSnapshot
 from .scrape_gate import Pause, never_pause, paced
@@ -172,23 +172,24 @@ def line_chunks(family: Family) -> Iterator[bytes]:
     (they differ in headers)."""
     line, positions = _line_format(family)
     values = family.values
-    if not positions:
-        for start in range(0, len(values), CHUNK_ROWS):
-            written = numbers(values[start:start + CHUNK_ROWS])
-            yield "".join([line % number for number in written]).encode()
-        return
-    pick = operator.itemgetter(*positions)
-    single = len(positions) == 1
     for start in range(0, len(values), CHUNK_ROWS):
-        rows = family.labels[start:start + CHUNK_ROWS]
-        picked: List[Tuple[str, ...]]
-        picked = [(pick(row),) for row in rows] if single else [pick(row) for row in rows]
-        # One look over the chunk's label values: escaping is needed only where one has \, "
-        # or \n.
-        if _NEEDS_ESCAPE.search("".join(itertools.chain.from_iterable(picked))):
-            picked = [tuple(_escape_value(v) for v in row) for row in picked]
         written = numbers(values[start:start + CHUNK_ROWS])
+        if not positions:
+            yield "".join([line % number for number in written]).encode()
+            continue
+        picked = _label_values(family.labels[start:start + CHUNK_ROWS], positions)
         yield "".join([line % (*row, number) for row, number in zip(picked, written)]).encode()
+
+
+def _label_values(rows: Sequence[LabelValues], positions: Tuple[int, ...]) -> List[LabelValues]:
+    """The label values each line writes, in its format's order, escaped."""
+    pick = operator.itemgetter(*positions)
+    picked: List[LabelValues]
+    picked = [(pick(row),) for row in rows] if len(positions) == 1 else [pick(row) for row in rows]
+    # One look over the chunk's label values: escaping is needed only where one has \, " or \n.
+    if _NEEDS_ESCAPE.search("".join(itertools.chain.from_iterable(picked))):
+        picked = [tuple(_escape_value(v) for v in row) for row in picked]
+    return picked
 
 
 # Sample lines per family name, deflated: one cluster's lag families, or its health families.

@@ -31,12 +31,12 @@ from .config import (
 from .coordination import ShardMember, first_membership
 from .errors import ConfigError, describe_error
 from .http_channel import GuardedSite, HttpLimits, raise_open_file_limit
-from .scrape_gate import ScrapeGate
 from .kafka_source import KafkaSource
 from .poller import ClusterPoller, Source
 from .reload import ReloadPlan, ReloadResult, describe_plan, plan_reload
 from .reload_triggers import RELOAD_PARENT, ReloadResource
 from .render import MetricsRenderer, Rendered
+from .scrape_gate import ScrapeGate
 from .shard_poller import ShardedPoller
 from .sharding import ShardScope
 from .web import MetricsResource, make_root
